@@ -1,0 +1,1 @@
+"""Video decoding, clip sampling, datasets, transforms and the built-in corpus."""

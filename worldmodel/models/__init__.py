@@ -1,0 +1,1 @@
+"""Plain nn.Module models: the video ViT encoder, rotary embeddings, predictor, probe heads."""
