@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Install worldmodel into ./.venv (created if needed), with the CPU build of torch on machines
+# without an NVIDIA GPU, so a laptop or CI box never downloads a multi-GB CUDA build.
+#
+#   bash scripts/install.sh            # library + command line
+#   WORLDMODEL_VENV=/path bash scripts/install.sh
+#
+# Environment: TORCH_VERSION (default 2.13.0), TORCH_CPU_INDEX (default PyTorch's CPU wheel index, used
+# only when no CPU wheel of that version is available locally through PIP_FIND_LINKS).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+VENV=${WORLDMODEL_VENV:-.venv}
+TORCH_VERSION=${TORCH_VERSION:-2.13.0}
+TORCH_CPU_INDEX=${TORCH_CPU_INDEX:-https://download.pytorch.org/whl/cpu}
+PY=${PYTHON:-python3}
+
+if [ ! -x "$VENV/bin/python" ]; then
+  echo "[install] creating virtual environment $VENV"
+  "$PY" -m venv "$VENV"
+fi
+PIP="$VENV/bin/python -m pip --disable-pip-version-check"
+$PIP install -q --upgrade pip >/dev/null 2>&1 || true
+
+if ! "$VENV/bin/python" -c "import torch" >/dev/null 2>&1; then
+  if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
+    echo "[install] NVIDIA GPU found: installing torch==$TORCH_VERSION (CUDA build)"
+    $PIP install -q "torch==$TORCH_VERSION"
+  else
+    local_wheel=""
+    for d in ${PIP_FIND_LINKS:-}; do
+      d=${d#file://}
+      if ls "$d"/torch-"$TORCH_VERSION"+cpu-*.whl >/dev/null 2>&1; then local_wheel=yes; fi
+    done
+    if [ -n "$local_wheel" ]; then
+      echo "[install] no GPU: installing the local CPU build torch==$TORCH_VERSION"
+      $PIP install -q "torch==$TORCH_VERSION"
+    else
+      echo "[install] no GPU: installing torch==$TORCH_VERSION (CPU build) from $TORCH_CPU_INDEX"
+      $PIP install -q "torch==$TORCH_VERSION" --index-url "$TORCH_CPU_INDEX"
+    fi
+  fi
+fi
+
+echo "[install] installing worldmodel and its dependencies"
+$PIP install -q -e ".[test]"
+"$VENV/bin/python" -c "import torch, decord, lightning, worldmodel; print('[install] ok: torch', torch.__version__, '| lightning', lightning.__version__, '| decord', decord.__version__)"

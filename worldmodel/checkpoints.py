@@ -1,0 +1,108 @@
+"""Checkpoints: atomic writes and safe loads.
+
+Every checkpoint worldmodel writes goes through `atomic_torch_save`: the bytes go to a temporary file in
+the same folder, are flushed to disk, and only then replace the target with one `os.replace`. A process
+killed during a save leaves the previous `last.ckpt` intact (plus, at worst, a stray `*.tmp` file).
+
+Every checkpoint worldmodel reads goes through `safe_torch_load`, which uses `torch.load(weights_only=True)`:
+only tensors and plain containers are unpickled, never code. A file that would need arbitrary code to
+load is refused with an error that names it.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import pickle
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint file that cannot be used; the message names the file and the problem."""
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # e.g. not permitted on this platform
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(data: bytes, path: str | os.PathLike) -> Path:
+    """Write `data` to `path` so that readers see either the old file or the complete new one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(path.parent)
+    return path
+
+
+def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
+    """`torch.save` made atomic (serialise in memory, then `atomic_write_bytes`)."""
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return atomic_write_bytes(buffer.getvalue(), path)
+
+
+def safe_torch_load(path: str | os.PathLike, map_location: Any = "cpu") -> Any:
+    """Load a torch checkpoint without executing code from it (`weights_only=True`).
+
+    Raises CheckpointError naming the file for: a missing or empty file, a truncated file, a file that
+    is not a torch checkpoint, and a pickle that would run code (refused, never executed).
+    """
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    if path.is_dir():
+        raise CheckpointError(f"{path}: is a folder; pass the checkpoint file inside it")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{path}: the file is empty (an interrupted copy or save?)")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise CheckpointError(
+            f"{path}: refused to load: the file holds Python objects that are not plain weights, and "
+            f"loading it would run code from it ({str(err).splitlines()[0]}). Only load checkpoints "
+            "you trust; re-save plain tensors (e.g. a state_dict) or use safetensors."
+        ) from err
+    except (zipfile.BadZipFile, EOFError, RuntimeError) as err:
+        msg = str(err).splitlines()[0] if str(err) else type(err).__name__
+        if "zip archive" in msg or "central directory" in msg or isinstance(err, (zipfile.BadZipFile, EOFError)):
+            raise CheckpointError(
+                f"{path}: not a complete torch checkpoint (truncated or not a checkpoint at all): {msg}"
+            ) from err
+        raise CheckpointError(f"{path}: cannot be loaded as a torch checkpoint: {msg}") from err
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning checkpoint IO: atomic writes, `weights_only=True` reads."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
+        if storage_options is not None:
+            raise TypeError("AtomicCheckpointIO does not take storage_options")
+        atomic_torch_save(checkpoint, path)
+
+    def load_checkpoint(self, path: Any, map_location: Any = lambda storage, loc: storage, weights_only: Any = None):
+        return safe_torch_load(path, map_location=map_location)

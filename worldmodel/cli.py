@@ -1,0 +1,136 @@
+"""The `worldmodel` command.
+
+    worldmodel corpus --out DIR [--videos N] [--seed S]     write the built-in procedural corpus
+    worldmodel data check MANIFEST                         scan videos up front, print a table
+    worldmodel pretrain [--config FILE|NAME] [overrides]    pretrain a video JEPA (LightningCLI)
+
+`pretrain` is Lightning's CLI: YAML configs (`--config`), `--print_config`, dotted overrides such as
+`--trainer.max_steps 100 --model.lr 1e-3 --data.batch_size 4`. With no arguments it builds the
+built-in corpus if it is missing and pretrains the `tiny` config on it. Shipped configs can be named
+without a path: `--config tiny`, `--config vit_large_ddp`, ... (see `worldmodel pretrain --list-configs`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from importlib import resources
+from pathlib import Path
+from typing import Any, Sequence
+
+CONFIG_PACKAGE = "worldmodel.configs"
+
+
+def shipped_configs() -> dict[str, Path]:
+    """Names of the YAML configs shipped with the package -> their paths."""
+    folder = resources.files(CONFIG_PACKAGE)
+    return {Path(p.name).stem: Path(str(p)) for p in folder.iterdir() if p.name.endswith(".yaml")}
+
+
+def resolve_config_args(argv: list[str]) -> list[str]:
+    """Replace `--config NAME` by the shipped config's path when NAME is not a file."""
+    configs = shipped_configs()
+    out = list(argv)
+    for i, arg in enumerate(out):
+        value, prefix = None, None
+        if arg == "--config" and i + 1 < len(out):
+            value, idx = out[i + 1], i + 1
+        elif arg.startswith("--config="):
+            value, idx, prefix = arg.split("=", 1)[1], i, "--config="
+        if value is None or os.path.exists(value):
+            continue
+        name = Path(value).stem if value.endswith(".yaml") else value
+        if name not in configs:
+            raise SystemExit(
+                f"worldmodel pretrain: config {value!r} is neither a file nor a shipped config "
+                f"(shipped: {', '.join(sorted(configs))})"
+            )
+        out[idx] = (prefix or "") + str(configs[name])
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- corpus
+def _corpus(args: argparse.Namespace) -> int:
+    from worldmodel.data.corpus import generate_corpus
+
+    summary = generate_corpus(
+        args.out, num_videos=args.videos, seed=args.seed, size=args.size, fps=args.fps, workers=args.workers
+    )
+    print(summary)
+    return 0
+
+
+def _data_check(args: argparse.Namespace) -> int:
+    from worldmodel.data.check import run_check
+
+    return run_check(args.manifest, out_csv=args.csv)
+
+
+# ---------------------------------------------------------------------------------------------- pretrain
+def pretrain_main(argv: Sequence[str]) -> int:
+    """Run `worldmodel pretrain` with LightningCLI; returns an exit code."""
+    argv = list(argv)
+    if "--list-configs" in argv:
+        for name, path in sorted(shipped_configs().items()):
+            print(f"{name:20s} {path}")
+        return 0
+    if not any(a == "--config" or a.startswith("--config=") for a in argv):
+        argv = ["--config", "tiny"] + argv
+    argv = resolve_config_args(argv)
+
+    from worldmodel.pretrain_cli import run_pretrain_cli
+
+    run_pretrain_cli(argv)
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------- main
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="worldmodel",
+        description="Self-supervised video world models: pretrain a latent JEPA, forecast, probe.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("corpus", help="write the built-in procedural kitchen corpus")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--videos", type=int, default=None, help="number of videos (default: the built-in size)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--size", type=int, default=128, help="frame height and width in pixels")
+    p.add_argument("--fps", type=float, default=12.0)
+    p.add_argument("--workers", type=int, default=None, help="rendering processes (default: up to 2)")
+    p.set_defaults(func=_corpus)
+
+    p = sub.add_parser("data", help="data tools")
+    data_sub = p.add_subparsers(dest="data_command", required=True)
+    c = data_sub.add_parser("check", help="scan a manifest: decodable? frames, fps, size, duration")
+    c.add_argument("manifest", help="manifest file or folder of videos")
+    c.add_argument("--csv", default=None, help="also write the table to this CSV file")
+    c.set_defaults(func=_data_check)
+
+    sub.add_parser(
+        "pretrain",
+        help="pretrain a video JEPA (LightningCLI: --config, --print_config, dotted overrides)",
+        add_help=False,
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "pretrain":
+        return pretrain_main(argv[1:])
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "corpus" and args.videos is None:
+        from worldmodel.data.corpus import DEFAULT_VIDEOS
+
+        args.videos = DEFAULT_VIDEOS
+    if args.command == "corpus" and args.workers is None:
+        args.workers = min(2, os.cpu_count() or 1)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,261 @@
+"""The pretraining LightningModule: wires the JEPA pieces into a training step.
+
+The models (`worldmodel.models`), the masks (`worldmodel.masks`), the loss, EMA and SIGReg
+(`worldmodel.objectives`) and the schedules (`worldmodel.schedules`) each live in their own module;
+this file only builds them from a config, runs one step, steps the optimiser and logs.
+
+One step, for a batch of uint8 clips and one mask set per mask kind:
+
+    target = LN(target_encoder(clip))                       (B, N, D), no grad (EMA) or shared (SIGReg)
+    for each kind:  ctx  = encoder(clip, context_idx)       (B, Nc, D)
+                    pred = predictor(ctx, ..., target_idx)  (B, Nt, D)
+                    loss += |pred - target[target_idx]|     mean over each clip's valid targets, then clips
+    AdamW step (scheduled lr / wd, gradient clipping from the Trainer), then EMA(target <- encoder).
+
+Everything random in a step is a function of (seed, epoch, sample index, step), so a resumed run
+continues with exactly the losses of the uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from typing import Any
+
+import lightning as L
+import torch
+from torch import nn
+
+from worldmodel.data.transforms import normalize_video
+from worldmodel.masks import MaskCollator, build_mask_kinds
+from worldmodel.models import vit as vit_models
+from worldmodel.models.predictor import Predictor
+from worldmodel.objectives import (
+    CollapseMonitor,
+    collapse_stats,
+    copy_context_loss,
+    ema_update,
+    gather_tokens,
+    jepa_loss,
+    sigreg,
+    target_features,
+)
+from worldmodel.schedules import Schedule
+
+ENCODERS = ("vit_tiny", "vit_small", "vit_base", "vit_large", "vit_huge", "vit_giant")
+
+DEFAULT_MASKS: list[dict[str, Any]] = [
+    {"type": "multiblock", "num_blocks": 8, "spatial_scale": [0.15, 0.15]},
+    {"type": "multiblock", "num_blocks": 2, "spatial_scale": [0.7, 0.7]},
+]
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or inf; training stops before the bad update is applied or saved."""
+
+
+class JEPAPretrainer(L.LightningModule):
+    """Video JEPA pretraining: context encoder, target encoder (EMA or shared + SIGReg), predictor.
+
+    Args:
+        encoder: named variant (vit_tiny ... vit_giant).
+        img_size, num_frames, patch_size, tubelet_size: clip geometry the model is built for (RoPE
+            lets it run on other sizes too).
+        pred_depth, pred_dim, pred_heads: the predictor (V-JEPA 2: 12 x 384, 12 heads).
+        masks: mask kinds (see `worldmodel.masks.build_mask_kinds`); default V-JEPA 2's two.
+        loss: "l1" (V-JEPA 2) or "l2".
+        target: "ema" (EMA target encoder, V-JEPA 2) or "sigreg" (one shared encoder, no EMA, SIGReg
+            regulariser with weight `sigreg_weight`, LeJEPA).
+        lr, weight_decay, ema_momentum: schedules as dicts for `worldmodel.schedules.Schedule`
+            (e.g. {"kind": "warmup_constant_cooldown", "base": 5e-4, "warmup_steps": 50, ...}) or a
+            constant number.
+        total_steps: length of the schedules; default: the Trainer's max_steps.
+        collapse_every: compute collapse statistics every this many steps (0: never).
+        mask_seed: seed of the mask generator (sample masks depend on (mask_seed, epoch, index, kind)).
+    """
+
+    def __init__(
+        self,
+        encoder: str = "vit_tiny",
+        img_size: int = 112,
+        num_frames: int = 16,
+        patch_size: int = 16,
+        tubelet_size: int = 2,
+        activation_checkpointing: bool = False,
+        pred_depth: int = 6,
+        pred_dim: int = 192,
+        pred_heads: int = 6,
+        masks: list[dict[str, Any]] | None = None,
+        loss: str = "l1",
+        target: str = "ema",
+        sigreg_weight: float = 0.05,
+        sigreg_slices: int = 256,
+        lr: float | dict[str, Any] = 5e-4,
+        weight_decay: float | dict[str, Any] = 0.04,
+        ema_momentum: float | dict[str, Any] = 0.996,
+        betas: tuple[float, float] = (0.9, 0.999),
+        total_steps: int | None = None,
+        collapse_every: int = 25,
+        collapse_std_min: float = 0.05,
+        collapse_rank_min: float = 2.0,
+        mask_seed: int = 0,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        if encoder not in ENCODERS:
+            raise ValueError(f"encoder must be one of {ENCODERS}, got {encoder!r}")
+        if loss not in ("l1", "l2"):
+            raise ValueError(f"loss must be 'l1' or 'l2', got {loss!r}")
+        if target not in ("ema", "sigreg"):
+            raise ValueError(f"target must be 'ema' or 'sigreg', got {target!r}")
+
+        self.encoder = getattr(vit_models, encoder)(
+            img_size=img_size,
+            num_frames=num_frames,
+            patch_size=patch_size,
+            tubelet_size=tubelet_size,
+            activation_checkpointing=activation_checkpointing,
+        )
+        self.mask_kinds = build_mask_kinds(masks if masks is not None else DEFAULT_MASKS)
+        self.predictor = Predictor(
+            embed_dim=self.encoder.cfg.embed_dim,
+            pred_dim=pred_dim,
+            depth=pred_depth,
+            num_heads=pred_heads,
+            num_mask_tokens=len(self.mask_kinds),
+            activation_checkpointing=activation_checkpointing,
+        )
+        if target == "ema":
+            self.target_encoder = copy.deepcopy(self.encoder)
+            self.target_encoder.requires_grad_(False)
+        else:
+            self.target_encoder = None
+        self.collapse_monitor = CollapseMonitor(std_min=collapse_std_min, rank_min=collapse_rank_min)
+        self._last_batch_end: float | None = None
+
+    # ------------------------------------------------------------------ data wiring
+    def token_grid(self) -> tuple[int, int, int]:
+        cfg = self.hparams
+        shape = (1, 3, cfg.num_frames, cfg.img_size, cfg.img_size)
+        return self.encoder.grid(shape)
+
+    def mask_collator(self) -> MaskCollator:
+        return MaskCollator(self.token_grid(), self.mask_kinds, seed=self.hparams.mask_seed)
+
+    def setup(self, stage: str) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if datamodule is not None and hasattr(datamodule, "collate_fn"):
+            datamodule.collate_fn = self.mask_collator()
+
+    # ------------------------------------------------------------------ schedules
+    def _schedule(self, name: str) -> Schedule:
+        value = self.hparams[name]
+        if isinstance(value, (int, float)):
+            return Schedule.constant(float(value))
+        total = self.hparams.total_steps or int(self.trainer.max_steps)
+        if total is None or total <= 0:
+            raise ValueError(f"a scheduled {name} needs model.total_steps or trainer.max_steps to be set")
+        return Schedule.from_config(value, total_steps=total)
+
+    def on_fit_start(self) -> None:
+        self.lr_schedule = self._schedule("lr")
+        self.wd_schedule = self._schedule("weight_decay")
+        self.ema_schedule = self._schedule("ema_momentum")
+
+    # ------------------------------------------------------------------ step
+    def forward_targets(self, video: torch.Tensor) -> torch.Tensor:
+        if self.target_encoder is None:  # shared encoder; gradients flow, SIGReg prevents collapse
+            return self.encoder(video)
+        with torch.no_grad():
+            return self.target_encoder(video)
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        video = normalize_video(batch["video"])  # (B, C, T, H, W) float
+        grid = self.encoder.grid(video.shape)
+        full = self.forward_targets(video)  # (B, N, D)
+        targets = target_features(full)  # (B, N, D), per-token LN
+
+        losses = []
+        for mask in batch["masks"]:
+            context = self.encoder(video, token_idx=mask.context_idx, token_valid=mask.context_valid)  # (B, Nc, D)
+            pred = self.predictor(
+                context, mask.context_idx, mask.context_valid, mask.target_idx, mask.target_valid,
+                grid=grid, mask_kind=mask.kind,
+            )  # (B, Nt, D)
+            kind_loss = jepa_loss(pred, gather_tokens(targets, mask.target_idx), mask.target_valid, kind=self.hparams.loss)
+            losses.append(kind_loss)
+            self.log(f"train/loss_kind{mask.kind}", kind_loss.detach(), on_step=True)
+            self.log(f"train/context_ratio_kind{mask.kind}", mask.context_ratio, on_step=True)
+            self.log(f"train/target_ratio_kind{mask.kind}", mask.target_ratio, on_step=True)
+        loss = torch.stack(losses).mean()
+        total = loss
+        if self.target_encoder is None:
+            generator = torch.Generator(device="cpu").manual_seed(self.hparams.mask_seed * 1_000_003 + self.global_step)
+            reg = sigreg(full.flatten(0, 1).float(), num_slices=self.hparams.sigreg_slices, generator=generator)
+            total = loss + self.hparams.sigreg_weight * reg
+            self.log("train/sigreg", reg.detach(), on_step=True)
+
+        if not torch.isfinite(total):
+            raise NonFiniteLossError(
+                f"loss became {total.item()} at step {self.global_step} (epoch {self.current_epoch}); stopped before "
+                "applying the update. The last good checkpoint is kept. Try a lower model.lr, fp32 "
+                "(trainer.precision=32), or gradient clipping (trainer.gradient_clip_val)."
+            )
+        self.log("train/loss", loss.detach(), on_step=True, prog_bar=True)
+
+        every = self.hparams.collapse_every
+        if every and self.global_step % every == 0:
+            self._log_collapse(batch, full.detach(), targets.detach(), loss.detach())
+        return total
+
+    @torch.no_grad()
+    def _log_collapse(self, batch, full, targets, loss) -> None:
+        stats = collapse_stats(full)
+        for name, value in stats.items():
+            self.log(f"collapse/{name}", value, on_step=True)
+        mask = batch["masks"][0]
+        baseline = copy_context_loss(
+            targets, mask.context_idx, mask.context_valid, mask.target_idx, mask.target_valid, kind=self.hparams.loss
+        )
+        self.log("collapse/copy_context_loss", baseline, on_step=True)
+        for warning in self.collapse_monitor.check(stats):
+            self.print(f"[worldmodel] collapse warning at step {self.global_step}: {warning}")
+
+    # ------------------------------------------------------------------ optimisation
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        decay, no_decay = [], []
+        for name, param in self.named_parameters():
+            if not param.requires_grad:
+                continue
+            # biases, norms and mask tokens are not weight-decayed
+            if param.ndim <= 1 or "mask_token" in name:
+                no_decay.append(param)
+            else:
+                decay.append(param)
+        groups = [
+            {"params": decay, "weight_decay": 0.0, "wd_scale": 1.0},
+            {"params": no_decay, "weight_decay": 0.0, "wd_scale": 0.0},
+        ]
+        return torch.optim.AdamW(groups, lr=0.0, betas=tuple(self.hparams.betas))
+
+    def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure=None) -> None:
+        step = self.global_step
+        lr, wd = self.lr_schedule(step), self.wd_schedule(step)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+            group["weight_decay"] = wd * group.get("wd_scale", 1.0)
+        optimizer.step(closure=optimizer_closure)
+        if self.target_encoder is not None:
+            momentum = self.ema_schedule(step)
+            ema_update(self.target_encoder, self.encoder, momentum)
+            self.log("train/ema_momentum", momentum, on_step=True)
+        self.log("train/lr", lr, on_step=True)
+        self.log("train/weight_decay", wd, on_step=True)
+
+    # ------------------------------------------------------------------ throughput
+    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
+        now = time.perf_counter()
+        if self._last_batch_end is not None:
+            clips = batch["video"].shape[0] * self.trainer.world_size
+            self.log("train/clips_per_s", clips / max(now - self._last_batch_end, 1e-9), on_step=True, prog_bar=True)
+        self._last_batch_end = now

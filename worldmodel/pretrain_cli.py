@@ -1,0 +1,99 @@
+"""`worldmodel pretrain`: LightningCLI over `JEPAPretrainer` + `VideoDataModule`.
+
+On top of Lightning's own arguments this adds:
+
+    --run_dir DIR            where logs (CSV, TensorBoard), config.yaml, checkpoints and data_errors.csv go
+    --checkpoint_every N     write checkpoints/last.ckpt every N optimiser steps (and at the end)
+    --resume PATH|auto       continue from a checkpoint, mid-epoch and exactly; `auto` = DIR/checkpoints/last.ckpt
+
+Checkpoints are written atomically and read with weights_only=True (`worldmodel.checkpoints`).
+Multi-GPU and multi-node runs are Lightning's: `--trainer.devices 8 --trainer.num_nodes 4
+--trainer.strategy ddp` under torchrun or SLURM (see scripts/).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+from worldmodel.checkpoints import AtomicCheckpointIO
+from worldmodel.data.datamodule import DataErrorCallback, VideoDataModule
+from worldmodel.data.loader import DataProgressCallback
+from worldmodel.pretrain import JEPAPretrainer
+
+
+class PretrainCLI(LightningCLI):
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.add_argument("--run_dir", type=str, default="runs/tiny", help="output folder of the run")
+        parser.add_argument("--checkpoint_every", type=int, default=100, help="checkpoint every N steps")
+        parser.add_argument(
+            "--resume", type=str | None, default=None, help="checkpoint to resume from, or 'auto' (run_dir's last.ckpt)"
+        )
+
+    def instantiate_trainer(self, **kwargs: Any):
+        config = self.config_init
+        run_dir = Path(config["run_dir"])
+        trainer_cfg = config["trainer"]
+        if trainer_cfg.get("default_root_dir") in (None, "", "."):
+            kwargs["default_root_dir"] = str(run_dir)
+        if trainer_cfg.get("logger") in (None, True):
+            kwargs["logger"] = [
+                CSVLogger(save_dir=str(run_dir), name="logs", version=""),
+                TensorBoardLogger(save_dir=str(run_dir), name="logs", version=""),
+            ]
+        callbacks = list(trainer_cfg.get("callbacks") or [])
+        if not any(isinstance(c, ModelCheckpoint) for c in callbacks):
+            callbacks.append(
+                ModelCheckpoint(
+                    dirpath=str(run_dir / "checkpoints"),
+                    every_n_train_steps=config["checkpoint_every"],
+                    save_top_k=0,
+                    save_last=True,
+                    save_on_train_epoch_end=False,
+                )
+            )
+        if not any(isinstance(c, DataErrorCallback) for c in callbacks):
+            callbacks.append(DataErrorCallback(out_dir=str(run_dir)))
+        callbacks.append(DataProgressCallback())
+        trainer_cfg["callbacks"] = callbacks
+        plugins = trainer_cfg.get("plugins") or []
+        plugins = plugins if isinstance(plugins, list) else [plugins]
+        if not any(hasattr(p, "save_checkpoint") for p in plugins):
+            plugins.append(AtomicCheckpointIO())
+        trainer_cfg["plugins"] = plugins
+        return super().instantiate_trainer(**kwargs)
+
+
+def resolve_resume(resume: str | None, run_dir: str) -> str | None:
+    if resume is None:
+        return None
+    if resume == "auto":
+        last = Path(run_dir) / "checkpoints" / "last.ckpt"
+        return str(last) if last.exists() else None
+    if not Path(resume).is_file():
+        raise SystemExit(f"worldmodel pretrain: --resume {resume}: no such checkpoint file")
+    return resume
+
+
+def run_pretrain_cli(argv: list[str]) -> PretrainCLI:
+    cli = PretrainCLI(
+        JEPAPretrainer,
+        VideoDataModule,
+        args=argv,
+        run=False,
+        save_config_kwargs={"overwrite": True},
+        trainer_defaults={"use_distributed_sampler": False},
+        seed_everything_default=0,
+    )
+    ckpt = resolve_resume(cli.config["resume"], cli.config["run_dir"])
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=ckpt)
+    # the final state, whatever checkpoint_every was
+    final = Path(cli.config["run_dir"]) / "checkpoints" / "last.ckpt"
+    cli.trainer.save_checkpoint(final)
+    if cli.trainer.is_global_zero:
+        print(f"[worldmodel] finished at step {cli.trainer.global_step}; checkpoint: {final}")
+    return cli
