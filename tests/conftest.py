@@ -94,3 +94,38 @@ def make_video(tmp_path):
         return write_video(path, frames, fps=fps, pix_fmt="gray" if gray else "yuv420p")
 
     return _make
+
+
+def moving_squares(num_frames: int, size: tuple[int, int], seed: int) -> np.ndarray:
+    """RGB uint8 (T, H, W, 3): a few coloured squares moving on a textured background."""
+    rng = np.random.default_rng(seed)
+    height, width = size
+    yy, xx = np.mgrid[0:height, 0:width]
+    base = (rng.integers(0, 80, 3)[None, None, :] + 20 * np.sin(xx / 5.0 + rng.uniform(0, 6))[..., None]).clip(0, 255)
+    frames = np.repeat(base[None], num_frames, axis=0).astype(np.uint8)
+    for _ in range(3):
+        side = int(rng.integers(max(2, height // 8), max(3, height // 3)))
+        y, x = rng.uniform(0, height - side), rng.uniform(0, width - side)
+        vy, vx = rng.uniform(-2, 2, 2)
+        colour = rng.integers(60, 256, 3)
+        for t in range(num_frames):
+            yi, xi = int(y + vy * t) % (height - side), int(x + vx * t) % (width - side)
+            frames[t, yi : yi + side, xi : xi + side] = colour
+    return frames
+
+
+@pytest.fixture
+def video_folder(tmp_path):
+    """Factory: video_folder(n=6, num_frames=24, size=(40, 40), fps=8.0) -> folder with n mp4 files and
+    a manifest.csv listing them (relative paths)."""
+
+    def _make(n: int = 6, num_frames: int = 24, size: tuple[int, int] = (40, 40), fps: float = 8.0, name="videos"):
+        folder = tmp_path / name
+        lines = []
+        for i in range(n):
+            write_video(folder / f"v{i:03d}.mp4", moving_squares(num_frames, size, seed=i), fps=fps)
+            lines.append(f"v{i:03d}.mp4")
+        (folder / "manifest.csv").write_text("\n".join(lines) + "\n")
+        return folder
+
+    return _make

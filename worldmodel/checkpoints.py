@@ -87,13 +87,13 @@ def safe_torch_load(path: str | os.PathLike, map_location: Any = "cpu") -> Any:
             f"loading it would run code from it ({str(err).splitlines()[0]}). Only load checkpoints "
             "you trust; re-save plain tensors (e.g. a state_dict) or use safetensors."
         ) from err
-    except (zipfile.BadZipFile, EOFError, RuntimeError) as err:
+    except Exception as err:  # torch raises many types for damaged files; all mean "not usable"
         msg = str(err).splitlines()[0] if str(err) else type(err).__name__
-        if "zip archive" in msg or "central directory" in msg or isinstance(err, (zipfile.BadZipFile, EOFError)):
+        if isinstance(err, (zipfile.BadZipFile, EOFError)) or "zip archive" in msg or "central directory" in msg:
             raise CheckpointError(
-                f"{path}: not a complete torch checkpoint (truncated or not a checkpoint at all): {msg}"
+                f"{path}: not a complete torch checkpoint (truncated, or not a checkpoint at all): {msg}"
             ) from err
-        raise CheckpointError(f"{path}: cannot be loaded as a torch checkpoint: {msg}") from err
+        raise CheckpointError(f"{path}: cannot be loaded as a torch checkpoint ({type(err).__name__}: {msg})") from err
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

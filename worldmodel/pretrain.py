@@ -61,6 +61,7 @@ class JEPAPretrainer(L.LightningModule):
         encoder: named variant (vit_tiny ... vit_giant).
         img_size, num_frames, patch_size, tubelet_size: clip geometry the model is built for (RoPE
             lets it run on other sizes too).
+        encoder_kwargs: further overrides of the variant (e.g. {"depth": 6}) for small experiments.
         pred_depth, pred_dim, pred_heads: the predictor (V-JEPA 2: 12 x 384, 12 heads).
         masks: mask kinds (see `worldmodel.masks.build_mask_kinds`); default V-JEPA 2's two.
         loss: "l1" (V-JEPA 2) or "l2".
@@ -82,6 +83,7 @@ class JEPAPretrainer(L.LightningModule):
         patch_size: int = 16,
         tubelet_size: int = 2,
         activation_checkpointing: bool = False,
+        encoder_kwargs: dict[str, Any] | None = None,
         pred_depth: int = 6,
         pred_dim: int = 192,
         pred_heads: int = 6,
@@ -115,6 +117,7 @@ class JEPAPretrainer(L.LightningModule):
             patch_size=patch_size,
             tubelet_size=tubelet_size,
             activation_checkpointing=activation_checkpointing,
+            **(encoder_kwargs or {}),
         )
         self.mask_kinds = build_mask_kinds(masks if masks is not None else DEFAULT_MASKS)
         self.predictor = Predictor(

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# SLURM batch script: one task per GPU; Lightning detects SLURM and sets ranks itself.
+# Edit the #SBATCH lines for your cluster (no account / partition is assumed), then:
+#   sbatch scripts/launch_slurm.sh --config vit_giant_fsdp --data.train_manifests /data/videos.csv
+#SBATCH --job-name=worldmodel
+#SBATCH --nodes=4
+#SBATCH --ntasks-per-node=8
+#SBATCH --gpus-per-node=8
+#SBATCH --cpus-per-task=12
+#SBATCH --time=48:00:00
+#SBATCH --output=%x-%j.out
+set -euo pipefail
+NODES=${SLURM_JOB_NUM_NODES:-1}
+GPUS=${SLURM_NTASKS_PER_NODE:-8}
+# --resume auto: a requeued job continues from run_dir/checkpoints/last.ckpt, mid-epoch and exactly.
+srun python -m worldmodel.cli pretrain \
+  --trainer.num_nodes "$NODES" --trainer.devices "$GPUS" --resume auto "$@"

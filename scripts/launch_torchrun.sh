@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Multi-GPU / multi-node pretraining with torchrun (no SLURM needed). Lightning reads the torchrun
+# environment (RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT) itself.
+#
+# One node, 8 GPUs:
+#   NPROC=8 bash scripts/launch_torchrun.sh --config vit_large_ddp --data.train_manifests my_videos.csv
+# Two nodes (run on each node; NODE_RANK 0 and 1; MASTER_ADDR = node 0's address):
+#   NNODES=2 NODE_RANK=0 MASTER_ADDR=10.0.0.1 NPROC=8 bash scripts/launch_torchrun.sh --config vit_large_ddp ...
+set -euo pipefail
+NPROC=${NPROC:-8}
+NNODES=${NNODES:-1}
+NODE_RANK=${NODE_RANK:-0}
+MASTER_ADDR=${MASTER_ADDR:-127.0.0.1}
+MASTER_PORT=${MASTER_PORT:-29500}
+exec torchrun \
+  --nproc_per_node "$NPROC" --nnodes "$NNODES" --node_rank "$NODE_RANK" \
+  --master_addr "$MASTER_ADDR" --master_port "$MASTER_PORT" \
+  -m worldmodel.cli pretrain \
+  --trainer.devices "$NPROC" --trainer.num_nodes "$NNODES" "$@"

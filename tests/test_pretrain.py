@@ -1,0 +1,138 @@
+"""Pretraining end to end through the `worldmodel pretrain` command (real Lightning, real videos)."""
+
+from __future__ import annotations
+
+import csv
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from worldmodel.checkpoints import safe_torch_load
+
+# A model small enough for a few seconds of CPU per run: 2 blocks, 32 px, 4 frames.
+SMALL = [
+    "--trainer.accelerator", "cpu",
+    "--trainer.log_every_n_steps", "1",
+    "--trainer.enable_progress_bar", "false",
+    "--trainer.enable_model_summary", "false",
+    "--model.img_size", "32",
+    "--model.num_frames", "4",
+    "--model.encoder_kwargs", '{"depth": 2, "embed_dim": 48, "num_heads": 3}',
+    "--model.pred_depth", "1",
+    "--model.pred_dim", "32",
+    "--model.pred_heads", "2",
+    "--model.collapse_every", "2",
+    "--data.num_frames", "4",
+    "--data.frame_step", "2",
+    "--data.crop_size", "32",
+    "--data.batch_size", "2",
+]
+
+
+def run_pretrain(args: list[str], check: bool = True, timeout: int = 300) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "worldmodel.cli", "pretrain", *args]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"pretrain failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
+    return proc
+
+
+def step_losses(run_dir: Path) -> dict[int, float]:
+    """train/loss per optimiser step from the run's CSV log."""
+    losses = {}
+    with open(run_dir / "logs" / "metrics.csv") as f:
+        for row in csv.DictReader(f):
+            if row.get("train/loss"):
+                losses[int(row["step"])] = float(row["train/loss"])
+    return losses
+
+
+def test_resume_mid_epoch_continues_exactly(tmp_path, video_folder):
+    videos = video_folder(n=6, num_frames=16, size=(40, 40))
+    common = SMALL + [
+        "--data.train_manifests", str(videos / "manifest.csv"),
+        "--data.num_workers", "1",
+        "--data.samples_per_epoch", "10",  # 5 batches per epoch: step 7 is mid-epoch 2
+        "--model.total_steps", "12",
+        "--model.lr", '{"kind": "warmup_constant_cooldown", "base": 1e-3, "warmup_steps": 3, "cooldown_steps": 4}',
+    ]
+    full, part, resumed = tmp_path / "full", tmp_path / "part", tmp_path / "resumed"
+    run_pretrain(common + ["--run_dir", str(full), "--trainer.max_steps", "12"])
+    run_pretrain(common + ["--run_dir", str(part), "--trainer.max_steps", "7", "--checkpoint_every", "7"])
+    run_pretrain(
+        common + ["--run_dir", str(resumed), "--trainer.max_steps", "12", "--resume", str(part / "checkpoints/last.ckpt")]
+    )
+    want, got = step_losses(full), step_losses(resumed)
+    assert sorted(want) == list(range(12))
+    assert sorted(got) == list(range(7, 12))
+    for step in range(7, 12):
+        assert got[step] == pytest.approx(want[step], rel=1e-6, abs=1e-7), (step, got[step], want[step])
+    # and the final weights agree too
+    a = safe_torch_load(full / "checkpoints/last.ckpt")["state_dict"]
+    b = safe_torch_load(resumed / "checkpoints/last.ckpt")["state_dict"]
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_nonfinite_loss_stops_with_clear_error_and_keeps_last_good_checkpoint(tmp_path, video_folder):
+    videos = video_folder(n=4, num_frames=12, size=(32, 32))
+    run_dir = tmp_path / "run"
+    proc = run_pretrain(
+        SMALL
+        + [
+            "--data.train_manifests", str(videos / "manifest.csv"),
+            "--data.num_workers", "0",
+            "--run_dir", str(run_dir),
+            "--trainer.max_steps", "200",
+            "--trainer.gradient_clip_val", "null",
+            "--checkpoint_every", "1",
+            "--model.lr", "1e12",  # diverges within a few steps
+        ],
+        check=False,
+    )
+    assert proc.returncode != 0
+    assert "loss became" in proc.stderr + proc.stdout
+    ckpt = safe_torch_load(run_dir / "checkpoints" / "last.ckpt")
+    assert ckpt["global_step"] < 200
+    for name, tensor in ckpt["state_dict"].items():
+        if tensor.is_floating_point():
+            assert torch.isfinite(tensor).all(), name
+
+
+def test_loss_falls_on_builtin_corpus(tmp_path):
+    from worldmodel.data.corpus import generate_corpus
+
+    corpus = tmp_path / "corpus"
+    generate_corpus(corpus, num_videos=6, seed=3, size=64, workers=1)
+    run_dir = tmp_path / "run"
+    run_pretrain(
+        [
+            "--trainer.accelerator", "cpu",
+            "--trainer.log_every_n_steps", "1",
+            "--trainer.enable_progress_bar", "false",
+            "--trainer.max_steps", "150",
+            "--run_dir", str(run_dir),
+            "--checkpoint_every", "1000",
+            "--data.train_manifests", str(corpus / "manifest.csv"),
+            "--data.num_workers", "1",
+            "--data.crop_size", "48",
+            "--data.num_frames", "4",
+            "--data.frame_step", "3",
+            "--model.img_size", "48",
+            "--model.num_frames", "4",
+            "--model.encoder_kwargs", '{"depth": 3}',
+            "--model.pred_depth", "2",
+            "--model.collapse_every", "10",
+        ],
+        timeout=600,
+    )
+    losses = step_losses(run_dir)
+    assert len(losses) == 150
+    first = sum(losses[s] for s in range(5, 25)) / 20
+    last = sum(losses[s] for s in range(130, 150)) / 20
+    assert math.isfinite(last)
+    assert last < 0.8 * first, (first, last)
