@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import copy
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import lightning as L
@@ -41,6 +42,15 @@ from worldmodel.objectives import (
     target_features,
 )
 from worldmodel.schedules import Schedule
+
+@dataclass
+class StepOutput:
+    total: torch.Tensor  # what is optimised (prediction loss + regulariser)
+    loss: torch.Tensor  # the prediction loss alone
+    metrics: dict[str, torch.Tensor]  # detached scalars, still on the device
+    full: torch.Tensor  # (B, N, D) target-encoder tokens of the whole clip, detached
+    targets: torch.Tensor  # (B, N, D) their layer-normed targets, detached
+
 
 ENCODERS = ("vit_tiny", "vit_small", "vit_base", "vit_large", "vit_huge", "vit_giant")
 
@@ -71,7 +81,10 @@ class JEPAPretrainer(L.LightningModule):
             (e.g. {"kind": "warmup_constant_cooldown", "base": 5e-4, "warmup_steps": 50, ...}) or a
             constant number.
         total_steps: length of the schedules; default: the Trainer's max_steps.
-        collapse_every: compute collapse statistics every this many steps (0: never).
+        collapse_every: compute collapse statistics every this many steps (0: never): per-dimension std
+            of target features, effective rank of pooled and token features, and the loss of a
+            copy-the-context baseline (`collapse/*` metrics). A warning is printed when the std falls
+            below `collapse_std_min` or the token effective rank below `collapse_rank_min`.
         mask_seed: seed of the mask generator (sample masks depend on (mask_seed, epoch, index, kind)).
     """
 
@@ -99,7 +112,7 @@ class JEPAPretrainer(L.LightningModule):
         total_steps: int | None = None,
         collapse_every: int = 25,
         collapse_std_min: float = 0.05,
-        collapse_rank_min: float = 2.0,
+        collapse_rank_min: float = 4.0,
         mask_seed: int = 0,
     ) -> None:
         super().__init__()
@@ -133,7 +146,7 @@ class JEPAPretrainer(L.LightningModule):
             self.target_encoder.requires_grad_(False)
         else:
             self.target_encoder = None
-        self.collapse_monitor = CollapseMonitor(std_min=collapse_std_min, rank_min=collapse_rank_min)
+        self.collapse_monitor = CollapseMonitor(min_feature_std=collapse_std_min, min_token_effective_rank=collapse_rank_min)
         self._last_batch_end: float | None = None
 
     # ------------------------------------------------------------------ data wiring
@@ -172,12 +185,14 @@ class JEPAPretrainer(L.LightningModule):
         with torch.no_grad():
             return self.target_encoder(video)
 
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+    def compute_loss(self, batch: dict[str, Any]) -> StepOutput:
+        """One JEPA forward pass over a collated batch; no host syncs."""
         video = normalize_video(batch["video"])  # (B, C, T, H, W) float
         grid = self.encoder.grid(video.shape)
         full = self.forward_targets(video)  # (B, N, D)
         targets = target_features(full)  # (B, N, D), per-token LN
 
+        metrics: dict[str, torch.Tensor] = {}
         losses = []
         for mask in batch["masks"]:
             context = self.encoder(video, token_idx=mask.context_idx, token_valid=mask.context_valid)  # (B, Nc, D)
@@ -187,38 +202,45 @@ class JEPAPretrainer(L.LightningModule):
             )  # (B, Nt, D)
             kind_loss = jepa_loss(pred, gather_tokens(targets, mask.target_idx), mask.target_valid, kind=self.hparams.loss)
             losses.append(kind_loss)
-            self.log(f"train/loss_kind{mask.kind}", kind_loss.detach(), on_step=True)
-            self.log(f"train/context_ratio_kind{mask.kind}", mask.context_ratio, on_step=True)
-            self.log(f"train/target_ratio_kind{mask.kind}", mask.target_ratio, on_step=True)
+            metrics[f"loss_kind{mask.kind}"] = kind_loss.detach()
+            # effective ratios: each clip's own valid count over the grid size, averaged over clips
+            metrics[f"context_ratio_kind{mask.kind}"] = mask.context_ratio
+            metrics[f"target_ratio_kind{mask.kind}"] = mask.target_ratio
         loss = torch.stack(losses).mean()
         total = loss
         if self.target_encoder is None:
             generator = torch.Generator(device="cpu").manual_seed(self.hparams.mask_seed * 1_000_003 + self.global_step)
             reg = sigreg(full.flatten(0, 1).float(), num_slices=self.hparams.sigreg_slices, generator=generator)
             total = loss + self.hparams.sigreg_weight * reg
-            self.log("train/sigreg", reg.detach(), on_step=True)
+            metrics["sigreg"] = reg.detach()
+        return StepOutput(total, loss, metrics, full.detach(), targets.detach())
 
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        out = self.compute_loss(batch)
+        total = out.total
         if not torch.isfinite(total):
             raise NonFiniteLossError(
                 f"loss became {total.item()} at step {self.global_step} (epoch {self.current_epoch}); stopped before "
                 "applying the update. The last good checkpoint is kept. Try a lower model.lr, fp32 "
                 "(trainer.precision=32), or gradient clipping (trainer.gradient_clip_val)."
             )
-        self.log("train/loss", loss.detach(), on_step=True, prog_bar=True)
-
+        self.log("train/loss", out.loss, on_step=True, prog_bar=True)
+        for name, value in out.metrics.items():
+            self.log(f"train/{name}", value, on_step=True)
         every = self.hparams.collapse_every
         if every and self.global_step % every == 0:
-            self._log_collapse(batch, full.detach(), targets.detach(), loss.detach())
+            self._log_collapse(batch, out.full, out.targets)
         return total
 
     @torch.no_grad()
-    def _log_collapse(self, batch, full, targets, loss) -> None:
+    def _log_collapse(self, batch, full, targets) -> None:
         stats = collapse_stats(full)
         for name, value in stats.items():
             self.log(f"collapse/{name}", value, on_step=True)
         mask = batch["masks"][0]
         baseline = copy_context_loss(
-            targets, mask.context_idx, mask.context_valid, mask.target_idx, mask.target_valid, kind=self.hparams.loss
+            targets, mask.context_idx, mask.context_valid, mask.target_idx, mask.target_valid,
+            kind=self.hparams.loss, grid=self.encoder.grid(batch["video"].shape),
         )
         self.log("collapse/copy_context_loss", baseline, on_step=True)
         for warning in self.collapse_monitor.check(stats):

@@ -1,0 +1,179 @@
+#!/usr/bin/env python
+"""Time full JEPA training steps on synthetic uint8 clips and print one JSON object.
+
+A step is everything the trainer does per batch: draw the masks (collator), normalise the clip,
+target encoder on the whole clip, context encoder per mask kind, predictor, loss, backward,
+AdamW step and EMA update. Data decoding is not included (see bench_data.py for that).
+
+    python scripts/bench_train.py --encoder vit_tiny --frames 16 --resolution 112 --batch 8 \
+        --pred-depth 6 --pred-dim 192 --steps 20
+
+Output keys: clips_per_s, step_ms_median, step_ms_p90, peak_rss_mb, tflops (achieved, from FLOPs
+counted by torch's FlopCounterMode for one step), peak_tflops (a float32 matmul measured on the same
+machine in the same run), plus the configuration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import statistics
+import sys
+import time
+
+import torch
+
+
+def peak_matmul_tflops(device: torch.device, dtype: torch.dtype, size: int = 2048, reps: int = 10) -> float:
+    a = torch.randn(size, size, device=device, dtype=dtype)
+    b = torch.randn(size, size, device=device, dtype=dtype)
+    for _ in range(2):
+        a @ b
+    sync(device)
+    start = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    sync(device)
+    return 2 * size**3 * reps / (time.perf_counter() - start) / 1e12
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def peak_memory_mb(device: torch.device) -> dict[str, float]:
+    out = {"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    if device.type == "cuda":
+        out["peak_gpu_mem_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    return out
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--encoder", default="vit_tiny")
+    p.add_argument("--frames", type=int, default=16)
+    p.add_argument("--resolution", type=int, default=112)
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--pred-depth", type=int, default=6)
+    p.add_argument("--pred-dim", type=int, default=192)
+    p.add_argument("--pred-heads", type=int, default=None, help="default: pred-dim / 32")
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--masks", default="vjepa2", choices=["vjepa2", "vjepa2+future"])
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--precision", default="32", choices=["32", "bf16"])
+    p.add_argument("--activation-checkpointing", action="store_true")
+    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    p.add_argument("--out", default=None, help="also write the JSON here")
+    args = p.parse_args(argv)
+
+    from worldmodel.objectives import ema_update
+    from worldmodel.pretrain import JEPAPretrainer
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    torch.manual_seed(0)
+    masks = [
+        {"type": "multiblock", "num_blocks": 8, "spatial_scale": [0.15, 0.15]},
+        {"type": "multiblock", "num_blocks": 2, "spatial_scale": [0.7, 0.7]},
+    ]
+    if args.masks == "vjepa2+future":
+        masks.append({"type": "future", "context_fraction": [0.25, 0.75]})
+    module = JEPAPretrainer(
+        encoder=args.encoder,
+        img_size=args.resolution,
+        num_frames=args.frames,
+        pred_depth=args.pred_depth,
+        pred_dim=args.pred_dim,
+        pred_heads=args.pred_heads or max(1, args.pred_dim // 32),
+        masks=masks,
+        activation_checkpointing=args.activation_checkpointing,
+        collapse_every=0,
+    ).to(device)
+    module.train()
+    collator = module.mask_collator()
+    params = [p for p in module.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=1e-4, weight_decay=0.04, fused=device.type == "cuda")
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.precision == "bf16")
+
+    gen = torch.Generator().manual_seed(0)
+    clips = torch.randint(0, 256, (args.batch, 3, args.frames, args.resolution, args.resolution), dtype=torch.uint8, generator=gen)
+
+    def make_batch(step: int) -> dict:
+        samples = [
+            {"video": clips[i], "label": -1, "index": step * args.batch + i, "epoch": 0, "errors": []}
+            for i in range(args.batch)
+        ]
+        batch = collator(samples)
+        batch["video"] = batch["video"].to(device, non_blocking=True)
+        batch["masks"] = [m.to(device) for m in batch["masks"]]
+        return batch
+
+    def step(i: int) -> None:
+        batch = make_batch(i)
+        with autocast:
+            out = module.compute_loss(batch)
+        out.total.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        ema_update(module.target_encoder, module.encoder, 0.999)
+
+    # FLOPs of one step, counted by torch (forward + backward of every op it knows)
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with counter:
+        step(0)
+    flops_per_step = counter.get_total_flops()
+
+    for i in range(args.warmup):
+        step(i + 1)
+    sync(device)
+    times = []
+    for i in range(args.steps):
+        start = time.perf_counter()
+        step(args.warmup + 1 + i)
+        sync(device)
+        times.append(time.perf_counter() - start)
+
+    median = statistics.median(times)
+    dtype = torch.bfloat16 if args.precision == "bf16" else torch.float32
+    result = {
+        "benchmark": "train_step",
+        "encoder": args.encoder,
+        "frames": args.frames,
+        "resolution": args.resolution,
+        "batch": args.batch,
+        "pred_depth": args.pred_depth,
+        "pred_dim": args.pred_dim,
+        "masks": args.masks,
+        "precision": args.precision,
+        "device": str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
+        "threads": torch.get_num_threads(),
+        "steps": args.steps,
+        "clips_per_s": args.batch / median,
+        "step_ms_median": median * 1e3,
+        "step_ms_p90": sorted(times)[int(0.9 * (len(times) - 1))] * 1e3,
+        "flops_per_step": flops_per_step,
+        "tflops": flops_per_step / median / 1e12,
+        "peak_tflops": peak_matmul_tflops(device, dtype),
+        **peak_memory_mb(device),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+    }
+    result["mfu"] = result["tflops"] / result["peak_tflops"]
+    text = json.dumps(result, indent=2)
+    print(text)
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write(text + "\n")
+    return result
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
