@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 
@@ -106,3 +107,33 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
     def load_checkpoint(self, path: Any, map_location: Any = lambda storage, loc: storage, weights_only: Any = None):
         return safe_torch_load(path, map_location=map_location)
+
+
+class LastCheckpoint(Callback):
+    """Keeps `dirpath/last.ckpt` current: every `every_n_steps` optimiser steps and at the last step.
+
+    Saves happen at the end of a training batch, so a resumed run continues with the next batch of the
+    same epoch (mid-epoch resume); the write is atomic through the trainer's checkpoint IO.
+    """
+
+    def __init__(self, dirpath: str | os.PathLike, every_n_steps: int = 100, filename: str = "last.ckpt") -> None:
+        if every_n_steps < 1:
+            raise ValueError(f"every_n_steps must be >= 1, got {every_n_steps}")
+        self.path = Path(dirpath) / filename
+        self.every_n_steps = every_n_steps
+        self._saved_step = -1
+
+    def _save(self, trainer) -> None:
+        if trainer.global_step != self._saved_step:
+            trainer.save_checkpoint(self.path)
+            self._saved_step = trainer.global_step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        step = trainer.global_step
+        last = trainer.max_steps is not None and 0 < trainer.max_steps <= step
+        if step % self.every_n_steps == 0 or last or trainer.should_stop:
+            self._save(trainer)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        # runs limited by max_epochs (or stopped early) end on an epoch boundary: save that state too
+        self._save(trainer)

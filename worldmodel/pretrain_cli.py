@@ -3,7 +3,8 @@
 On top of Lightning's own arguments this adds:
 
     --run_dir DIR            where logs (CSV, TensorBoard), config.yaml, checkpoints and data_errors.csv go
-    --checkpoint_every N     write checkpoints/last.ckpt every N optimiser steps (and at the end)
+    --checkpoint_every N     write checkpoints/last.ckpt every N optimiser steps and at the last step
+                             (more checkpoint callbacks, e.g. ModelCheckpoint, can be added in the config)
     --resume PATH|auto       continue from a checkpoint, mid-epoch and exactly; `auto` = DIR/checkpoints/last.ckpt
 
 Checkpoints are written atomically and read with weights_only=True (`worldmodel.checkpoints`).
@@ -16,11 +17,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
-from worldmodel.checkpoints import AtomicCheckpointIO
+from worldmodel.checkpoints import AtomicCheckpointIO, LastCheckpoint
 from worldmodel.data.datamodule import DataErrorCallback, VideoDataModule
 from worldmodel.data.loader import DataProgressCallback
 from worldmodel.pretrain import JEPAPretrainer
@@ -46,16 +46,7 @@ class PretrainCLI(LightningCLI):
                 TensorBoardLogger(save_dir=str(run_dir), name="logs", version=""),
             ]
         callbacks = list(trainer_cfg.get("callbacks") or [])
-        if not any(isinstance(c, ModelCheckpoint) for c in callbacks):
-            callbacks.append(
-                ModelCheckpoint(
-                    dirpath=str(run_dir / "checkpoints"),
-                    every_n_train_steps=config["checkpoint_every"],
-                    save_top_k=0,
-                    save_last=True,
-                    save_on_train_epoch_end=False,
-                )
-            )
+        callbacks.append(LastCheckpoint(run_dir / "checkpoints", every_n_steps=config["checkpoint_every"]))
         if not any(isinstance(c, DataErrorCallback) for c in callbacks):
             callbacks.append(DataErrorCallback(out_dir=str(run_dir)))
         callbacks.append(DataProgressCallback())
@@ -91,9 +82,7 @@ def run_pretrain_cli(argv: list[str]) -> PretrainCLI:
     )
     ckpt = resolve_resume(cli.config["resume"], cli.config["run_dir"])
     cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=ckpt)
-    # the final state, whatever checkpoint_every was
     final = Path(cli.config["run_dir"]) / "checkpoints" / "last.ckpt"
-    cli.trainer.save_checkpoint(final)
     if cli.trainer.is_global_zero:
         print(f"[worldmodel] finished at step {cli.trainer.global_step}; checkpoint: {final}")
     return cli

@@ -1,0 +1,407 @@
+"""Manifests, ClipDataset (bad files included), EpochSampler, collate, AnticipationDataset.
+
+Videos are real H.264 mp4 files written with PyAV (tests/conftest.py); frame i shows its own index,
+so a test can read back which source frames a clip holds.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import frame_index
+from torch.utils.data import DataLoader
+
+from worldmodel.data.annotations import ActionVocabulary, read_annotations
+from worldmodel.data.datasets import (
+    AnticipationDataset,
+    ClipDataset,
+    DataErrorTracker,
+    DataFailureError,
+    EpochSampler,
+    ManifestEntry,
+    collate_samples,
+    read_manifest,
+)
+from worldmodel.data.transforms import RandomResizedCropVideo, ResizeCenterCropVideo
+from worldmodel.data.video import ClipSampler
+
+
+def _lines(path: Path, *lines: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _indices(video: torch.Tensor) -> list[int]:
+    """Source frame indices of a (C, T, H, W) uint8 clip of index-coded frames."""
+    return [frame_index(video[:, t].permute(1, 2, 0)) for t in range(video.shape[1])]
+
+
+# ---------------------------------------------------------------------------------------------- manifests
+def test_manifest_plain_list_resolves_relative_paths(tmp_path):
+    manifest = _lines(
+        tmp_path / "lists" / "train.txt",
+        "# my videos",
+        "a.mp4",
+        "",
+        "sub/b.mp4   ",
+        "/abs/c.mkv",
+        "../up.webm",
+    )
+    entries = read_manifest(manifest)
+    root = tmp_path / "lists"
+    assert entries == [
+        ManifestEntry(str(root / "a.mp4"), None),
+        ManifestEntry(str(root / "sub" / "b.mp4"), None),
+        ManifestEntry("/abs/c.mkv", None),
+        ManifestEntry(str(tmp_path / "up.webm"), None),
+    ]
+
+
+def test_manifest_labels_space_comma_and_header(tmp_path):
+    spaced = _lines(tmp_path / "spaced.txt", "a.mp4 3", "b.mp4\t7", "c.mp4")
+    assert [(Path(e.path).name, e.label) for e in read_manifest(spaced)] == [("a.mp4", 3), ("b.mp4", 7), ("c.mp4", None)]
+    comma = _lines(tmp_path / "comma.csv", "path,label", "x.mp4,0", "with space.mp4, 12", "y.mp4,")
+    entries = read_manifest(comma)
+    assert [(Path(e.path).name, e.label) for e in entries] == [("x.mp4", 0), ("with space.mp4", 12), ("y.mp4", None)]
+    assert entries[1].path == str(tmp_path / "with space.mp4")
+    header_only_path = _lines(tmp_path / "h.csv", "path", "z.mp4")
+    assert [Path(e.path).name for e in read_manifest(header_only_path)] == ["z.mp4"]
+
+
+def test_manifest_directory_is_scanned_recursively(tmp_path):
+    for name in ["b/2.mp4", "a.MKV", "b/1.avi", "c/d/e.webm", "notes.txt", "b/frames.jpg"]:
+        (tmp_path / "videos" / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "videos" / name).write_bytes(b"")
+    names = [os.path.relpath(e.path, tmp_path / "videos") for e in read_manifest(tmp_path / "videos")]
+    assert names == ["a.MKV", "b/1.avi", "b/2.mp4", "c/d/e.webm"]
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="no video files"):
+        read_manifest(tmp_path / "empty")
+
+
+def test_manifest_errors_name_file_and_line(tmp_path):
+    bad_label = _lines(tmp_path / "bad.txt", "a.mp4 1", "# comment", "b.mp4 cat")
+    with pytest.raises(ValueError, match=r"bad\.txt:3: label 'cat' is not an integer"):
+        read_manifest(bad_label)
+    too_many = _lines(tmp_path / "many.txt", "a.mp4 1 2")
+    with pytest.raises(ValueError, match=r"many\.txt:1: expected 'path' or 'path label'"):
+        read_manifest(too_many)
+    empty = _lines(tmp_path / "empty.csv", "# nothing", "path,label", "")
+    with pytest.raises(ValueError, match=r"empty\.csv lists no videos"):
+        read_manifest(empty)
+    with pytest.raises(FileNotFoundError, match="missing.txt"):
+        read_manifest(tmp_path / "missing.txt")
+
+
+# ---------------------------------------------------------------------------------------------- ClipDataset
+def test_clip_dataset_sample_is_a_function_of_seed_epoch_index(tmp_path, make_video):
+    make_video("v0.mp4", num_frames=40, size=(32, 32))
+    manifest = _lines(tmp_path / "m.txt", "v0.mp4 5")
+    sampler = ClipSampler(num_frames=4, frame_step=2)
+    dataset = ClipDataset([str(manifest)], sampler, transform=None, seed=7)
+    item = dataset[(3, 0)]
+    assert item["video"].dtype == torch.uint8 and item["video"].shape == (3, 4, 32, 32)
+    assert (item["label"], item["index"], item["epoch"], item["errors"]) == (5, 0, 3, [])
+    # the clip start is the first draw of default_rng([seed, epoch, index]); span 7 of 40 frames
+    start = int(np.random.default_rng([7, 3, 0]).integers(0, 40 - 7 + 1))
+    assert _indices(item["video"]) == [start, start + 2, start + 4, start + 6]
+    assert torch.equal(dataset[(3, 0)]["video"], item["video"])
+    assert torch.equal(dataset[0]["video"], dataset[(0, 0)]["video"])  # plain int = epoch 0
+    starts = {_indices(dataset[(epoch, 0)]["video"])[0] for epoch in range(8)}
+    assert len(starts) > 1  # a new clip each epoch
+
+    cropped = ClipDataset(str(manifest), sampler, transform=RandomResizedCropVideo(16), seed=7)
+    a, b = cropped[(1, 0)], cropped[(1, 0)]
+    assert a["video"].shape == (3, 4, 16, 16) and torch.equal(a["video"], b["video"])
+
+
+def _bad_files(tmp_path: Path, make_video) -> dict[str, Path]:
+    """One file per kind of failure the pretraining loader must survive."""
+    full = make_video(tmp_path / "bad" / "truncated.mp4", num_frames=16, size=(32, 32))
+    data = full.read_bytes()
+    full.write_bytes(data[: len(data) // 2])  # cut short: the moov index at the end is gone
+    empty = tmp_path / "bad" / "empty.mp4"
+    empty.write_bytes(b"")
+    text = tmp_path / "bad" / "notes.mp4"
+    text.write_text("these are my notes, not a video\n" * 20)
+    return {"truncated": full, "empty": empty, "not_video": text, "missing": tmp_path / "bad" / "gone.mp4"}
+
+
+def test_bad_files_are_skipped_counted_and_logged(tmp_path, make_video):
+    good = [make_video(f"good/g{i}.mp4", num_frames=12, size=(32, 32)) for i in range(4)]
+    bad = _bad_files(tmp_path, make_video)
+    manifest = _lines(tmp_path / "m.txt", *[str(p) for p in good], *[str(p) for p in bad.values()])
+    dataset = ClipDataset(
+        str(manifest), ClipSampler(num_frames=4, frame_step=1), transform=RandomResizedCropVideo(24), seed=1
+    )
+    sampler = EpochSampler(dataset, shuffle=False)  # every manifest line is asked for once
+    loader = DataLoader(dataset, batch_size=4, sampler=sampler, collate_fn=collate_samples, drop_last=True)
+    tracker = DataErrorTracker(str(tmp_path / "run"), max_failure_ratio=1.0, min_samples=1)
+    seen_errors = []
+    for batch in loader:
+        assert batch["video"].shape == (4, 3, 4, 24, 24) and batch["video"].dtype == torch.uint8  # full
+        assert set(batch["path"]) <= {str(p) for p in good}  # only good files made clips
+        tracker.update(batch["errors"], num_ok=batch["video"].shape[0])
+        seen_errors += batch["errors"]
+    by_path = {path: reason for path, reason, _ in seen_errors}
+    for reason, path in bad.items():
+        assert by_path[str(path)] == reason
+    assert set(tracker.counts) == set(bad) and tracker.num_failures == len(seen_errors) >= 4
+    assert tracker.num_ok == 8
+    with open(tmp_path / "run" / "data_errors.csv", newline="") as f:
+        rows = list(csv.reader(f))
+    assert rows[0] == ["path", "reason", "detail"]
+    assert Counter(r[1] for r in rows[1:]) == tracker.counts
+    assert all(detail for _, _, detail in rows[1:])
+    summary = tracker.summary()
+    assert f"{tracker.num_failures} unusable" in summary and "truncated" in summary and "data_errors.csv" in summary
+    assert DataErrorTracker(str(tmp_path), rank=3).csv_path == tmp_path / "data_errors.rank3.csv"
+
+
+def test_failure_threshold_raises_with_examples(tmp_path, make_video):
+    good = make_video("ok.mp4", num_frames=8, size=(32, 32))
+    bad = _bad_files(tmp_path, make_video)
+    manifest = _lines(tmp_path / "m.txt", str(good), *[str(p) for p in bad.values()])
+    dataset = ClipDataset(str(manifest), ClipSampler(num_frames=2, frame_step=1), seed=0)
+    sampler = EpochSampler(dataset, samples_per_epoch=20, seed=0)
+    loader = DataLoader(dataset, batch_size=4, sampler=sampler, collate_fn=collate_samples)
+    tracker = DataErrorTracker(str(tmp_path), max_failure_ratio=0.25, min_samples=10)
+    with pytest.raises(DataFailureError) as err:
+        for batch in loader:
+            tracker.update(batch["errors"], num_ok=len(batch["index"]))
+    message = str(err.value)
+    assert "max_failure_ratio=0.25" in message and "%" in message
+    assert all(f"{reason} " in message for reason in tracker.counts)
+    assert str(bad["missing"]) in message or str(bad["empty"]) in message
+    assert "worldmodel data check" in message and "data_errors.csv" in message
+
+    # below min_samples nothing is decided; at exactly the threshold the run goes on
+    small = DataErrorTracker(None, max_failure_ratio=0.5, min_samples=10)
+    small.update([("x.mp4", "missing", "gone")] * 5, num_ok=0)
+    small.update([("y.mp4", "corrupt", "bad")] * 5, num_ok=10)  # 10 of 20 = 0.5
+    with pytest.raises(DataFailureError, match="11 of 21"):
+        small.update([("z.mp4", "empty", "zero bytes")], num_ok=0)
+
+
+def test_all_bad_source_stops_the_sample(tmp_path, make_video):
+    bad = _bad_files(tmp_path, make_video)
+    manifest = _lines(tmp_path / "m.txt", *[str(p) for p in bad.values()])
+    dataset = ClipDataset(str(manifest), ClipSampler(num_frames=2, frame_step=1), max_attempts=3)
+    with pytest.raises(DataFailureError, match="3 videos in a row"):
+        dataset[0]
+
+
+def test_two_workers_give_the_same_batches(tmp_path, make_video):
+    videos = [make_video(f"v{i}.mp4", num_frames=12 + 4 * i, size=(32, 40)) for i in range(4)]
+    manifest = _lines(tmp_path / "m.txt", *[p.name for p in videos], "missing.mp4")  # replacements too
+    dataset = ClipDataset(
+        str(manifest), ClipSampler(num_frames=4, frame_step=2), transform=RandomResizedCropVideo(16), seed=3
+    )
+
+    def batches(num_workers: int) -> list[dict]:
+        sampler = EpochSampler(dataset, samples_per_epoch=8, seed=3)
+        sampler.set_epoch(2)
+        loader = DataLoader(
+            dataset, batch_size=2, sampler=sampler, num_workers=num_workers, collate_fn=collate_samples
+        )
+        return list(loader)
+
+    single, multi = batches(0), batches(2)
+    assert len(single) == len(multi) == 4
+    for a, b in zip(single, multi):
+        assert torch.equal(a["index"], b["index"]) and torch.equal(a["epoch"], torch.full((2,), 2))
+        assert torch.equal(a["video"], b["video"]) and a["path"] == b["path"] and a["errors"] == b["errors"]
+    assert any(batch["errors"] for batch in single)  # the missing file was met and replaced
+
+
+def test_replacement_of_a_bad_file_is_deterministic(tmp_path, make_video):
+    videos = [make_video(f"v{i}.mp4", num_frames=8, size=(32, 32)) for i in range(6)]
+    manifest = _lines(tmp_path / "m.txt", "missing.mp4", *[p.name for p in videos])
+    dataset = ClipDataset(str(manifest), ClipSampler(num_frames=2, frame_step=1), seed=2)
+    replacements = set()
+    for epoch in range(6):
+        first, again = dataset[(epoch, 0)], dataset[(epoch, 0)]
+        assert first["errors"] == again["errors"] == [(str(tmp_path / "missing.mp4"), "missing", first["errors"][0][2])]
+        assert first["path"] == again["path"] and torch.equal(first["video"], again["video"])
+        assert (first["index"], first["label"]) == (0, -1)  # the slot keeps its index
+        replacements.add(first["path"])
+    assert len(replacements) > 1  # drawn from the sample's generator, not a fixed fallback
+
+
+# ---------------------------------------------------------------------------------------------- sampler
+def _fake_dataset(tmp_path: Path, sizes: list[int], weights=None) -> ClipDataset:
+    """A ClipDataset over manifests of (not decoded) paths: enough for the sampler."""
+    manifests = [
+        str(_lines(tmp_path / f"m{s}.txt", *[f"src{s}_{i}.mp4" for i in range(n)])) for s, n in enumerate(sizes)
+    ]
+    return ClipDataset(manifests, ClipSampler(num_frames=2, frame_step=1), weights=weights)
+
+
+def test_weighted_mixing_proportions(tmp_path):
+    dataset = _fake_dataset(tmp_path, [3, 10], weights=[3.0, 1.0])
+    assert dataset.source_weights == [0.75, 0.25] and list(np.bincount(dataset.source_ids)) == [3, 10]
+    sampler = EpochSampler(dataset, samples_per_epoch=200, seed=5)
+    for epoch in range(3):
+        sampler.set_epoch(epoch)
+        indices = [index for _, index in sampler]
+        sources = Counter(int(dataset.source_ids[i]) for i in indices)
+        assert sources == {0: 150, 1: 50}
+        # each source walks through its items in cycles: every item equally often
+        assert set(Counter(i for i in indices if i < 3).values()) == {50}
+        assert set(Counter(i for i in indices if i >= 3).values()) == {5}
+    # a small epoch over a large source: no repeats until every item has been used
+    small = EpochSampler(_fake_dataset(tmp_path / "s", [10]), samples_per_epoch=4, seed=1)
+    seen = []
+    for epoch in range(2):
+        small.set_epoch(epoch)
+        seen += [index for _, index in small]
+    assert len(set(seen)) == 8
+    # without shuffle, equal weights interleave the sources
+    even = EpochSampler(_fake_dataset(tmp_path / "e", [2, 2], weights=[1, 1]), samples_per_epoch=4, shuffle=False)
+    assert [index for _, index in even] == [0, 2, 1, 3]
+
+
+def test_sampler_is_deterministic_and_reshuffles_each_epoch(tmp_path):
+    dataset = _fake_dataset(tmp_path, [20])
+    a, b = EpochSampler(dataset, seed=1), EpochSampler(dataset, seed=1)
+    assert list(a) == list(b) and sorted(i for _, i in a) == list(range(20))
+    a.set_epoch(1)
+    assert list(a) != list(b) and all(epoch == 1 for epoch, _ in a)
+    assert list(EpochSampler(dataset, seed=2)) != list(b)
+    assert [i for _, i in EpochSampler(dataset, shuffle=False)] == list(range(20))
+
+
+def test_distributed_partition(tmp_path):
+    dataset = _fake_dataset(tmp_path, [6, 6], weights=[1, 2])
+    for world_size, total in [(4, 12), (5, 12), (3, 7)]:
+        ranks = [
+            EpochSampler(dataset, samples_per_epoch=total, seed=9, rank=r, world_size=world_size)
+            for r in range(world_size)
+        ]
+        for r in ranks:
+            r.set_epoch(4)
+        lists = [[index for _, index in r] for r in ranks]
+        assert all(len(items) == len(ranks[0]) == -(-total // world_size) for items in lists)  # equal counts
+        epoch = list(ranks[0].epoch_indices(4))
+        padded = np.resize(epoch, len(ranks[0]) * world_size).tolist()  # wrapped to equal counts
+        assert sorted(i for items in lists for i in items) == sorted(padded)
+        if total % world_size == 0:
+            # each rank gets different samples of the epoch, all of them together
+            positions = [list(range(r, total, world_size)) for r in range(world_size)]
+            assert [[epoch[p] for p in pos] for pos in positions] == lists
+        else:
+            assert set().union(*map(set, lists)) == set(epoch)  # padding only repeats
+
+
+def test_sampler_resume_continues_exactly(tmp_path):
+    dataset = _fake_dataset(tmp_path, [9, 4], weights=[1, 1])
+    full = EpochSampler(dataset, samples_per_epoch=30, seed=4, rank=1, world_size=2)
+    full.set_epoch(6)
+    expected = list(full)
+    resumed = EpochSampler(dataset, samples_per_epoch=30, seed=4, rank=1, world_size=2)
+    resumed.set_epoch(6)
+    resumed.start_index = 10
+    assert list(resumed) == expected[10:]
+    assert resumed.start_index == 0 and list(resumed) == expected  # one-shot
+    assert len(resumed) == 15
+
+
+def test_collate_samples():
+    samples = [
+        {"video": torch.zeros(3, 2, 4, 4, dtype=torch.uint8), "label": i, "end_s": 0.5 * i, "video_id": f"v{i}",
+         "errors": [("p", "missing", "gone")] * i}
+        for i in range(3)
+    ]
+    batch = collate_samples(samples)
+    assert batch["video"].shape == (3, 3, 2, 4, 4) and batch["video"].dtype == torch.uint8
+    assert batch["label"].tolist() == [0, 1, 2] and batch["label"].dtype == torch.long
+    assert batch["end_s"].tolist() == [0.0, 0.5, 1.0]
+    assert batch["video_id"] == ["v0", "v1", "v2"] and len(batch["errors"]) == 3
+
+
+# ---------------------------------------------------------------------------------------------- anticipation
+ANTICIPATION_CSV = (
+    "narration_id,participant_id,video_id,start_timestamp,stop_timestamp,verb,verb_class,noun,noun_class\n"
+    "P01_01_0,P01,P01_01,00:00:04.00,00:00:05.00,open,1,door,2\n"
+    "P01_01_1,P01,P01_01,00:00:01.50,00:00:02.00,take,0,cup,1\n"
+    "P01_01_2,P01,P01_01,00:00:04.53,00:00:05.10,open,1,cup,1\n"
+    "P01_01_3,P01,P01_01,00:00:00.50,00:00:01.10,take,0,door,2\n"
+)
+
+
+@pytest.fixture
+def epic(tmp_path, make_video):
+    """An EPIC-layout folder: one 6 s video at 16 fps (P01/videos/P01_01.MP4) and its annotations."""
+    video = make_video(tmp_path / "videos" / "P01" / "videos" / "P01_01.MP4", num_frames=96, fps=16.0, size=(32, 32))
+    csv_path = tmp_path / "val.csv"
+    csv_path.write_text(ANTICIPATION_CSV)
+    train = tmp_path / "train.csv"
+    train.write_text(
+        "video_id,start_timestamp,stop_timestamp,verb_class,noun_class\nP01_01,1.0,2.0,1,2\nP01_01,3.0,4.0,0,1\n"
+    )
+    vocabulary = ActionVocabulary.from_annotations(read_annotations(train), eval_segments=read_annotations(csv_path))
+    return {"video": video, "csv": csv_path, "videos_dir": tmp_path / "videos", "vocabulary": vocabulary}
+
+
+def test_anticipation_window_ends_before_the_action(epic):
+    dataset = AnticipationDataset(
+        str(epic["csv"]), str(epic["videos_dir"]), epic["vocabulary"], num_frames=8, fps=8.0, anticipation_s=1.0
+    )
+    assert len(dataset) == 4
+    item = dataset[0]
+    # start 4.0 s - 1.0 s = 3.0 s = frame 48 at 16 fps; 8 frames at 8 fps step back 2 source frames each
+    assert _indices(item["video"]) == [34, 36, 38, 40, 42, 44, 46, 48]
+    assert item["end_s"] == pytest.approx(3.0) and item["start_s"] == pytest.approx(4.0)
+    assert (item["verb"], item["noun"], item["video_id"], item["errors"]) == (1, 2, "P01_01", [])
+    assert item["action"] == item["label"] == epic["vocabulary"].action_id(1, 2) >= 0
+
+    # near the start: 1.5 s - 1 s = 0.5 s = frame 8; frames before the video repeat frame 0
+    early = dataset[1]
+    assert _indices(early["video"]) == [0, 0, 0, 0, 2, 4, 6, 8] and early["end_s"] == pytest.approx(0.5)
+    # between frames: 3.53 s * 16 = 56.48 -> the last frame at or before is 56 (3.5 s)
+    between = dataset[2]
+    assert _indices(between["video"])[-1] == 56 and between["end_s"] == pytest.approx(3.5)
+    assert between["action"] == -1  # (open, cup) never occurs in training: kept, labelled -1
+    # the action starts before anticipation_s has passed: the context is the first frame only
+    assert _indices(dataset[3]["video"]) == [0] * 8 and dataset[3]["end_s"] == 0.0
+
+    for index in range(len(dataset)):
+        item = dataset[index]
+        assert item["end_s"] <= max(item["start_s"] - 1.0, 0.0) + 1e-6
+        assert item["end_s"] > item["start_s"] - 1.0 - 1 / 16  # the LAST frame at or before
+
+    batch = next(iter(DataLoader(dataset, batch_size=4, collate_fn=collate_samples)))
+    assert batch["video"].shape == (4, 3, 8, 32, 32)
+    assert batch["action"].tolist() == [dataset[i]["action"] for i in range(4)]
+    assert batch["end_s"].tolist() == pytest.approx([3.0, 0.5, 3.5, 0.0])
+
+
+def test_anticipation_with_frame_numbers_and_eval_transform(epic, tmp_path):
+    frames_csv = tmp_path / "frames.csv"
+    frames_csv.write_text("video_id,start_frame,stop_frame,verb_class,noun_class\nP01_01,64,70,1,2\n")
+    dataset = AnticipationDataset(
+        str(frames_csv), str(epic["videos_dir"]), epic["vocabulary"], num_frames=4, fps=4.0,
+        transform=ResizeCenterCropVideo(16),
+    )
+    item = dataset[0]
+    assert item["start_s"] == pytest.approx(4.0)  # frame 64 at 16 fps
+    assert item["video"].shape == (3, 4, 16, 16)
+    assert dataset.context_indices(0).tolist() == [36, 40, 44, 48]
+    assert _indices(item["video"]) == [36, 40, 44, 48]
+    assert torch.equal(dataset[0]["video"], item["video"]) and torch.equal(dataset[(5, 0)]["video"], item["video"])
+
+
+def test_anticipation_missing_videos_are_an_error(epic, tmp_path):
+    csv_path = tmp_path / "more.csv"
+    csv_path.write_text(
+        ANTICIPATION_CSV + "x,P02,P02_07,00:00:01.00,00:00:02.00,a,0,b,1\nx,,lonely,00:00:01.00,00:00:02.00,a,0,b,1\n"
+    )
+    with pytest.raises(FileNotFoundError, match=r"2 referenced video\(s\) not found.*P02_07, lonely"):
+        AnticipationDataset(str(csv_path), str(epic["videos_dir"]), epic["vocabulary"])

@@ -1,0 +1,625 @@
+"""Which clip: manifests, the pretraining ClipDataset, the anticipation dataset, the epoch sampler.
+
+Every random choice of a sample is a pure function of (seed, epoch, index): the sample's generator is
+``np.random.default_rng([seed, epoch, index])`` and drives the clip start, the crop and the flip, and
+the replacement of unusable files. Samplers yield ``(epoch, index)`` keys, so a batch is the same
+whatever the number of DataLoader workers, ranks, or where a run was resumed.
+
+Unusable videos (missing, empty, truncated, corrupt, not a video: a `VideoError` from decoding) never
+stop a run and are never replaced silently: the item records each file it skipped in ``errors`` as
+``(path, reason, detail)``, a replacement is drawn from the same source with the sample's generator,
+and `DataErrorTracker` (fed by `worldmodel.data.datamodule.DataErrorCallback` in the main process)
+counts them, writes them to ``data_errors.csv`` and stops the run with a clear message once too large
+a share of the data is bad.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+import numpy as np
+import torch
+from einops import rearrange
+from torch.utils.data import Dataset, Sampler
+
+from worldmodel.data.annotations import ActionSegment, ActionVocabulary, find_video, read_annotations
+from worldmodel.data.video import (
+    VIDEO_EXTENSIONS,
+    ClipSampler,
+    VideoError,
+    VideoInfo,
+    read_clips,
+    read_frames,
+    read_video_info,
+)
+
+__all__ = [
+    "AnticipationDataset",
+    "ClipDataset",
+    "DataErrorTracker",
+    "DataFailureError",
+    "EpochSampler",
+    "ManifestEntry",
+    "collate_samples",
+    "read_manifest",
+]
+
+# A transform takes uint8 frames (T, H, W, C) and the sample's generator, returns uint8 (C, T, H, W).
+VideoTransform = Callable[[torch.Tensor, np.random.Generator], torch.Tensor]
+DataError = tuple[str, str, str]  # (path, reason, detail)
+
+
+# ---------------------------------------------------------------------------------------------- manifests
+@dataclass(frozen=True)
+class ManifestEntry:
+    path: str
+    label: int | None = None
+
+
+def _is_video(path: Path) -> bool:
+    return path.suffix.lower() in VIDEO_EXTENSIONS
+
+
+def read_manifest(path: str | os.PathLike) -> list[ManifestEntry]:
+    """Video paths (and optional integer labels) from a manifest file or a directory of videos.
+
+    A manifest file has one video per line: ``path`` or ``path label``, separated by a space or a
+    comma (use the comma form for paths containing spaces). Relative paths are resolved against the
+    manifest's folder. Blank lines, ``#`` comments and a header line (``path`` or ``path,label``) are
+    skipped. A directory is scanned recursively for files with a video extension, in sorted order.
+    """
+    path = Path(path).expanduser()
+    if path.is_dir():
+        videos = sorted(p for p in path.rglob("*") if p.is_file() and _is_video(p))
+        if not videos:
+            raise ValueError(
+                f"{path}: no video files found in this directory or below "
+                f"(extensions {', '.join(VIDEO_EXTENSIONS)})"
+            )
+        return [ManifestEntry(str(p.resolve()), None) for p in videos]
+    if not path.is_file():
+        raise FileNotFoundError(f"manifest {path} does not exist (give a manifest file or a folder of videos)")
+
+    root = path.resolve().parent
+    entries: list[ManifestEntry] = []
+    seen_data = False
+    with open(path, encoding="utf-8-sig") as f:
+        for line_no, raw in enumerate(f, start=1):
+            line = raw.strip()
+            if not line or line.startswith("#"):
+                continue
+            where = f"{path}:{line_no}"
+            fields = _split_manifest_line(line, where)
+            if not seen_data and [x.lower() for x in fields] in (["path"], ["path", "label"]):
+                seen_data = True
+                continue  # header
+            seen_data = True
+            video = Path(fields[0]).expanduser()
+            if not video.is_absolute():
+                video = root / video
+            label = None
+            if len(fields) == 2:
+                try:
+                    label = int(fields[1])
+                except ValueError:
+                    raise ValueError(
+                        f"{where}: label {fields[1]!r} is not an integer (expected 'path' or 'path label')"
+                    ) from None
+            entries.append(ManifestEntry(os.path.normpath(video), label))
+    if not entries:
+        raise ValueError(f"manifest {path} lists no videos (only blank lines, comments or a header)")
+    return entries
+
+
+def _split_manifest_line(line: str, where: str) -> list[str]:
+    if "," in line:
+        fields = [x.strip() for x in next(csv.reader([line], skipinitialspace=True))]
+        while len(fields) > 1 and fields[-1] == "":
+            fields = fields[:-1]  # trailing comma(s): no label
+    else:
+        fields = line.split()
+    if not 1 <= len(fields) <= 2 or not fields[0]:
+        raise ValueError(
+            f"{where}: expected 'path' or 'path label' (space or comma separated), got {line!r}; "
+            "write paths that contain spaces as 'path,label'"
+        )
+    return fields
+
+
+# ---------------------------------------------------------------------------------------------- errors
+class DataFailureError(RuntimeError):
+    """Too many videos could not be used: the data needs fixing before training goes on."""
+
+
+class DataErrorTracker:
+    """Counts the unusable files met by the data loaders, logs them to CSV, stops a run at a threshold.
+
+    ``update(errors, num_ok)`` takes one batch's ``errors`` (``(path, reason, detail)``, one per skipped
+    file) and the number of samples it delivered. Each error is appended to ``out_dir/data_errors.csv``
+    (rank r > 0: ``data_errors.rank{r}.csv``). Once at least ``min_samples`` attempts have been made and
+    failures / (failures + num_ok) exceeds ``max_failure_ratio``, `DataFailureError` is raised.
+    """
+
+    CSV_COLUMNS = ("path", "reason", "detail")
+    MAX_EXAMPLES = 5
+
+    def __init__(
+        self,
+        out_dir: str | os.PathLike | None,
+        max_failure_ratio: float = 0.1,
+        min_samples: int = 50,
+        rank: int = 0,
+    ) -> None:
+        if not 0.0 <= max_failure_ratio <= 1.0:
+            raise ValueError(f"max_failure_ratio must be in [0, 1], got {max_failure_ratio}")
+        self.out_dir = Path(out_dir) if out_dir is not None else None
+        self.max_failure_ratio = float(max_failure_ratio)
+        self.min_samples = int(min_samples)
+        self.rank = int(rank)
+        self.counts: Counter[str] = Counter()
+        self.num_ok = 0
+        self.examples: list[DataError] = []
+
+    @property
+    def csv_path(self) -> Path | None:
+        if self.out_dir is None:
+            return None
+        name = "data_errors.csv" if self.rank == 0 else f"data_errors.rank{self.rank}.csv"
+        return self.out_dir / name
+
+    @property
+    def num_failures(self) -> int:
+        return sum(self.counts.values())
+
+    @property
+    def failure_ratio(self) -> float:
+        attempts = self.num_failures + self.num_ok
+        return self.num_failures / attempts if attempts else 0.0
+
+    def update(self, errors: Sequence[Sequence[str]], num_ok: int) -> None:
+        errors = [(str(p), str(r), str(d)) for p, r, d in errors]
+        self.num_ok += int(num_ok)
+        for error in errors:
+            self.counts[error[1]] += 1
+            if len(self.examples) < self.MAX_EXAMPLES and error[0] not in {e[0] for e in self.examples}:
+                self.examples.append(error)
+        if errors:
+            self._append_csv(errors)
+        self.check()
+
+    def _append_csv(self, errors: list[DataError]) -> None:
+        path = self.csv_path
+        if path is None:
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        new = not path.exists() or path.stat().st_size == 0
+        with open(path, "a", newline="") as f:
+            writer = csv.writer(f)
+            if new:
+                writer.writerow(self.CSV_COLUMNS)
+            writer.writerows(errors)
+
+    def _counts_text(self) -> str:
+        return ", ".join(f"{reason} {n}" for reason, n in sorted(self.counts.items())) or "none"
+
+    def summary(self) -> str:
+        """One line for the log: skipped files by reason, share of attempts, where the list is."""
+        attempts = self.num_failures + self.num_ok
+        line = (
+            f"data: {self.num_failures} unusable file(s) skipped in {attempts} attempts "
+            f"({100 * self.failure_ratio:.1f}%); by reason: {self._counts_text()}"
+        )
+        if self.num_failures and self.csv_path is not None:
+            line += f"; list in {self.csv_path}"
+        return line
+
+    def check(self) -> None:
+        attempts = self.num_failures + self.num_ok
+        if attempts < self.min_samples or self.failure_ratio <= self.max_failure_ratio:
+            return
+        examples = "\n".join(f"  {p}: {r}: {d}" for p, r, d in self.examples)
+        where = f"All of them are listed in {self.csv_path}.\n" if self.csv_path is not None else ""
+        raise DataFailureError(
+            f"too many unusable videos: {self.num_failures} of {attempts} attempts failed "
+            f"({100 * self.failure_ratio:.1f}%), above max_failure_ratio={self.max_failure_ratio:g} "
+            f"({100 * self.max_failure_ratio:.1f}%).\n"
+            f"By reason: {self._counts_text()}.\n"
+            f"Examples:\n{examples}\n{where}"
+            "Find the bad files with `worldmodel data check MANIFEST`, then fix or remove them from the "
+            "manifest (or raise data.max_failure_ratio if some bad files are expected)."
+        )
+
+    def state_dict(self) -> dict:
+        return {"counts": dict(self.counts), "num_ok": self.num_ok, "examples": [list(e) for e in self.examples]}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.counts = Counter({str(k): int(v) for k, v in state.get("counts", {}).items()})
+        self.num_ok = int(state.get("num_ok", 0))
+        self.examples = [tuple(e) for e in state.get("examples", [])][: self.MAX_EXAMPLES]
+
+
+# ---------------------------------------------------------------------------------------------- datasets
+def _split_key(key: int | tuple[int, int]) -> tuple[int, int]:
+    """(epoch, index) from a sampler key; a plain int index means epoch 0."""
+    if isinstance(key, (tuple, list)):
+        epoch, index = key
+    else:
+        epoch, index = 0, key
+    epoch, index = int(epoch), int(index)
+    if epoch < 0:
+        raise ValueError(f"epoch must be >= 0, got {epoch}")
+    return epoch, index
+
+
+def _to_video(frames: torch.Tensor, transform: VideoTransform | None, rng: np.random.Generator) -> torch.Tensor:
+    """uint8 (T, H, W, C) -> uint8 (C, T, H, W), through the transform when there is one."""
+    if transform is not None:
+        return transform(frames, rng)
+    return rearrange(frames, "t h w c -> c t h w").contiguous()
+
+
+class ClipDataset(Dataset):
+    """Clips from the videos of one or several manifests (pretraining).
+
+    Item ``(epoch, index)`` (or ``index`` for epoch 0) is a dict: ``video`` uint8 (C, T, H, W),
+    ``label`` (-1 when the manifest has none), ``index``, ``epoch``, ``errors`` (files skipped while
+    making it) and ``path`` (the file the clip comes from). Several manifests are mixed by `EpochSampler`
+    in proportion to ``weights`` (default: in proportion to their sizes, i.e. uniform over videos);
+    the dataset exposes ``source_ids`` (per item) and ``source_weights`` (per manifest, normalised, or
+    None without weights) for it.
+    """
+
+    def __init__(
+        self,
+        manifests: list[str] | str,
+        sampler: ClipSampler,
+        transform: VideoTransform | None = None,
+        weights: list[float] | None = None,
+        seed: int = 0,
+        decode_size: int | tuple[int, int] | None = None,
+        max_attempts: int = 20,
+    ) -> None:
+        if isinstance(manifests, (str, os.PathLike)):
+            manifests = [manifests]
+        manifests = [str(m) for m in manifests]
+        if not manifests:
+            raise ValueError("ClipDataset needs at least one manifest")
+        if max_attempts < 1:
+            raise ValueError(f"max_attempts must be >= 1, got {max_attempts}")
+        self.sampler = sampler
+        self.transform = transform
+        self.seed = int(seed)
+        self.decode_size = decode_size
+        self.max_attempts = int(max_attempts)
+        self.source_names = manifests
+
+        self.entries: list[ManifestEntry] = []
+        source_ids: list[int] = []
+        for source, manifest in enumerate(manifests):
+            entries = read_manifest(manifest)
+            self.entries += entries
+            source_ids += [source] * len(entries)
+        self.source_ids = np.asarray(source_ids, dtype=np.int64)  # (N,)
+        self._source_items = [np.flatnonzero(self.source_ids == s) for s in range(len(manifests))]
+
+        if weights is None:
+            self.source_weights: list[float] | None = None
+        else:
+            if len(weights) != len(manifests):
+                raise ValueError(f"got {len(weights)} manifest weights for {len(manifests)} manifests")
+            if any(w < 0 or not math.isfinite(w) for w in weights) or sum(weights) <= 0:
+                raise ValueError(f"manifest weights must be >= 0 and not all zero, got {list(weights)}")
+            self.source_weights = [float(w) / sum(weights) for w in weights]
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def _replacement(self, index: int, failed: set[int], rng: np.random.Generator) -> int:
+        """Another item of the same source, drawn with the sample's generator (avoiding known-bad ones)."""
+        pool = self._source_items[int(self.source_ids[index])]
+        candidate = int(pool[rng.integers(len(pool))])
+        for _ in range(8):
+            if candidate not in failed or len(failed) >= len(pool):
+                break
+            candidate = int(pool[rng.integers(len(pool))])
+        return candidate
+
+    def __getitem__(self, key: int | tuple[int, int]) -> dict:
+        epoch, index = _split_key(key)
+        if not 0 <= index < len(self.entries):
+            raise IndexError(f"index {index} out of range for a dataset of {len(self.entries)} videos")
+        rng = np.random.default_rng([self.seed, epoch, index])
+        errors: list[DataError] = []
+        failed: set[int] = set()
+        current = index
+        for _ in range(self.max_attempts):
+            entry = self.entries[current]
+            try:
+                clip = read_clips(entry.path, self.sampler, mode="random", rng=rng, size=self.decode_size)[0]
+            except VideoError as err:
+                errors.append((str(getattr(err, "path", entry.path)), err.reason, err.detail))
+                failed.add(current)
+                current = self._replacement(current, failed, rng)
+                continue
+            video = _to_video(clip.frames, self.transform, rng)  # (C, T, H, W) uint8
+            return {
+                "video": video,
+                "label": -1 if entry.label is None else int(entry.label),
+                "index": index,
+                "epoch": epoch,
+                "errors": errors,
+                "path": entry.path,
+            }
+        listed = "\n".join(f"  {p}: {r}: {d}" for p, r, d in errors[:5])
+        raise DataFailureError(
+            f"sample {index} (epoch {epoch}): {self.max_attempts} videos in a row could not be used:\n{listed}\n"
+            "Check the manifest with `worldmodel data check MANIFEST`."
+        )
+
+
+class AnticipationDataset(Dataset):
+    """Context clips that end ``anticipation_s`` before each annotated action starts.
+
+    The clip has ``num_frames`` frames at ``fps`` (default 32 at 8 fps: 4 s); its LAST frame is the last
+    video frame at or before ``start_s - anticipation_s`` (frames before the video start repeat the first
+    frame). Every annotation row gives exactly one item, in file order: evaluation never skips a row,
+    so a missing video is an error at construction and an undecodable one an error when read.
+
+    Items add ``verb``, ``noun``, ``action`` (= ``label``; -1 for a pair unseen in training),
+    ``start_s`` (action start), ``end_s`` (time of the context's last frame) and ``video_id``.
+    """
+
+    MAX_LISTED = 10
+
+    def __init__(
+        self,
+        annotations_csv: str,
+        videos_dir: str,
+        vocabulary: ActionVocabulary,
+        num_frames: int = 32,
+        fps: float = 8.0,
+        anticipation_s: float = 1.0,
+        transform: VideoTransform | None = None,
+        seed: int = 0,
+        decode_size: int | tuple[int, int] | None = None,
+    ) -> None:
+        if anticipation_s < 0:
+            raise ValueError(f"anticipation_s must be >= 0, got {anticipation_s}")
+        self.annotations_csv = str(annotations_csv)
+        self.videos_dir = str(videos_dir)
+        self.vocabulary = vocabulary
+        self.anticipation_s = float(anticipation_s)
+        self.transform = transform
+        self.seed = int(seed)
+        self.decode_size = decode_size
+        self.clip_sampler = ClipSampler(num_frames=num_frames, fps=fps)
+
+        # every referenced video must exist before anything else (frame-number rows need their fps)
+        self.video_paths: dict[str, str] = {}
+        missing: list[str] = []
+        for video_id, participant_id in _referenced_videos(self.annotations_csv):
+            if video_id in self.video_paths or video_id in missing:
+                continue
+            try:
+                self.video_paths[video_id] = find_video(self.videos_dir, video_id, participant_id)
+            except FileNotFoundError:
+                missing.append(video_id)
+        if missing:
+            shown = ", ".join(missing[: self.MAX_LISTED]) + (" ..." if len(missing) > self.MAX_LISTED else "")
+            raise FileNotFoundError(
+                f"{self.annotations_csv}: {len(missing)} referenced video(s) not found under {self.videos_dir}: "
+                f"{shown}. Videos are looked up as DIR/<video_id>.<ext> or DIR/<participant_id>/videos/"
+                f"<video_id>.<ext> (ext: {', '.join(e.lstrip('.') for e in VIDEO_EXTENSIONS)}, any case)."
+            )
+        self.segments: list[ActionSegment] = read_annotations(self.annotations_csv, videos_dir=self.videos_dir)
+        for segment in self.segments:
+            vocabulary.check(segment)
+        self._infos: dict[str, VideoInfo] = {}  # per process (each worker probes its own)
+
+    def __len__(self) -> int:
+        return len(self.segments)
+
+    def _info(self, video_id: str) -> VideoInfo:
+        if video_id not in self._infos:
+            self._infos[video_id] = read_video_info(self.video_paths[video_id])
+        return self._infos[video_id]
+
+    def context_indices(self, index: int) -> np.ndarray:
+        """Source frame indices (T,) of item ``index``'s context clip."""
+        segment = self.segments[index]
+        end_s = max(segment.start_s - self.anticipation_s, 0.0)
+        return self.clip_sampler.indices_ending_at(self._info(segment.video_id), end_s)
+
+    def __getitem__(self, key: int | tuple[int, int]) -> dict:
+        epoch, index = _split_key(key)
+        if not 0 <= index < len(self.segments):
+            raise IndexError(f"index {index} out of range for {len(self.segments)} annotated actions")
+        segment = self.segments[index]
+        rng = np.random.default_rng([self.seed, epoch, index])
+        info = self._info(segment.video_id)
+        indices = self.context_indices(index)  # (T,)
+        frames = read_frames(self.video_paths[segment.video_id], indices, size=self.decode_size)
+        video = _to_video(frames, self.transform, rng)  # (C, T, H, W) uint8
+        action = self.vocabulary.action_id(segment.verb, segment.noun)
+        return {
+            "video": video,
+            "label": action,
+            "index": index,
+            "epoch": epoch,
+            "errors": [],
+            "verb": segment.verb,
+            "noun": segment.noun,
+            "action": action,
+            "start_s": segment.start_s,
+            "end_s": float(indices[-1]) / info.fps,
+            "video_id": segment.video_id,
+        }
+
+
+def _referenced_videos(annotations_csv: str) -> list[tuple[str, str | None]]:
+    """(video_id, participant_id) of every row, without parsing the rest (for the existence check)."""
+    path = Path(annotations_csv)
+    if not path.is_file():
+        raise FileNotFoundError(f"annotation file {path} does not exist")
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        reader = csv.DictReader(f)
+        reader.fieldnames = [c.strip() for c in (reader.fieldnames or [])]
+        if "video_id" not in reader.fieldnames:
+            raise ValueError(f"{path}: missing column video_id; found {', '.join(reader.fieldnames)}")
+        refs = []
+        for row in reader:
+            video_id = (row.get("video_id") or "").strip()
+            if video_id:
+                refs.append((video_id, (row.get("participant_id") or "").strip() or None))
+    return refs
+
+
+# ---------------------------------------------------------------------------------------------- sampler
+_CYCLE_STREAM = 1_000_001  # seeds a source's shuffled cycles: [seed, stream, source, cycle]
+_MIX_STREAM = 1_000_002  # seeds an epoch's interleaving of sources: [seed, stream, epoch]
+
+
+def _largest_remainder(total: int, shares: Sequence[float]) -> np.ndarray:
+    """Integer counts summing to ``total`` in proportion to ``shares`` (largest remainder method)."""
+    exact = np.asarray(shares, dtype=np.float64) * total
+    counts = np.floor(exact).astype(np.int64)
+    rest = total - int(counts.sum())
+    order = np.argsort(-(exact - counts), kind="stable")
+    counts[order[:rest]] += 1
+    return counts
+
+
+class EpochSampler(Sampler):
+    """Yields this rank's ``(epoch, index)`` keys for the current epoch; deterministic given the seed.
+
+    An epoch has ``samples_per_epoch`` samples over all ranks (default: the dataset's length). Sources
+    (the dataset's ``source_ids`` / ``source_weights``; one source when there are no weights) contribute
+    in proportion to their weights. Each source walks through its items in a shuffled cycle that goes on
+    across epochs (every item once before any repeats, a new permutation per cycle), so short epochs
+    over a large corpus still see new videos. With ``shuffle`` the epoch's samples are then shuffled;
+    without, sources are interleaved evenly in item order.
+
+    The epoch is split across ranks: rank r takes samples r, r + world_size, ...; the list is padded by
+    wrapping so every rank gets the same count (``len(self)``). For mid-epoch resume, set
+    ``start_index`` to the number of this rank's samples of the current epoch already consumed: the next
+    iteration skips them (and resets ``start_index`` to 0).
+    """
+
+    def __init__(
+        self,
+        dataset: Dataset,
+        samples_per_epoch: int | None = None,
+        shuffle: bool = True,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
+        num_items = len(dataset)
+        if num_items == 0:
+            raise ValueError("EpochSampler over an empty dataset")
+        if world_size < 1 or not 0 <= rank < world_size:
+            raise ValueError(f"invalid rank {rank} for world_size {world_size}")
+        if samples_per_epoch is not None and samples_per_epoch < 1:
+            raise ValueError(f"samples_per_epoch must be >= 1, got {samples_per_epoch}")
+        self.seed = int(seed)
+        self.shuffle = bool(shuffle)
+        self.rank = int(rank)
+        self.world_size = int(world_size)
+        self.samples_per_epoch = int(samples_per_epoch or num_items)
+
+        source_ids = getattr(dataset, "source_ids", None)
+        weights = getattr(dataset, "source_weights", None)
+        if source_ids is None or weights is None:
+            self.pools = [np.arange(num_items, dtype=np.int64)]
+            shares = [1.0]
+        else:
+            source_ids = np.asarray(source_ids)
+            self.pools = [np.flatnonzero(source_ids == s) for s in range(len(weights))]
+            shares = list(weights)
+        self.counts = _largest_remainder(self.samples_per_epoch, shares)  # per source, per epoch
+        for source, (pool, count) in enumerate(zip(self.pools, self.counts)):
+            if count > 0 and len(pool) == 0:
+                raise ValueError(f"source {source} has weight {shares[source]} but no items")
+        self.num_samples = math.ceil(self.samples_per_epoch / self.world_size)  # per rank
+        self.epoch = 0
+        self.start_index = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def _source_draws(self, source: int, epoch: int) -> np.ndarray:
+        """Items of ``source`` for ``epoch``: positions [e * count, (e + 1) * count) of its cycles."""
+        pool, count = self.pools[source], int(self.counts[source])
+        if count == 0:
+            return np.empty(0, dtype=np.int64)
+        positions = epoch * count + np.arange(count, dtype=np.int64)
+        cycles, offsets = np.divmod(positions, len(pool))
+        draws = np.empty(count, dtype=np.int64)
+        for cycle in np.unique(cycles):
+            at = cycles == cycle
+            if self.shuffle:
+                order = np.random.default_rng([self.seed, _CYCLE_STREAM, source, int(cycle)]).permutation(len(pool))
+            else:
+                order = np.arange(len(pool))
+            draws[at] = pool[order[offsets[at]]]
+        return draws
+
+    def epoch_indices(self, epoch: int) -> np.ndarray:
+        """All ranks' dataset indices of ``epoch`` (samples_per_epoch,), before the rank split."""
+        draws = [self._source_draws(s, epoch) for s in range(len(self.pools))]
+        indices = np.concatenate(draws)
+        if self.shuffle:
+            mix = np.random.default_rng([self.seed, _MIX_STREAM, int(epoch)])
+            return indices[mix.permutation(len(indices))]
+        # even interleaving: the j-th of a source's c draws sits at (j + 0.5) / c of the epoch
+        slots = np.concatenate([(np.arange(len(d)) + 0.5) / max(len(d), 1) for d in draws])
+        return indices[np.argsort(slots, kind="stable")]
+
+    def rank_indices(self, epoch: int) -> np.ndarray:
+        """This rank's dataset indices of ``epoch`` (len(self),)."""
+        indices = self.epoch_indices(epoch)
+        padded = np.resize(indices, self.num_samples * self.world_size)  # pad by wrapping
+        return padded[self.rank :: self.world_size]
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        epoch, start = self.epoch, int(self.start_index)
+        self.start_index = 0  # one-shot: only the resumed epoch skips
+        for index in self.rank_indices(epoch)[start:]:
+            yield (epoch, int(index))
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+
+# ---------------------------------------------------------------------------------------------- collate
+def collate_samples(samples: list[dict]) -> dict:
+    """Batch a list of items: tensors stacked (video -> (B, C, T, H, W) uint8), numbers to tensors,
+    ``errors`` concatenated into one list, anything else (strings) kept as a list."""
+    if not samples:
+        raise ValueError("collate_samples got an empty list")
+    batch: dict = {}
+    for key in samples[0]:
+        values = [sample[key] for sample in samples]
+        first = values[0]
+        if key == "errors":
+            batch[key] = [tuple(error) for errors in values for error in errors]
+        elif isinstance(first, torch.Tensor):
+            batch[key] = torch.stack(values)
+        elif isinstance(first, np.ndarray):
+            batch[key] = torch.as_tensor(np.stack(values))
+        elif isinstance(first, (bool, np.bool_)):
+            batch[key] = torch.tensor(values, dtype=torch.bool)
+        elif isinstance(first, (int, np.integer)):
+            batch[key] = torch.tensor(values, dtype=torch.long)
+        elif isinstance(first, (float, np.floating)):
+            # float32: batches go to devices (MPS) without float64 support
+            batch[key] = torch.tensor(values, dtype=torch.float32)
+        else:
+            batch[key] = list(values)
+    return batch
