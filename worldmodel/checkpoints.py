@@ -16,6 +16,7 @@ import os
 import pickle
 import tempfile
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -137,3 +138,41 @@ class LastCheckpoint(Callback):
     def on_train_end(self, trainer, pl_module) -> None:
         # runs limited by max_epochs (or stopped early) end on an epoch boundary: save that state too
         self._save(trainer)
+
+
+# ---------------------------------------------------------------------------------------------- models
+@dataclass
+class ModelParts:
+    """What inference needs from a checkpoint: the encoder, the predictor and how they were built."""
+
+    encoder: Any  # worldmodel.models.vit.VideoViT
+    predictor: Any  # worldmodel.models.predictor.Predictor
+    config: dict[str, Any]  # the pretraining hyper-parameters (JEPAPretrainer arguments)
+    source: str  # the path it came from
+
+
+def load_model_parts(path: str | os.PathLike, encoder: str = "target") -> ModelParts:
+    """Encoder and predictor from a `worldmodel pretrain` checkpoint (.ckpt), in eval mode on the CPU.
+
+    encoder="target" takes the EMA target encoder (what V-JEPA 2's evaluations use; with SIGReg training
+    there is only one encoder), "context" the online context encoder.
+    """
+    from worldmodel.pretrain import JEPAPretrainer
+
+    if encoder not in ("target", "context"):
+        raise ValueError(f"encoder must be 'target' or 'context', got {encoder!r}")
+    ckpt = safe_torch_load(path)
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "hyper_parameters" not in ckpt:
+        raise CheckpointError(
+            f"{path}: not a worldmodel pretraining checkpoint (expected 'state_dict' and 'hyper_parameters' keys)"
+        )
+    config = {k: v for k, v in ckpt["hyper_parameters"].items() if not k.startswith("_")}  # LightningCLI adds _class_path etc.
+    module = JEPAPretrainer(**config)
+    missing, unexpected = module.load_state_dict(ckpt["state_dict"], strict=False)
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{path}: weights do not match the model its hyper-parameters describe "
+            f"(missing: {missing[:5]}, unexpected: {unexpected[:5]})"
+        )
+    chosen = module.target_encoder if (encoder == "target" and module.target_encoder is not None) else module.encoder
+    return ModelParts(chosen.eval(), module.predictor.eval(), config, str(path))
