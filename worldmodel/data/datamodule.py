@@ -11,8 +11,6 @@ with ``use_distributed_sampler=False``: the sampler does the rank split itself.
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import random
 from functools import partial
 from pathlib import Path
@@ -47,7 +45,7 @@ def seed_worker(worker_id: int, seed: int, rank: int) -> None:
 
 
 class VideoDataModule(LightningDataModule):
-    """Pretraining clips from manifests (default: the built-in corpus at ``data/corpus/manifest.csv``).
+    """Pretraining clips from manifests (default: the training videos of the built-in corpus, ``data/corpus/manifest_train.csv``).
 
     Clip timing: ``num_frames`` frames at ``fps`` frames per second, or every ``frame_step``-th frame,
     or spread over ``duration_s`` seconds; ``fps`` or ``duration_s``, when given, take precedence over
@@ -103,12 +101,12 @@ class VideoDataModule(LightningDataModule):
         self.train_dataset: ClipDataset | None = None
         self.train_sampler: EpochSampler | None = None
         self._train_loader: ResumableDataLoader | None = None
-        self._resume: dict[str, Any] | None = None
 
     # ------------------------------------------------------------------ data preparation
     def manifest_paths(self) -> list[str]:
         if self.train_manifests is None:
-            return [str(Path(DEFAULT_CORPUS_DIR) / "manifest.csv")]
+            # the training videos only: the validation videos stay unseen for the probes
+            return [str(Path(DEFAULT_CORPUS_DIR) / "manifest_train.csv")]
         if isinstance(self.train_manifests, str):
             return [self.train_manifests]
         return list(self.train_manifests)
@@ -117,15 +115,9 @@ class VideoDataModule(LightningDataModule):
         """Build the built-in corpus when no manifest is given and it is missing (one process per node)."""
         if self.train_manifests is not None:
             return
-        # worldmodel.data.corpus.ensure_corpus(dir) writes the corpus once (safe across processes); looked
-        # up at run time so this module does not depend on the corpus renderer being importable.
-        ensure_corpus = None
-        if importlib.util.find_spec("worldmodel.data.corpus") is not None:
-            ensure_corpus = getattr(importlib.import_module("worldmodel.data.corpus"), "ensure_corpus", None)
-        if ensure_corpus is None:
-            # TODO(lead): no ensure_corpus: setup() asks the user to run `worldmodel corpus` first.
-            return
-        ensure_corpus(DEFAULT_CORPUS_DIR)
+        from worldmodel.data.corpus import ensure_corpus
+
+        ensure_corpus(DEFAULT_CORPUS_DIR)  # writes it once (atomically) if it is missing
 
     def setup(self, stage: str | None = None) -> None:
         if stage not in (None, "fit") or self.train_dataset is not None:
@@ -179,8 +171,6 @@ class VideoDataModule(LightningDataModule):
                 f"batch_size={self.batch_size} (batches are full: drop_last): raise data.samples_per_epoch "
                 "or lower data.batch_size"
             )
-        if self._resume is not None:
-            self._apply_resume(sampler, world_size)
         loader = ResumableDataLoader(
             self.train_dataset,
             batch_size=self.batch_size,
@@ -192,61 +182,8 @@ class VideoDataModule(LightningDataModule):
             persistent_workers=bool(self.hparams.persistent_workers and self.num_workers > 0),
             pin_memory=self.hparams.pin_memory,
         )
-        if self._resume is not None:
-            loader.batches_consumed = sampler.start_index // self.batch_size
-            self._resume = None
         self.train_sampler, self._train_loader = sampler, loader
         return loader
-
-    # ------------------------------------------------------------------ resume
-    def state_dict(self) -> dict[str, Any]:
-        """What a mid-epoch resume needs: seed, sampler epoch and this rank's consumed sample count."""
-        state: dict[str, Any] = {
-            "seed": self.seed,
-            "epoch": self.train_sampler.epoch if self.train_sampler is not None else 0,
-            "start_index": 0,
-            "batch_size": self.batch_size,
-            "world_size": self._rank_world()[1],
-            "samples_per_epoch": self.hparams.samples_per_epoch,
-        }
-        if self._train_loader is not None:
-            state["start_index"] = int(self._train_loader.batches_consumed) * self.batch_size
-        return state
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Keep the state until the training loader is built (Lightning restores before building it)."""
-        if int(state_dict.get("seed", self.seed)) != self.seed:
-            raise ValueError(
-                f"the checkpoint's data seed is {state_dict.get('seed')}, this run's data.seed is {self.seed}: "
-                "resume with the same data.seed (or start a new run)"
-            )
-        self._resume = dict(state_dict)
-        if self.train_sampler is not None:  # loader already built: apply now
-            self._apply_resume(self.train_sampler, self._rank_world()[1])
-            if self._train_loader is not None:
-                self._train_loader.batches_consumed = self.train_sampler.start_index // self.batch_size
-            self._resume = None
-
-    def _apply_resume(self, sampler: EpochSampler, world_size: int) -> None:
-        state = self._resume or {}
-        start_index = int(state.get("start_index", 0))
-        if start_index:
-            changed = [
-                f"{key} {state.get(key)} -> {now}"
-                for key, now in (
-                    ("batch_size", self.batch_size),
-                    ("world_size", world_size),
-                    ("samples_per_epoch", self.hparams.samples_per_epoch),
-                )
-                if key in state and state[key] != now
-            ]
-            if changed:
-                raise ValueError(
-                    "cannot resume mid-epoch exactly: " + ", ".join(changed) + " since the checkpoint. "
-                    "Resume with the same data settings and number of processes."
-                )
-        sampler.set_epoch(int(state.get("epoch", 0)))
-        sampler.start_index = start_index
 
     # ------------------------------------------------------------------ monitoring
     def error_callback(self, out_dir: str | None = None) -> "DataErrorCallback":

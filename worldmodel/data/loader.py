@@ -19,25 +19,34 @@ from torch.utils.data import DataLoader
 
 
 class ResumableDataLoader(DataLoader):
-    """DataLoader over an `EpochSampler` (it must have `epoch`, `set_epoch` and `start_index`)."""
+    """DataLoader over an `EpochSampler` (`epoch`, `set_epoch`, `start_index`, `seed`, `world_size`,
+    `samples_per_epoch`)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.batches_consumed = 0
 
-    def state_dict(self) -> dict[str, Any]:
+    def _settings(self) -> dict[str, Any]:
+        """What must not change between a checkpoint and its resume for the batches to be the same."""
         return {
-            "epoch": int(self.sampler.epoch),
-            "batches_consumed": int(self.batches_consumed),
+            "seed": int(self.sampler.seed),
             "batch_size": int(self.batch_size),
+            "world_size": int(self.sampler.world_size),
+            "samples_per_epoch": int(self.sampler.samples_per_epoch),
         }
 
+    def state_dict(self) -> dict[str, Any]:
+        return {"epoch": int(self.sampler.epoch), "batches_consumed": int(self.batches_consumed), **self._settings()}
+
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        if state.get("batch_size") != self.batch_size:
+        changed = [
+            f"{key} {state[key]} -> {now}" for key, now in self._settings().items() if key in state and state[key] != now
+        ]
+        if changed:
             raise ValueError(
-                f"cannot resume mid-epoch exactly: the checkpoint was written with batch_size "
-                f"{state.get('batch_size')} per process, this run uses {self.batch_size}. Resume with the same "
-                "data.batch_size (and the same number of processes)."
+                "cannot resume exactly: " + ", ".join(changed) + " since the checkpoint (per process: batch_size; "
+                "processes: world_size). Resume with the same data.seed, data.batch_size, "
+                "data.samples_per_epoch and number of processes, or start a new run."
             )
         self.sampler.set_epoch(state["epoch"])
         self.sampler.start_index = state["batches_consumed"] * self.batch_size

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# GPU check: train vit_base (bf16) for a few dozen steps and print clips/s, peak memory and MFU,
+# then run one short real `worldmodel pretrain` on the built-in corpus on the GPU.
+#   bash scripts/gpu_check.sh            (expects scripts/install.sh to have run; about 3-5 minutes)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PY:-.venv/bin/python}
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
+echo "== train step benchmark: vit_base, 16 x 224, bf16"
+$PY scripts/bench_train.py --encoder vit_base --frames 16 --resolution 224 --batch 16 \
+    --pred-depth 12 --pred-dim 384 --steps 30 --warmup 5 --precision bf16 --out /tmp/gpu_bench_vit_base.json
+echo "== same with activation checkpointing"
+$PY scripts/bench_train.py --encoder vit_base --frames 16 --resolution 224 --batch 16 \
+    --pred-depth 12 --pred-dim 384 --steps 20 --warmup 3 --precision bf16 --activation-checkpointing
+echo "== 40 real pretraining steps on the built-in corpus (bf16)"
+$PY -m worldmodel.cli pretrain --config tiny --run_dir /tmp/gpu_check_run \
+    --trainer.accelerator gpu --trainer.precision bf16-mixed --trainer.max_steps 40 \
+    --trainer.enable_progress_bar false --data.num_workers 4

@@ -1,0 +1,104 @@
+"""Predictor: from the context tokens of a clip, predict the encoder's tokens at target positions.
+
+context (B, Nc, D) --predictor_embed--> (B, Nc, P)  ┐
+one learned mask token (P,) per target position      ┴ concat --> (B, Nc + Nt, P)
+--> narrow pre-norm blocks with 3D RoPE of each token's grid position, full bidirectional attention,
+padding keys masked --> predictor_norm --> predictor_proj (P -> D) --> targets only (B, Nt, D).
+
+The token order inside the sequence does not matter (attention is permutation-equivariant and the
+positions travel with the rotary embedding), so unlike V-JEPA 2 the sequence is not sorted by
+position: the outputs are the same up to float summation order.
+
+Parameter names follow V-JEPA 2 (`predictor_embed`, `predictor_blocks.{i}.…`, `predictor_norm`,
+`predictor_proj`); `mask_tokens` is one (num_mask_tokens, P) tensor where V-JEPA 2 keeps a list of
+(1, 1, P) tensors.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from worldmodel.models.layers import Block, init_layer_norm, init_linear_or_conv, key_padding_mask, run_blocks
+from worldmodel.models.rope import Rope3D
+from worldmodel.models.vit import token_positions
+
+
+class Predictor(nn.Module):
+    def __init__(
+        self,
+        embed_dim: int,
+        pred_dim: int = 384,
+        depth: int = 12,
+        num_heads: int = 12,
+        mlp_ratio: float = 4.0,
+        num_mask_tokens: int = 2,
+        rope_layout: str = "standard",
+        activation_checkpointing: bool = False,
+        qkv_bias: bool = True,
+        norm_eps: float = 1e-6,
+    ) -> None:
+        super().__init__()
+        if num_mask_tokens < 1:
+            raise ValueError("worldmodel/models/predictor.py: num_mask_tokens must be >= 1 (one per mask kind)")
+        self.embed_dim = embed_dim
+        self.pred_dim = pred_dim
+        self.num_mask_tokens = num_mask_tokens
+        self.activation_checkpointing = activation_checkpointing
+        self.predictor_embed = nn.Linear(embed_dim, pred_dim)
+        self.mask_tokens = nn.Parameter(torch.zeros(num_mask_tokens, pred_dim))  # one per mask kind
+        self.rope = Rope3D(pred_dim // num_heads, layout=rope_layout)
+        self.predictor_blocks = nn.ModuleList(
+            Block(pred_dim, num_heads, mlp_ratio, qkv_bias, norm_eps) for _ in range(depth)
+        )
+        self.predictor_norm = nn.LayerNorm(pred_dim, eps=norm_eps)
+        self.predictor_proj = nn.Linear(pred_dim, embed_dim)
+        self.init_weights()
+
+    def init_weights(self) -> None:
+        init_linear_or_conv(self.predictor_embed)
+        nn.init.zeros_(self.mask_tokens)
+        for layer_id, block in enumerate(self.predictor_blocks, start=1):
+            block.init_weights(layer_id)
+        init_layer_norm(self.predictor_norm)
+        init_linear_or_conv(self.predictor_proj)
+
+    def forward(
+        self,
+        context: Tensor,
+        context_idx: Tensor,
+        context_valid: Tensor | None,
+        target_idx: Tensor,
+        target_valid: Tensor | None,
+        grid: tuple[int, int, int],
+        mask_kind: int = 0,
+    ) -> Tensor:
+        """Predict target tokens.
+
+        context: (B, Nc, D) encoder outputs at context_idx (B, Nc); target_idx: (B, Nt) indices into
+        the (t h w) raster of `grid`; *_valid: (B, N*) bool, False at padding (None: all valid);
+        mask_kind: which learned mask token fills the targets. Returns (B, Nt, D).
+        """
+        if not 0 <= mask_kind < self.num_mask_tokens:
+            raise ValueError(
+                f"worldmodel/models/predictor.py: mask_kind {mask_kind} out of range; this predictor has "
+                f"{self.num_mask_tokens} mask tokens (build it with num_mask_tokens = number of mask kinds)"
+            )
+        batch, num_context = context_idx.shape
+        num_target = target_idx.shape[1]
+        context = self.predictor_embed(context)  # (B, Nc, P)
+        targets = self.mask_tokens[mask_kind].expand(batch, num_target, -1)  # (B, Nt, P)
+        x = torch.cat([context, targets.to(context.dtype)], dim=1)  # (B, Nc + Nt, P)
+
+        positions = token_positions(torch.cat([context_idx, target_idx], dim=1), grid)  # (B, Nc + Nt, 3)
+        valid = None
+        if context_valid is not None or target_valid is not None:
+            if context_valid is None:
+                context_valid = torch.ones_like(context_idx, dtype=torch.bool)
+            if target_valid is None:
+                target_valid = torch.ones_like(target_idx, dtype=torch.bool)
+            valid = torch.cat([context_valid, target_valid], dim=1)  # (B, Nc + Nt)
+
+        checkpointing = self.activation_checkpointing and self.training and torch.is_grad_enabled()
+        x = run_blocks(self.predictor_blocks, x, self.rope.cos_sin(positions), key_padding_mask(valid), checkpointing)
+        return self.predictor_proj(self.predictor_norm(x[:, num_context:]))  # (B, Nt, D)
