@@ -153,3 +153,34 @@ def test_forward_compiles_as_one_graph():
     with torch.no_grad():
         expected = model(context, context_idx, None, target_idx, valid, GRID, 1)
         torch.testing.assert_close(compiled(context, context_idx, None, target_idx, valid, GRID, 1), expected)
+
+
+def test_copy_context_finds_the_latest_earlier_token_at_the_same_position():
+    from worldmodel.models.predictor import latest_earlier_context
+
+    grid = (4, 2, 2)  # 4 steps of 2 x 2
+    context_idx = torch.tensor([[0, 1, 2, 3, 4, 5, 6, 7]])  # steps 0 and 1
+    target_idx = torch.tensor([[8, 9, 12, 15, 2]])  # step 2 pos 0 / 1, step 3 pos 0 / 3, step 0 pos 2 (nothing earlier)
+    slot, has = latest_earlier_context(context_idx, None, target_idx, grid)
+    assert slot[0, :4].tolist() == [4, 5, 4, 7] and has[0].tolist() == [True, True, True, True, False]
+    # padding slots are never a source: with step 1 invalid, step 0 is the latest valid one
+    valid = torch.tensor([[True] * 4 + [False] * 4])
+    slot, has = latest_earlier_context(context_idx, valid, target_idx, grid)
+    assert slot[0, :4].tolist() == [0, 1, 0, 3]
+
+
+def test_copy_context_changes_future_targets_only():
+    torch.manual_seed(0)
+    grid = (4, 2, 2)
+    plain = Predictor(embed_dim=24, pred_dim=16, depth=1, num_heads=2, num_mask_tokens=1)
+    copying = Predictor(embed_dim=24, pred_dim=16, depth=1, num_heads=2, num_mask_tokens=1, copy_context=True)
+    copying.load_state_dict(plain.state_dict())  # no extra parameters
+    context = torch.randn(1, 8, 24)
+    # a tube target (same spatial position at no time in the context) is predicted identically
+    tube_ctx, tube_tgt = torch.tensor([[0, 4, 8, 12, 1, 5, 9, 13]]), torch.tensor([[2, 6, 10, 14]])
+    torch.testing.assert_close(
+        plain(context, tube_ctx, None, tube_tgt, None, grid), copying(context, tube_ctx, None, tube_tgt, None, grid)
+    )
+    # future targets start from the last context frame, so they differ
+    fut_ctx, fut_tgt = torch.arange(8)[None], torch.arange(8, 16)[None]
+    assert not torch.allclose(plain(context, fut_ctx, None, fut_tgt, None, grid), copying(context, fut_ctx, None, fut_tgt, None, grid))

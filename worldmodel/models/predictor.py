@@ -9,6 +9,13 @@ The token order inside the sequence does not matter (attention is permutation-eq
 positions travel with the rotary embedding), so unlike V-JEPA 2 the sequence is not sorted by
 position: the outputs are the same up to float summation order.
 
+With `copy_context=True` (worldmodel's recipe, not V-JEPA 2's) a target token starts as its mask
+token PLUS the embedded context token at the same spatial position and the latest earlier time, when
+the context has one (future-prediction masks: the last seen frame; multi-block tubes span all time
+and have none, so they are unchanged). The blocks then learn what changes rather than re-deriving a
+static scene, so "copy the last frame" is the predictor's starting point, not a baseline it has to
+discover. It adds no parameters.
+
 Parameter names follow V-JEPA 2 (`predictor_embed`, `predictor_blocks.{i}.…`, `predictor_norm`,
 `predictor_proj`); `mask_tokens` is one (num_mask_tokens, P) tensor where V-JEPA 2 keeps a list of
 (1, 1, P) tensors.
@@ -37,6 +44,7 @@ class Predictor(nn.Module):
         activation_checkpointing: bool = False,
         qkv_bias: bool = True,
         norm_eps: float = 1e-6,
+        copy_context: bool = False,
     ) -> None:
         super().__init__()
         if num_mask_tokens < 1:
@@ -45,6 +53,7 @@ class Predictor(nn.Module):
         self.pred_dim = pred_dim
         self.num_mask_tokens = num_mask_tokens
         self.activation_checkpointing = activation_checkpointing
+        self.copy_context = copy_context
         self.predictor_embed = nn.Linear(embed_dim, pred_dim)
         self.mask_tokens = nn.Parameter(torch.zeros(num_mask_tokens, pred_dim))  # one per mask kind
         self.rope = Rope3D(pred_dim // num_heads, layout=rope_layout)
@@ -88,6 +97,10 @@ class Predictor(nn.Module):
         num_target = target_idx.shape[1]
         context = self.predictor_embed(context)  # (B, Nc, P)
         targets = self.mask_tokens[mask_kind].expand(batch, num_target, -1)  # (B, Nt, P)
+        if self.copy_context:
+            slot, has_source = latest_earlier_context(context_idx, context_valid, target_idx, grid)  # (B, Nt)
+            copied = torch.take_along_dim(context, slot[..., None], dim=1)  # (B, Nt, P)
+            targets = targets + copied * has_source[..., None]
         x = torch.cat([context, targets.to(context.dtype)], dim=1)  # (B, Nc + Nt, P)
 
         positions = token_positions(torch.cat([context_idx, target_idx], dim=1), grid)  # (B, Nc + Nt, 3)
@@ -102,3 +115,22 @@ class Predictor(nn.Module):
         checkpointing = self.activation_checkpointing and self.training and torch.is_grad_enabled()
         x = run_blocks(self.predictor_blocks, x, self.rope.cos_sin(positions), key_padding_mask(valid), checkpointing)
         return self.predictor_proj(self.predictor_norm(x[:, num_context:]))  # (B, Nt, D)
+
+
+def latest_earlier_context(
+    context_idx: Tensor, context_valid: Tensor | None, target_idx: Tensor, grid: tuple[int, int, int]
+) -> tuple[Tensor, Tensor]:
+    """For each target token, the context slot at the same spatial position and the latest earlier time.
+
+    Returns (slot (B, Nt) long, has_source (B, Nt) bool); slot is 0 where there is no such context token.
+    Vectorised over (B, Nt, Nc), no host syncs.
+    """
+    tokens_per_step = grid[1] * grid[2]
+    ctx_t, ctx_s = context_idx.div(tokens_per_step, rounding_mode="floor"), context_idx.remainder(tokens_per_step)
+    tgt_t, tgt_s = target_idx.div(tokens_per_step, rounding_mode="floor"), target_idx.remainder(tokens_per_step)
+    match = (ctx_s[:, None, :] == tgt_s[:, :, None]) & (ctx_t[:, None, :] < tgt_t[:, :, None])  # (B, Nt, Nc)
+    if context_valid is not None:
+        match = match & context_valid[:, None, :]
+    score = torch.where(match, ctx_t[:, None, :], torch.full_like(match, -1, dtype=ctx_t.dtype))
+    best, slot = score.max(dim=2)  # (B, Nt)
+    return slot, best >= 0

@@ -1,0 +1,312 @@
+"""Forecasting future latents: predictor queried at the future positions, rollout, CLI and eval outputs.
+
+Every test uses a tiny random-weight checkpoint written in the test (ViT depth 1, 48 dims, 32 px, 8
+frames: a 4 x 2 x 2 token grid) and real H.264 files decoded with decord.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import numpy as np
+import pytest
+import torch
+from einops import rearrange
+
+from conftest import moving_squares, write_video
+from worldmodel.checkpoints import atomic_torch_save, load_model_parts
+from worldmodel.data.transforms import ResizeCenterCropVideo, normalize_video
+from worldmodel.data.video import read_frames
+from worldmodel.forecast import (
+    ClipTiming,
+    ForecastError,
+    RolloutCall,
+    WorldModel,
+    add_forecast_arguments,
+    load_latents,
+    rollout_plan,
+    run_forecast,
+    to_context_space,
+)
+from worldmodel.objectives import target_features
+from worldmodel.pretrain import JEPAPretrainer
+
+S = 4  # spatial tokens per time step (2 x 2)
+D = 48
+FUTURE_KIND = 1  # masks = [multiblock, future]
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    torch.manual_seed(0)
+    module = JEPAPretrainer(
+        img_size=32, num_frames=8,
+        encoder_kwargs={"depth": 1, "embed_dim": D, "num_heads": 3},
+        pred_depth=1, pred_dim=32, pred_heads=2,
+        masks=[{"type": "multiblock", "num_blocks": 2, "spatial_scale": [0.3, 0.3]}, {"type": "future"}],
+    )
+    with torch.no_grad():  # make the parts distinguishable: distinct mask tokens, context != EMA encoder
+        module.predictor.mask_tokens.normal_()
+        for param in module.predictor.parameters():  # a predictor that depends visibly on its context
+            param.add_(0.1 * torch.randn_like(param))
+        for param in module.encoder.parameters():
+            param.add_(0.05 * torch.randn_like(param))
+    path = tmp_path_factory.mktemp("ckpt") / "tiny.ckpt"
+    atomic_torch_save(
+        {
+            "state_dict": module.state_dict(),
+            "hyper_parameters": dict(module.hparams),
+            # what Lightning stores for the VideoDataModule: the model was trained on every 2nd frame
+            "datamodule_hyper_parameters": {"num_frames": 8, "fps": None, "frame_step": 2, "duration_s": None},
+        },
+        path,
+    )
+    return path
+
+
+@pytest.fixture(scope="module")
+def model(checkpoint):
+    return WorldModel.load(checkpoint)
+
+
+class PredictorCalls:
+    """Records the inputs of every predictor call (a forward pre-hook, the real predictor still runs)."""
+
+    def __init__(self, predictor):
+        self.calls = []
+        self.handle = predictor.register_forward_pre_hook(self._record, with_kwargs=True)
+
+    def _record(self, module, args, kwargs):
+        context, context_idx, _, target_idx, _ = args
+        self.calls.append(
+            {"context": context.clone(), "context_idx": context_idx.clone(), "target_idx": target_idx.clone(),
+             "grid": kwargs["grid"], "mask_kind": kwargs["mask_kind"]}
+        )
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.handle.remove()
+
+
+def cli(argv):
+    parser = argparse.ArgumentParser()
+    add_forecast_arguments(parser)
+    return run_forecast(parser.parse_args([str(a) for a in argv]))
+
+
+def steps(tokens):
+    return rearrange(tokens, "b (t s) d -> b t s d", s=S)
+
+
+# ---------------------------------------------------------------------------------------------- facade
+def test_load_keeps_both_encoders_and_the_geometry(checkpoint, model):
+    assert (model.tubelet_size, model.patch_size, model.img_size, model.num_frames) == (2, 16, 32, 8)
+    assert model.nominal_steps == 4 and model.context_range == (1, 3) and model.max_context == 3
+    assert model.mask_kind == FUTURE_KIND
+    assert model.clip_timing == ClipTiming(frame_step=2)  # read from the checkpoint's data config
+    assert not model.training and not any(p.requires_grad for p in model.parameters())
+    context = load_model_parts(checkpoint, "context").encoder.state_dict()
+    target = load_model_parts(checkpoint, "target").encoder.state_dict()
+    for name, value in model.context_encoder.state_dict().items():
+        assert torch.equal(value, context[name])
+        assert torch.equal(model.target_encoder.state_dict()[name], target[name])
+    assert not torch.equal(context["blocks.0.attn.qkv.weight"], target["blocks.0.attn.qkv.weight"])
+    again = WorldModel.from_pretrained(checkpoint, encoder="context")
+    assert again.default_encoder == "context"
+    video = torch.randint(0, 256, (3, 4, 32, 32), dtype=torch.uint8)
+    assert torch.equal(again.encode(video), model.encode(video, encoder="context"))
+
+
+def test_encode_normalises_uint8_and_accepts_unbatched(model):
+    video = torch.randint(0, 256, (3, 4, 32, 32), dtype=torch.uint8)
+    tokens = model.encode(video)
+    assert tokens.shape == (1, 2 * S, D)
+    assert torch.allclose(tokens, model.encode(normalize_video(video[None])), atol=1e-6)
+    assert torch.allclose(tokens, model.target_encoder(normalize_video(video[None])), atol=1e-6)
+    assert not torch.allclose(tokens, model.encode(video, encoder="context"), atol=1e-3)
+
+
+# ---------------------------------------------------------------------------------------------- forecast
+def test_forecast_queries_the_future_positions_with_the_future_mask_token(model):
+    torch.manual_seed(1)
+    context = torch.randn(2, 3, 4, 32, 32)  # 2 time steps, already normalised
+    with PredictorCalls(model.predictor) as rec:
+        pred = model.forecast(context, horizon=2)
+    assert pred.shape == (2, 2 * S, D)
+    (call,) = rec.calls  # 2 context + 2 future steps fill the nominal grid in one call
+    assert torch.equal(call["context_idx"][0], torch.arange(0, 2 * S))
+    assert torch.equal(call["target_idx"][0], torch.arange(2 * S, 4 * S))
+    assert call["grid"] == (4, 2, 2) and call["mask_kind"] == FUTURE_KIND
+
+    tokens = model.context_encoder(context)  # the predictor was trained on context-encoder outputs
+    ctx_idx, tgt_idx = torch.arange(2 * S).expand(2, -1), torch.arange(2 * S, 4 * S).expand(2, -1)
+    direct = model.predictor(tokens, ctx_idx, None, tgt_idx, None, grid=(4, 2, 2), mask_kind=FUTURE_KIND)
+    assert torch.allclose(pred, direct, atol=1e-6)
+    other_kind = model.predictor(tokens, ctx_idx, None, tgt_idx, None, grid=(4, 2, 2), mask_kind=0)
+    assert not torch.allclose(pred, other_kind, atol=1e-3)
+    from_target = model.forecast(context, horizon=2, encoder="target")
+    assert not torch.allclose(pred, from_target, atol=1e-3)
+
+
+def test_short_horizon_is_a_prefix_of_a_long_rollout(model):
+    torch.manual_seed(2)
+    context = torch.randn(1, 3, 4, 32, 32)
+    long = model.forecast(context, horizon=6)  # 6 steps: beyond the 2-step window, 4 predictor calls
+    assert long.shape == (1, 6 * S, D) and torch.isfinite(long).all()
+    assert torch.allclose(model.forecast(context, horizon=1), long[:, :S], atol=1e-6)
+    assert torch.allclose(model.forecast(context, horizon=3), long[:, : 3 * S], atol=1e-6)
+
+
+def test_rollout_slides_the_window_and_reindexes_the_context(model):
+    assert rollout_plan(2, 5, nominal_steps=4, max_context=3) == [
+        RolloutCall(2, 2, 2), RolloutCall(3, 1, 1), RolloutCall(3, 1, 1), RolloutCall(3, 1, 1)
+    ]
+    torch.manual_seed(3)
+    context = torch.randn(1, 3, 4, 32, 32)
+    tokens = steps(model.context_encoder(context))  # (1, 2, S, D) real steps r0, r1
+    with PredictorCalls(model.predictor) as rec:
+        pred = steps(model.forecast(context, horizon=5))  # p0..p4
+    assert len(rec.calls) == 4
+    for call in rec.calls:  # always the nominal 4-step grid: context at 0..C-1, targets at C..3
+        num_context = call["context_idx"].shape[1] // S
+        assert torch.equal(call["context_idx"][0], torch.arange(num_context * S))
+        assert torch.equal(call["target_idx"][0], torch.arange(num_context * S, 4 * S))
+        assert call["grid"] == (4, 2, 2)
+    fed = to_context_space(pred, tokens[:, -1])  # predictions brought to the encoder's scale
+    # call 2: the oldest real step r0 is dropped; r1, p0, p1 sit at times 0, 1, 2
+    second = steps(rec.calls[1]["context"])
+    assert torch.allclose(second[:, 0], tokens[:, 1], atol=1e-6)
+    assert torch.allclose(second[:, 1:], fed[:, 0:2], atol=1e-5)
+    # call 4: only predictions left: p1, p2, p3
+    assert torch.allclose(steps(rec.calls[3]["context"]), fed[:, 1:4], atol=1e-5)
+    # feedback="raw" feeds them back unchanged: same first call, different later steps
+    raw = steps(model.forecast(context, horizon=5, feedback="raw"))
+    assert torch.allclose(raw[:, :2], pred[:, :2], atol=1e-6)
+    assert not torch.allclose(raw[:, 2:], pred[:, 2:], atol=1e-4)
+
+
+def test_context_longer_than_trained_keeps_the_newest_steps(model):
+    torch.manual_seed(4)
+    context = torch.randn(1, 3, 8, 32, 32)  # 4 steps; the model was trained with at most 3
+    tokens = model.context_encoder(context)
+    with PredictorCalls(model.predictor) as rec:
+        model.forecast(context, horizon=1)
+    (call,) = rec.calls
+    assert torch.allclose(call["context"], tokens[:, S:], atol=1e-6)  # steps 1..3, re-indexed to 0..2
+    assert torch.equal(call["context_idx"][0], torch.arange(3 * S))
+    assert torch.equal(call["target_idx"][0], torch.arange(3 * S, 4 * S))
+    # an explicit window shortens the kept context so that the call still fits the nominal grid
+    with PredictorCalls(model.predictor) as rec:
+        out = model.forecast(context, horizon=5, window=2)
+    assert out.shape == (1, 5 * S, D)
+    assert [c["context_idx"].shape[1] // S for c in rec.calls] == [2, 2, 2]
+    assert all(c["grid"] == (4, 2, 2) for c in rec.calls)
+
+
+def test_rollout_rejects_bad_arguments(model):
+    with pytest.raises(ForecastError, match="horizon"):
+        model.forecast(torch.randn(1, 3, 4, 32, 32), horizon=0)
+    with pytest.raises(ValueError, match="tubelet"):
+        model.forecast(torch.randn(1, 3, 3, 32, 32), horizon=1)
+
+
+# ---------------------------------------------------------------------------------------------- CLI
+def test_cli_writes_latents_with_metadata(checkpoint, model, video_folder, tmp_path):
+    folder = video_folder(n=2, num_frames=24, size=(40, 40), fps=8.0)
+    videos = [folder / "v000.mp4", folder / "v001.mp4"]
+    out = tmp_path / "latents.safetensors"
+    rc = cli(["--checkpoint", checkpoint, "--video", *videos, "--out", out,
+              "--start", 0.5, "--context-frames", 4, "--horizon", 3, "--device", "cpu"])
+    assert rc == 0
+    latents, meta = load_latents(out)
+    assert latents.shape == (2, 3 * S, D) and latents.dtype == torch.float32
+    assert meta["checkpoint"] == str(checkpoint)
+    assert meta["videos"] == [str(v) for v in videos]
+    assert meta["horizon"] == 3 and meta["grid"] == [3, 2, 2] and meta["timing"] == {"frame_step": 2}
+    assert meta["mask_kind"] == FUTURE_KIND and meta["predictor_input_encoder"] == "context"
+    clip = meta["clips"][0]
+    # start 0.5 s at 8 fps = frame 4; every 2nd frame (the checkpoint's training timing)
+    assert clip["context_frame_indices"] == [4, 6, 8, 10]
+    assert clip["context_timestamps"] == [0.5, 0.75, 1.0, 1.25]
+    assert clip["future_frame_indices"] == [12, 14, 16, 18, 20, 22] and clip["future_available"]
+    assert set(meta["quality"]) >= {"model", "copy_last", "context_mean", "model_beats_baselines"}
+    frames = ResizeCenterCropVideo(32)(read_frames(videos[1], [4, 6, 8, 10]))
+    assert torch.allclose(latents[1], model.forecast(frames, 3)[0], atol=1e-5)
+
+    # context in seconds at an explicit rate: 1 s at 4 fps = 4 frames; no future frames past the end
+    rc = cli(["--checkpoint", checkpoint, "--video", videos[0], "--out", out, "--fps", 4,
+              "--context-s", 1.0, "--start", 1.5, "--horizon", 2, "--device", "cpu"])
+    assert rc == 0
+    latents, meta = load_latents(out)
+    assert latents.shape == (1, 2 * S, D)
+    assert meta["clips"][0]["context_frame_indices"] == [12, 14, 16, 18]
+    assert meta["clips"][0]["future_frame_indices"] == [20, 22, 24, 26]
+    assert not meta["clips"][0]["future_available"] and "quality" not in meta
+
+
+def test_cli_refuses_a_context_past_the_end(checkpoint, video_folder, tmp_path, capsys):
+    folder = video_folder(n=1, num_frames=24)
+    rc = cli(["--checkpoint", checkpoint, "--video", folder / "v000.mp4", "--out", tmp_path / "x.safetensors",
+              "--start", 2.5, "--device", "cpu"])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "v000.mp4" in err and "too short" in err and "24 frames" in err
+    assert not (tmp_path / "x.safetensors").exists()
+
+
+# ---------------------------------------------------------------------------------------------- eval
+def test_eval_writes_json_and_plot_measured_honestly(checkpoint, model, video_folder, tmp_path):
+    folder = video_folder(n=3, num_frames=24, size=(40, 40))
+    out = tmp_path / "eval"
+    rc = cli(["--eval", folder / "manifest.csv", "--checkpoint", checkpoint, "--out", out,
+              "--clips", 4, "--horizon", 2, "--context-frames", 4, "--device", "cpu"])
+    assert rc == 0
+    report = json.loads((out / "forecast_eval.json").read_text())
+    assert (out / "forecast_eval.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert report["num_clips"] == 4 and report["steps"] == [1, 2] and report["skipped"] == []
+    for method in ("model", "copy_last", "context_mean"):
+        for metric in ("cosine", "l1", "cosine_sem", "l1_sem"):
+            assert len(report[method][metric]) == 2
+    beats = report["model_beats_baselines"]
+    assert isinstance(beats["every_step"], bool) and len(beats["cosine"]) == len(beats["l1"]) == 2
+    assert [c["path"] for c in report["clips"]].count(str(folder / "v000.mp4")) == 2  # round-robin
+
+    # recompute one clip by hand: same frames, same target encoder, same normalisation for all three
+    clip = report["clips"][1]
+    indices = clip["context_frame_indices"] + clip["future_frame_indices"]
+    assert np.all(np.diff(indices) == 2) and len(indices) == 8
+    video = ResizeCenterCropVideo(32)(read_frames(clip["path"], indices))  # (3, 8, 32, 32)
+    targets = steps(target_features(model.target_encoder(normalize_video(video[None]))))  # (1, 4, S, D)
+    guesses = {
+        "model": steps(model.forecast(video[:, :4], 2)),
+        "copy_last": targets[:, 1:2].expand(-1, 2, -1, -1),
+        "context_mean": targets[:, :2].mean(1, keepdim=True).expand(-1, 2, -1, -1),
+    }
+    for method, guess in guesses.items():
+        cosine = torch.nn.functional.cosine_similarity(guess, targets[:, 2:], dim=-1).mean(-1)[0]
+        l1 = (guess - targets[:, 2:]).abs().mean(-1).mean(-1)[0]
+        assert np.allclose(clip["quality"][method]["cosine"], cosine.tolist(), atol=1e-5)
+        assert np.allclose(clip["quality"][method]["l1"], l1.tolist(), atol=1e-5)
+    means = np.mean([c["quality"]["model"]["l1"] for c in report["clips"]], axis=0)
+    assert np.allclose(report["model"]["l1"], means, atol=1e-6)
+
+
+def test_eval_names_a_video_too_short_for_context_and_horizon(checkpoint, video_folder, tmp_path, capsys):
+    folder = video_folder(n=1, num_frames=24)
+    write_video(folder / "short.mp4", moving_squares(8, (40, 40), seed=9))
+    (folder / "manifest.csv").write_text("v000.mp4\nshort.mp4\n")
+    args = ["--eval", folder / "manifest.csv", "--checkpoint", checkpoint, "--out", tmp_path / "eval",
+            "--horizon", 2, "--context-frames", 4, "--device", "cpu"]
+    assert cli(args) == 2
+    err = capsys.readouterr().err
+    # 4 context + 4 future frames, every 2nd frame: 15 source frames, the video has 8
+    assert "short.mp4" in err and "too short" in err and "15 source frames" in err and "has 8" in err
+    assert not (tmp_path / "eval" / "forecast_eval.json").exists()
+
+    assert cli(args + ["--skip-bad"]) == 0
+    report = json.loads((tmp_path / "eval" / "forecast_eval.json").read_text())
+    assert report["num_clips"] == 1 and len(report["skipped"]) == 1
+    assert report["skipped"][0]["path"].endswith("short.mp4")

@@ -1,0 +1,986 @@
+"""Forecast future latents: load a pretrained world model, encode clips, predict what comes next.
+
+`WorldModel` is the inference facade (a plain `nn.Module`, eval mode, no Lightning): the context
+encoder, the EMA target encoder and the predictor of a pretraining checkpoint.
+
+Which encoder feeds what
+------------------------
+- The predictor was trained on *context-encoder* outputs (the online encoder run on the context
+  tokens only), so forecasting encodes the context frames with the context encoder.
+- Its regression targets were the *target encoder's* tokens of the whole clip, layer-normed without
+  affine (`objectives.target_features`). Predicted latents live in that space: compare them with
+  `WorldModel.target_features(clip)` at the future positions, as `forecast_quality` does.
+- `encode()` returns the target encoder's tokens by default (`load(..., encoder="target")`, what
+  V-JEPA 2's evaluations and probes use); `encode(video, encoder="context")` gives the other one. A
+  SIGReg checkpoint has one shared encoder, used for both; so has a folder exported with one encoder
+  (`context_encoder_role` says which, and the forecast metadata records it).
+
+Forecasting
+-----------
+The token grid of a clip is (t, h, w); time step i holds tubelet i (`tubelet_size` frames). Given the
+tokens of k context steps, `forecast` asks the predictor for the next steps exactly as the future mask
+(`masks.FutureMask`) posed it in training: context tokens at grid time steps 0..C-1, one learned mask
+token (the FutureMask's kind; kind 0 if the checkpoint was trained without one) at every spatial
+position of time steps C..C+W-1, and returns the predictions (B, horizon * h * w, D) in (t h w) order.
+
+Long horizons roll out autoregressively (`rollout_plan` lists the calls):
+
+- each call keeps the newest C = min(available steps, max_context) steps of context, dropping the
+  oldest, and RE-INDEXES them to time steps 0..C-1, so the newest context step sits right before the
+  first target, where it sat in training. max_context defaults to the longest context the FutureMask
+  drew in training (k_max of its `context_range`; t - 1 without a FutureMask), or with an explicit
+  window to min(k_max, t_nominal - window) (at least 1), so that the call still fits the nominal grid;
+- each call predicts a window of W future steps; by default W = t_nominal - C, which fills the model's
+  nominal grid (num_frames / tubelet_size steps) exactly as a training sample with C context steps
+  did. The window never depends on the horizon: a shorter horizon keeps a prefix of the same call, so
+  `forecast(x, h)` equals `forecast(x, H)[:, : h * h_grid * w_grid]` for every h <= H;
+- the kept predictions are appended to the context as if they were encoder outputs and the window
+  slides on. Predictions are in the layer-normed target space, while the encoder's outputs carry the
+  affine of its final LayerNorm, so fed-back predictions are first mapped back to the encoder's scale
+  (`feedback="rescale"`, default): layer-normed, then given the per-token mean and standard deviation
+  (over D) of the last real context step at the same spatial position. `feedback="raw"` feeds them
+  back unchanged.
+
+Measuring a forecast
+--------------------
+`forecast_quality` compares, per future step, the model with two baselines, all against the same
+targets: the target encoder's layer-normed tokens of the real clip (context + future frames encoded
+together, as in training), at the future positions. Baselines: "copy_last" repeats the target
+features of the last context step; "context_mean" predicts, at each spatial position, the mean over
+the context steps of the target features. The baselines take their features from that same
+full-clip pass, whose context tokens have attended to the future frames: this can only help them,
+so a model that beats them does so honestly. Metrics: cosine similarity and L1 (mean |diff| over
+D, like the training loss), averaged over the h * w tokens of a step, then over clips.
+
+Command line (wired by `worldmodel.cli`):
+
+    worldmodel forecast --checkpoint CKPT --video A.mp4 [B.mp4 ...] --out latents.safetensors \
+        [--start S] [--context-frames N | --context-s S] [--fps F | --frame-step N] [--horizon H]
+    worldmodel forecast --eval MANIFEST --checkpoint CKPT --out DIR [--clips N] [--horizon H]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from einops import rearrange, repeat
+from torch import Tensor, nn
+
+from worldmodel.checkpoints import CheckpointError, atomic_write_bytes, load_model_parts
+from worldmodel.data.transforms import ResizeCenterCropVideo, normalize_video
+from worldmodel.data.video import ClipSampler, VideoError, read_frames, read_video_info
+from worldmodel.masks import FutureMask, build_mask_kinds
+from worldmodel.objectives import target_features
+
+FEEDBACK_MODES = ("rescale", "raw")
+METHODS = ("model", "copy_last", "context_mean")
+METRICS = ("cosine", "l1")
+DEFAULT_HORIZON = 4
+
+
+class ForecastError(RuntimeError):
+    """A forecast that cannot be made as asked; the message names the file and what to change."""
+
+
+# ---------------------------------------------------------------------------------------------- rollout
+@dataclass(frozen=True)
+class RolloutCall:
+    """One predictor call of a rollout: `context_steps` steps at grid times 0..C-1, targets at C..C+W-1."""
+
+    context_steps: int  # C
+    window: int  # W: future steps queried
+    keep: int  # how many of the W predictions are used (the rest lie past the horizon)
+
+
+def rollout_plan(
+    available: int, horizon: int, nominal_steps: int, max_context: int, window: int | None = None
+) -> list[RolloutCall]:
+    """The predictor calls that forecast `horizon` steps from `available` context steps.
+
+    Each call uses C = min(available, max_context) context steps and queries W = window (default:
+    max(1, nominal_steps - C)) future steps; its predictions join the context for the next call.
+    """
+    if available < 1:
+        raise ForecastError("forecast needs at least one context time step (one tubelet of frames)")
+    if horizon < 1:
+        raise ForecastError(f"horizon must be >= 1 tubelet, got {horizon}")
+    if max_context < 1:
+        raise ForecastError(f"max_context must be >= 1 time step, got {max_context}")
+    if window is not None and window < 1:
+        raise ForecastError(f"window must be >= 1 time step, got {window}")
+    calls, produced = [], 0
+    while produced < horizon:
+        context = min(available, max_context)
+        width = window if window is not None else max(1, nominal_steps - context)
+        keep = min(width, horizon - produced)
+        calls.append(RolloutCall(context, width, keep))
+        produced += keep
+        available += keep
+    return calls
+
+
+def to_context_space(pred: Tensor, reference: Tensor) -> Tensor:
+    """Map predicted (layer-normed) latents back to the scale of encoder outputs, for feeding back.
+
+    pred (B, W, S, D); reference (B, S, D): encoder outputs of the last real context step. Every
+    predicted token is layer-normed, then scaled and shifted by the per-token std and mean (over D) of
+    the reference token at the same spatial position s. Returns (B, W, S, D).
+    """
+    ref = reference.float()
+    mean = ref.mean(dim=-1, keepdim=True)  # (B, S, 1)
+    std = ref.std(dim=-1, keepdim=True, correction=0)  # (B, S, 1)
+    normed = F.layer_norm(pred.float(), pred.shape[-1:])
+    return (normed * std.unsqueeze(1) + mean.unsqueeze(1)).to(pred.dtype)
+
+
+# ---------------------------------------------------------------------------------------------- timing
+@dataclass(frozen=True)
+class ClipTiming:
+    """How frames are sampled from a video: at `fps` frames per second, or every `frame_step`-th frame."""
+
+    fps: float | None = None
+    frame_step: int | None = None
+
+    def __post_init__(self) -> None:
+        if (self.fps is None) == (self.frame_step is None):
+            raise ForecastError(f"ClipTiming needs exactly one of fps and frame_step, got {self}")
+        if self.fps is not None and not self.fps > 0:
+            raise ForecastError(f"--fps must be > 0, got {self.fps}")
+        if self.frame_step is not None and (int(self.frame_step) != self.frame_step or self.frame_step < 1):
+            raise ForecastError(f"--frame-step must be a positive integer, got {self.frame_step}")
+
+    @classmethod
+    def from_data_config(cls, data: dict[str, Any] | None) -> ClipTiming | None:
+        """The timing a `VideoDataModule` config trained with (fps or duration_s win over frame_step)."""
+        if not data:
+            return None
+        if data.get("fps"):
+            return cls(fps=float(data["fps"]))
+        if data.get("duration_s") and data.get("num_frames"):
+            return cls(fps=float(data["num_frames"]) / float(data["duration_s"]))
+        if data.get("frame_step"):
+            return cls(frame_step=int(data["frame_step"]))
+        return None
+
+    def sampler(self, num_frames: int) -> ClipSampler:
+        return ClipSampler(num_frames=num_frames, fps=self.fps, frame_step=self.frame_step, short_policy="skip")
+
+    def sample_rate(self, video_fps: float) -> float:
+        """Sampled frames per second of video time."""
+        return float(self.fps) if self.fps is not None else video_fps / int(self.frame_step)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"fps": self.fps} if self.fps is not None else {"frame_step": int(self.frame_step)}
+
+
+# ---------------------------------------------------------------------------------------------- model
+class WorldModel(nn.Module):
+    """Context encoder + target encoder + predictor of a pretrained JEPA, for inference (eval mode).
+
+    Build it with `WorldModel.load(checkpoint)`. Inputs are videos (B, C, T, H, W) or (C, T, H, W)
+    (a batch of one): uint8 (normalised here with `normalize_video`) or float already normalised.
+    """
+
+    def __init__(
+        self,
+        context_encoder: nn.Module,
+        target_encoder: nn.Module,
+        predictor: nn.Module,
+        config: dict[str, Any],
+        encoder: str = "target",
+        data_config: dict[str, Any] | None = None,
+        source: str | None = None,
+        context_encoder_role: str = "context",
+    ) -> None:
+        super().__init__()
+        if encoder not in ("target", "context"):
+            raise ValueError(f"encoder must be 'target' or 'context', got {encoder!r}")
+        self.context_encoder = context_encoder
+        self.target_encoder = target_encoder
+        self.predictor = predictor
+        self.config = dict(config)
+        self.default_encoder = encoder
+        self.data_config = dict(data_config) if data_config else None
+        self.source = source
+        # what `context_encoder` really is: "context", "shared" (SIGReg), or "target" for a folder
+        # exported with the target encoder only (forecasts are then fed from the target encoder)
+        self.context_encoder_role = context_encoder_role
+        kinds = build_mask_kinds(self.config.get("masks") or _default_masks())
+        future = [i for i, kind in enumerate(kinds) if isinstance(kind, FutureMask)]
+        self.future_mask: FutureMask | None = kinds[future[0]] if future else None
+        self.mask_kind = future[0] if future else 0
+        self.requires_grad_(False)
+        self.eval()
+
+    # ------------------------------------------------------------------ loading
+    @classmethod
+    def load(
+        cls, path: str | os.PathLike, encoder: str = "target", device: torch.device | str | None = None
+    ) -> WorldModel:
+        """From a `worldmodel pretrain` checkpoint (or whatever `load_model_parts` accepts).
+
+        encoder: which encoder `encode()` uses by default ("target": the EMA encoder). Forecasting
+        always feeds the predictor from the context encoder (what it was trained on).
+        """
+        if encoder not in ("target", "context"):
+            raise ValueError(f"encoder must be 'target' or 'context', got {encoder!r}")
+        context_parts = load_model_parts(path, encoder="context")
+        # a SIGReg model has one shared encoder; a folder exported with one encoder gives it for both roles
+        if getattr(context_parts, "encoder_role", "context") != "context" or context_parts.config.get("target") == "sigreg":
+            target_encoder = context_parts.encoder
+        else:
+            target_encoder = load_model_parts(path, encoder="target").encoder
+        model = cls(
+            context_parts.encoder,
+            target_encoder,
+            context_parts.predictor,
+            context_parts.config,
+            encoder=encoder,
+            data_config=getattr(context_parts, "data_config", None),
+            source=str(path),
+            context_encoder_role=getattr(context_parts, "encoder_role", "context"),
+        )
+        return model.to(device) if device is not None else model
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike, **kwargs: Any) -> WorldModel:
+        """Alias of `load` (exported folders: model.safetensors + config.json, once supported there)."""
+        return cls.load(path, **kwargs)
+
+    # ------------------------------------------------------------------ geometry
+    @property
+    def tubelet_size(self) -> int:
+        return int(self.context_encoder.cfg.tubelet_size)
+
+    @property
+    def patch_size(self) -> int:
+        return int(self.context_encoder.cfg.patch_size)
+
+    @property
+    def img_size(self) -> int | tuple[int, int]:
+        """Nominal frame size: an int (square) or (height, width)."""
+        size = self.context_encoder.cfg.img_size
+        return int(size) if isinstance(size, (int, np.integer)) else (int(size[0]), int(size[1]))
+
+    @property
+    def num_frames(self) -> int:
+        return int(self.context_encoder.cfg.num_frames)
+
+    @property
+    def embed_dim(self) -> int:
+        return int(self.context_encoder.cfg.embed_dim)
+
+    @property
+    def nominal_steps(self) -> int:
+        """Token time steps of a training clip (num_frames / tubelet_size)."""
+        return self.num_frames // self.tubelet_size
+
+    @property
+    def context_range(self) -> tuple[int, int]:
+        """(k_min, k_max) context steps the FutureMask drew in training; (1, t - 1) without one."""
+        if self.future_mask is None:
+            return 1, max(1, self.nominal_steps - 1)
+        return self.future_mask.context_range(self.nominal_steps)
+
+    @property
+    def max_context(self) -> int:
+        """Default number of context steps a rollout call keeps (the longest trained context)."""
+        return self.context_range[1]
+
+    def rollout_context(self, window: int | None = None, max_context: int | None = None) -> int:
+        """Context steps a rollout call keeps: `max_context` if given; else the longest trained context,
+        shortened with an explicit `window` so that context + window still fit the nominal grid."""
+        if max_context is not None:
+            return max_context
+        if window is None:
+            return self.max_context
+        return max(1, min(self.max_context, self.nominal_steps - window))
+
+    @property
+    def clip_timing(self) -> ClipTiming | None:
+        """The frame sampling the model was pretrained with, when the checkpoint records it."""
+        return ClipTiming.from_data_config(self.data_config)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    def eval_transform(self) -> ResizeCenterCropVideo:
+        """uint8 (T, H, W, C) frames -> uint8 (C, T, S, S) at the model's img_size (resize + centre crop)."""
+        return ResizeCenterCropVideo(self.img_size)
+
+    # ------------------------------------------------------------------ encoding
+    def _as_input(self, video: Tensor) -> Tensor:
+        """uint8 or float (B, C, T, H, W) / (C, T, H, W) -> normalised float (B, C, T, H, W) on the device."""
+        if video.ndim == 4:
+            video = video.unsqueeze(0)
+        if video.ndim != 5:
+            raise ForecastError(f"expected a video (B, C, T, H, W) or (C, T, H, W), got shape {tuple(video.shape)}")
+        video = video.to(self.device)
+        if video.dtype == torch.uint8:
+            norm = self.config.get("normalization") or {}
+            video = normalize_video(video, **{k: tuple(norm[k]) for k in ("mean", "std") if k in norm})
+        elif not video.is_floating_point():
+            raise ForecastError(f"video must be uint8 or float (already normalised), got {video.dtype}")
+        return video.to(next(self.parameters()).dtype)
+
+    def _encoder(self, name: str | None) -> nn.Module:
+        name = name or self.default_encoder
+        if name == "context":
+            return self.context_encoder
+        if name == "target":
+            return self.target_encoder
+        raise ValueError(f"encoder must be 'target' or 'context', got {name!r}")
+
+    @torch.no_grad()
+    def encode(self, video: Tensor, encoder: str | None = None) -> Tensor:
+        """Tokens (B, N, D), N = t*h*w in (t h w) order; (C, T, H, W) input gives B = 1.
+
+        encoder: "target" or "context"; default the one chosen at `load`.
+        """
+        return self._encoder(encoder)(self._as_input(video))
+
+    @torch.no_grad()
+    def target_features(self, video: Tensor) -> Tensor:
+        """What the predictor was trained to match: layer-normed target-encoder tokens (B, N, D)."""
+        return target_features(self.encode(video, encoder="target"))
+
+    # ------------------------------------------------------------------ forecasting
+    def _spatial_grid(self, video_shape: Sequence[int]) -> tuple[int, int]:
+        _, h_grid, w_grid = self.context_encoder.grid(tuple(video_shape))
+        return h_grid, w_grid
+
+    @torch.no_grad()
+    def forecast(
+        self,
+        context: Tensor,
+        horizon: int,
+        window: int | None = None,
+        *,
+        max_context: int | None = None,
+        encoder: str = "context",
+        feedback: str = "rescale",
+    ) -> Tensor:
+        """Latents of the next `horizon` tubelets after the context clip: (B, horizon * h * w, D).
+
+        context: video (B, C, T, H, W) or (C, T, H, W), uint8 or normalised float, T a multiple of
+        tubelet_size. window / max_context: see `rollout_plan` (defaults: fill the nominal grid / the
+        longest trained context). encoder: which encoder feeds the predictor ("context", as in
+        training). The predictor's mask token is the FutureMask's kind (`self.mask_kind`), kind 0 for a
+        checkpoint trained without a FutureMask (its predictor never learned to forecast).
+        """
+        video = self._as_input(context)
+        hw = self._spatial_grid(video.shape)
+        tokens = self._encoder(encoder)(video)  # (B, k*h*w, D)
+        return self.predict(tokens, hw, horizon, window, max_context=max_context, feedback=feedback)
+
+    @torch.no_grad()
+    def predict(
+        self,
+        context_tokens: Tensor,
+        spatial_grid: tuple[int, int],
+        horizon: int,
+        window: int | None = None,
+        *,
+        max_context: int | None = None,
+        feedback: str = "rescale",
+    ) -> Tensor:
+        """The rollout on encoder tokens: context_tokens (B, k*h*w, D) of k whole time steps in (t h w)
+        order -> predicted latents (B, horizon * h * w, D). See the module docstring."""
+        if feedback not in FEEDBACK_MODES:
+            raise ValueError(f"feedback must be one of {FEEDBACK_MODES}, got {feedback!r}")
+        h_grid, w_grid = spatial_grid
+        positions = h_grid * w_grid
+        if context_tokens.ndim != 3 or context_tokens.shape[1] % positions:
+            raise ForecastError(
+                f"context tokens {tuple(context_tokens.shape)} are not (B, k * {h_grid} * {w_grid}, D) "
+                "for whole time steps"
+            )
+        history = rearrange(context_tokens, "b (t s) d -> b t s d", s=positions)  # (B, k, S, D)
+        reference = history[:, -1]  # (B, S, D) last real step: scale of fed-back predictions
+        plan = rollout_plan(history.shape[1], horizon, self.nominal_steps, self.rollout_context(window, max_context), window)
+        predicted = []
+        for call in plan:
+            context = history[:, -call.context_steps :]  # newest C steps, re-indexed to times 0..C-1
+            out = self._predict_window(context, call.window, (h_grid, w_grid))  # (B, W, S, D)
+            kept = out[:, : call.keep]
+            predicted.append(kept)
+            if call is not plan[-1]:
+                fed = to_context_space(kept, reference) if feedback == "rescale" else kept
+                history = torch.cat([history, fed.to(history.dtype)], dim=1)
+        return rearrange(torch.cat(predicted, dim=1), "b t s d -> b (t s) d")  # (B, H*S, D)
+
+    def _predict_window(self, context: Tensor, window: int, spatial_grid: tuple[int, int]) -> Tensor:
+        """One predictor call: context (B, C, S, D) at times 0..C-1, mask tokens at times C..C+W-1."""
+        batch, steps, positions, _ = context.shape
+        grid = (steps + window, *spatial_grid)
+        device = context.device
+        context_idx = torch.arange(steps * positions, device=device).expand(batch, -1)  # (B, C*S)
+        target_idx = torch.arange(steps * positions, grid[0] * positions, device=device).expand(batch, -1)  # (B, W*S)
+        pred = self.predictor(
+            rearrange(context, "b t s d -> b (t s) d"), context_idx, None, target_idx, None,
+            grid=grid, mask_kind=self.mask_kind,
+        )  # (B, W*S, D)
+        return rearrange(pred, "b (t s) d -> b t s d", s=positions)
+
+    # ------------------------------------------------------------------ video files
+    def read_clip(
+        self,
+        path: str | os.PathLike,
+        horizon: int = DEFAULT_HORIZON,
+        *,
+        start_s: float = 0.0,
+        context_frames: int | None = None,
+        context_s: float | None = None,
+        timing: ClipTiming | None = None,
+        require_future: bool = False,
+    ) -> ForecastClip:
+        """Decode the context (and, when the video holds them, the future) frames of one forecast."""
+        return read_forecast_clip(
+            path, self, horizon, start_s=start_s, context_frames=context_frames, context_s=context_s,
+            timing=timing, require_future=require_future,
+        )
+
+
+def _default_masks() -> list[dict[str, Any]]:
+    from worldmodel.pretrain import DEFAULT_MASKS
+
+    return DEFAULT_MASKS
+
+
+# ---------------------------------------------------------------------------------------------- clips
+@dataclass
+class ForecastClip:
+    """The frames of one forecast: context (and future, when the video holds them), and where they are."""
+
+    path: str
+    context: Tensor  # uint8 (C, k * tubelet, S, S)
+    future: Tensor | None  # uint8 (C, horizon * tubelet, S, S), None when the video ends before
+    context_indices: np.ndarray  # int64 (k * tubelet,) source frames
+    future_indices: np.ndarray  # int64 (horizon * tubelet,) source frames the forecast stands for
+    video_fps: float
+    timing: ClipTiming
+
+    def metadata(self) -> dict[str, Any]:
+        return {
+            "video": self.path,
+            "context_frame_indices": self.context_indices.tolist(),
+            "context_timestamps": (self.context_indices / self.video_fps).round(6).tolist(),
+            "future_frame_indices": self.future_indices.tolist(),
+            "future_timestamps": (self.future_indices / self.video_fps).round(6).tolist(),
+            "future_available": self.future is not None,
+        }
+
+
+def resolve_timing(model: WorldModel, fps: float | None = None, frame_step: int | None = None) -> ClipTiming:
+    """--fps / --frame-step, else the checkpoint's training timing, else every frame."""
+    if fps is not None and frame_step is not None:
+        raise ForecastError("give --fps or --frame-step, not both")
+    if fps is not None:
+        return ClipTiming(fps=float(fps))
+    if frame_step is not None:
+        return ClipTiming(frame_step=int(frame_step))
+    return model.clip_timing or ClipTiming(frame_step=1)
+
+
+def context_frame_count(
+    model: WorldModel,
+    timing: ClipTiming,
+    video_fps: float,
+    context_frames: int | None = None,
+    context_s: float | None = None,
+    where: str = "",
+) -> int:
+    """Sampled context frames: --context-frames, or --context-s seconds at the sampling rate (rounded,
+    then down to whole tubelets), or by default the longest trained context (max_context tubelets)."""
+    tubelet = model.tubelet_size
+    prefix = f"{where}: " if where else ""
+    if context_frames is not None and context_s is not None:
+        raise ForecastError("give --context-frames or --context-s, not both")
+    if context_s is not None:
+        if not context_s > 0:
+            raise ForecastError(f"--context-s must be > 0, got {context_s}")
+        frames = round(context_s * timing.sample_rate(video_fps)) // tubelet * tubelet
+        if frames < tubelet:
+            raise ForecastError(
+                f"{prefix}--context-s {context_s} gives fewer than one tubelet ({tubelet} frames) at "
+                f"{timing.sample_rate(video_fps):.3g} sampled frames/s; give a longer context"
+            )
+        return frames
+    if context_frames is None:
+        return model.max_context * tubelet
+    if context_frames < tubelet or context_frames % tubelet:
+        raise ForecastError(
+            f"--context-frames must be a positive multiple of the tubelet size {tubelet}, got {context_frames}"
+        )
+    return int(context_frames)
+
+
+def read_forecast_clip(
+    path: str | os.PathLike,
+    model: WorldModel,
+    horizon: int,
+    *,
+    start_s: float = 0.0,
+    context_frames: int | None = None,
+    context_s: float | None = None,
+    timing: ClipTiming | None = None,
+    require_future: bool = False,
+) -> ForecastClip:
+    """The clip of one forecast: context frames from `start_s` (the frame nearest to it), then the
+    `horizon` tubelets it forecasts, all sampled with `timing` (default: as in training).
+
+    Raises ForecastError when the video is too short for the context (or, with `require_future`, for
+    context + horizon), naming the file, the frames needed and the frames it has.
+    """
+    path = os.fspath(path)
+    timing = timing or resolve_timing(model)
+    info = read_video_info(path)
+    tubelet = model.tubelet_size
+    num_context = context_frame_count(model, timing, info.fps, context_frames, context_s, where=path)
+    if start_s < 0:
+        raise ForecastError(f"--start must be >= 0 seconds, got {start_s}")
+    start = math.floor(start_s * info.fps + 0.5)
+    offsets = timing.sampler(num_context + horizon * tubelet).span_indices(info)  # (T,)
+    indices = start + offsets
+    context_idx, future_idx = indices[:num_context], indices[num_context:]
+    needed = int(future_idx[-1]) + 1 if require_future else int(context_idx[-1]) + 1
+    if needed > info.num_frames:
+        what = f"{num_context} context frames + {horizon} future tubelets" if require_future else f"{num_context} context frames"
+        raise ForecastError(
+            f"{path}: video too short: {what} sampled with {timing.as_dict()} from {start_s:g} s need source frames "
+            f"{int(indices[0])}..{needed - 1} ({needed / info.fps:.2f} s), the video has {info.num_frames} frames "
+            f"({info.duration_s:.2f} s at {info.fps:.3g} fps). Use a shorter --horizon or context, an earlier "
+            "--start, a higher --fps / smaller --frame-step, or leave this video out."
+        )
+    has_future = int(future_idx[-1]) < info.num_frames
+    read_idx = indices if has_future else context_idx
+    transform = model.eval_transform()
+    video = transform(read_frames(path, read_idx))  # (C, T, S, S) uint8
+    return ForecastClip(
+        path=path,
+        context=video[:, :num_context],
+        future=video[:, num_context:] if has_future else None,
+        context_indices=context_idx,
+        future_indices=future_idx,
+        video_fps=info.fps,
+        timing=timing,
+    )
+
+
+# ---------------------------------------------------------------------------------------------- quality
+@torch.no_grad()
+def forecast_quality(
+    model: WorldModel,
+    clip: Tensor,
+    context_steps: int,
+    horizon: int,
+    **forecast_kwargs: Any,
+) -> dict[str, dict[str, Tensor]]:
+    """Per-clip, per-step forecast quality of the model and the two baselines.
+
+    clip: uint8 or normalised float (B, C, T, H, W) holding `context_steps` + `horizon` tubelets
+    (context first). Returns {method: {"cosine": (B, H), "l1": (B, H)}} on the CPU, methods in
+    METHODS; all three are compared with the same targets (see the module docstring).
+    """
+    video = model._as_input(clip)
+    tubelet = model.tubelet_size
+    needed = (context_steps + horizon) * tubelet
+    if video.shape[2] < needed:
+        raise ForecastError(
+            f"forecast_quality: the clip has {video.shape[2]} frames, {context_steps} context + {horizon} future "
+            f"tubelets need {needed}"
+        )
+    video = video[:, :, :needed]
+    positions = math.prod(model._spatial_grid(video.shape))
+    targets_all = rearrange(model.target_features(video), "b (t s) d -> b t s d", s=positions)  # (B, k+H, S, D)
+    targets = targets_all[:, context_steps:]  # (B, H, S, D)
+    context_targets = targets_all[:, :context_steps]  # (B, k, S, D)
+    pred = model.forecast(video[:, :, : context_steps * tubelet], horizon, **forecast_kwargs)
+    guesses = {
+        "model": rearrange(pred, "b (t s) d -> b t s d", s=positions),
+        "copy_last": repeat(context_targets[:, -1], "b s d -> b t s d", t=horizon),
+        "context_mean": repeat(context_targets.mean(dim=1), "b s d -> b t s d", t=horizon),
+    }
+    out = {}
+    for method, guess in guesses.items():
+        guess, target = guess.float(), targets.float()
+        out[method] = {
+            "cosine": F.cosine_similarity(guess, target, dim=-1).mean(dim=-1).cpu(),  # (B, H)
+            "l1": (guess - target).abs().mean(dim=-1).mean(dim=-1).cpu(),  # (B, H)
+        }
+    return out
+
+
+def summarize_quality(per_clip: dict[str, dict[str, Tensor]]) -> dict[str, Any]:
+    """{method: {metric: (num_clips, H)}} -> per-step means and standard errors, and the verdict."""
+    summary: dict[str, Any] = {}
+    for method in METHODS:
+        summary[method] = {}
+        for metric in METRICS:
+            values = per_clip[method][metric].double()  # (N, H)
+            num = values.shape[0]
+            sem = values.std(dim=0, correction=1) / math.sqrt(num) if num > 1 else torch.zeros(values.shape[1])
+            summary[method][metric] = values.mean(dim=0).tolist()
+            summary[method][f"{metric}_sem"] = sem.tolist()
+    beats: dict[str, Any] = {}
+    for metric, better in (("cosine", np.greater), ("l1", np.less)):
+        model = np.array(summary["model"][metric])
+        steps = np.ones_like(model, dtype=bool)
+        for baseline in ("copy_last", "context_mean"):
+            steps &= better(model, np.array(summary[baseline][metric]))
+        beats[metric] = steps.tolist()
+    beats["every_step"] = bool(all(beats["cosine"]) and all(beats["l1"]))
+    summary["model_beats_baselines"] = beats
+    return summary
+
+
+# ---------------------------------------------------------------------------------------------- eval
+def _clips_per_video(num_videos: int, num_clips: int | None) -> list[int]:
+    """Round-robin: every video gets num_clips // V clips, the first num_clips % V one more."""
+    if num_clips is None:
+        return [1] * num_videos
+    if num_clips < 1:
+        raise ForecastError(f"--clips must be >= 1, got {num_clips}")
+    base, extra = divmod(num_clips, num_videos)
+    return [base + (1 if i < extra else 0) for i in range(num_videos)]
+
+
+def _eval_clip_indices(
+    path: str, model: WorldModel, timing: ClipTiming, context_frames: int | None, context_s: float | None,
+    horizon: int, count: int,
+) -> tuple[list[np.ndarray], int, float]:
+    """`count` clips spread evenly over the video (one: centred): (indices list, context frames, fps)."""
+    info = read_video_info(path)
+    num_context = context_frame_count(model, timing, info.fps, context_frames, context_s, where=path)
+    total = num_context + horizon * model.tubelet_size
+    sampler = timing.sampler(total)
+    span = int(sampler.span_indices(info)[-1]) + 1
+    if span > info.num_frames:
+        raise ForecastError(
+            f"{path}: video too short for forecast evaluation: {num_context} context frames + {horizon} future "
+            f"tubelets = {total} frames sampled with {timing.as_dict()} span {span} source frames "
+            f"({span / info.fps:.2f} s), the video has {info.num_frames} ({info.duration_s:.2f} s). Use a shorter "
+            "--horizon or context, a higher --fps / smaller --frame-step, remove the video from the manifest, "
+            "or pass --skip-bad to leave such videos out."
+        )
+    mode = "uniform" if count > 1 else "center"
+    return sampler.indices(info, mode=mode, num_clips=count), num_context, info.fps
+
+
+def evaluate_forecast(
+    model: WorldModel,
+    manifest: str | os.PathLike,
+    horizon: int = DEFAULT_HORIZON,
+    *,
+    num_clips: int | None = None,
+    context_frames: int | None = None,
+    context_s: float | None = None,
+    timing: ClipTiming | None = None,
+    batch_size: int = 8,
+    skip_bad: bool = False,
+    window: int | None = None,
+    max_context: int | None = None,
+    feedback: str = "rescale",
+) -> dict[str, Any]:
+    """Forecast quality over the clips of a manifest: a JSON-ready report (see `write_eval_report`).
+
+    num_clips: clips in all, spread round-robin over the videos and evenly within each (default: one
+    centred clip per video). A video too short for context + horizon, or unreadable, raises
+    ForecastError unless `skip_bad`, which records it under "skipped".
+    """
+    from worldmodel.data.datasets import read_manifest
+
+    try:
+        entries = read_manifest(manifest)
+    except (ValueError, FileNotFoundError) as err:
+        raise ForecastError(str(err)) from err
+    timing = timing or resolve_timing(model)
+    transform = model.eval_transform()
+    clips: list[dict[str, Any]] = []
+    videos: list[Tensor] = []
+    skipped: list[dict[str, str]] = []
+    context_lengths = set()
+    for entry, count in zip(entries, _clips_per_video(len(entries), num_clips)):
+        if count == 0:
+            continue
+        try:
+            indices, num_context, video_fps = _eval_clip_indices(
+                entry.path, model, timing, context_frames, context_s, horizon, count
+            )
+            frames = read_frames(entry.path, np.concatenate(indices))  # (count * T, H, W, 3)
+        except (ForecastError, VideoError) as err:
+            if not skip_bad:
+                raise ForecastError(str(err)) from err
+            skipped.append({"path": entry.path, "reason": str(err)})
+            continue
+        context_lengths.add(num_context)
+        for k, idx in enumerate(indices):
+            videos.append(transform(frames[k * len(idx) : (k + 1) * len(idx)]))  # (C, T, S, S)
+            clips.append({
+                "path": entry.path,
+                "context_frame_indices": idx[:num_context].tolist(),
+                "future_frame_indices": idx[num_context:].tolist(),
+                "seconds_per_step": model.tubelet_size / timing.sample_rate(video_fps),
+            })
+    if not clips:
+        raise ForecastError(f"{manifest}: no clip could be evaluated (all videos skipped: {skipped[:3]})")
+    per_clip: dict[str, dict[str, list[Tensor]]] = {m: {k: [] for k in METRICS} for m in METHODS}
+    # --context-s on videos of different frame rates gives different context lengths: batch equal lengths
+    order = sorted(range(len(videos)), key=lambda i: videos[i].shape[1])
+    start = 0
+    while start < len(order):
+        length = videos[order[start]].shape[1]
+        group = [i for i in order[start : start + batch_size] if videos[i].shape[1] == length]
+        batch = torch.stack([videos[i] for i in group])  # (b, C, T, S, S) uint8
+        context_steps = length // model.tubelet_size - horizon
+        result = forecast_quality(
+            model, batch, context_steps, horizon, window=window, max_context=max_context, feedback=feedback
+        )
+        for method in METHODS:
+            for metric in METRICS:
+                per_clip[method][metric].append(result[method][metric])
+        for j, i in enumerate(group):
+            clips[i]["quality"] = {
+                m: {k: result[m][k][j].tolist() for k in METRICS} for m in METHODS
+            }
+        start += len(group)
+    stacked = {m: {k: torch.cat(v) for k, v in metrics.items()} for m, metrics in per_clip.items()}
+    spatial = model._spatial_grid((1, 3, model.tubelet_size, *_pair(model.img_size)))
+    report = {
+        "checkpoint": model.source,
+        "manifest": os.fspath(manifest),
+        "num_clips": len(clips),
+        "horizon": horizon,
+        "steps": list(range(1, horizon + 1)),
+        "seconds_per_step": float(np.mean([c["seconds_per_step"] for c in clips])),
+        "context_frames": sorted(context_lengths),
+        "timing": timing.as_dict(),
+        "tubelet_size": model.tubelet_size,
+        "grid_hw": list(spatial),
+        "mask_kind": model.mask_kind,
+        "predictor_input_encoder": model.context_encoder_role,
+        "rollout": {
+            "window": window,
+            "max_context": model.rollout_context(window, max_context),
+            "nominal_steps": model.nominal_steps,
+            "feedback": feedback,
+        },
+        "definitions": {
+            "targets": "target-encoder tokens of the whole clip (context + future frames), layer-normed as in "
+                       "training, at the future positions",
+            "model": "predicted latents (context encoder -> predictor with the future mask token, rollout)",
+            "copy_last": "target features of the last context step, repeated",
+            "context_mean": "per spatial position, the mean of the context steps' target features",
+            "cosine": "cosine similarity per token, mean over a step's tokens, then over clips (higher is better)",
+            "l1": "mean |prediction - target| over D and a step's tokens, then over clips (lower is better)",
+        },
+        **summarize_quality(stacked),
+        "skipped": skipped,
+        "clips": clips,
+    }
+    return report
+
+
+def _pair(size: int | Sequence[int]) -> tuple[int, int]:
+    return (int(size), int(size)) if isinstance(size, (int, np.integer)) else (int(size[0]), int(size[1]))
+
+
+def plot_quality(report: dict[str, Any], path: str | os.PathLike) -> Path:
+    """PNG: cosine similarity and L1 against the horizon, model vs the two baselines (error bars: s.e.m.)."""
+    from matplotlib.figure import Figure  # object API: no pyplot state, Agg canvas
+
+    fig = Figure(figsize=(9, 3.6), dpi=100)
+    steps = report["steps"]
+    styles = {"model": ("C0", "o", "model"), "copy_last": ("C1", "s", "copy last context step"),
+              "context_mean": ("C2", "^", "context mean")}
+    for ax_i, (metric, label) in enumerate((("cosine", "cosine similarity (higher is better)"),
+                                            ("l1", "L1 (lower is better)"))):
+        ax = fig.add_subplot(1, 2, ax_i + 1)
+        for method in METHODS:
+            colour, marker, name = styles[method]
+            ax.errorbar(steps, report[method][metric], yerr=report[method][f"{metric}_sem"], color=colour,
+                        marker=marker, capsize=3, label=name)
+        ax.set_xlabel(f"horizon (tubelets of {report['tubelet_size']} frames, "
+                      f"~{report['seconds_per_step']:.2g} s each)")
+        ax.set_ylabel(label)
+        ax.set_xticks(steps)
+        ax.grid(alpha=0.3)
+        if ax_i == 0:
+            ax.legend(fontsize=8)
+    verdict = "beats both baselines at every step" if report["model_beats_baselines"]["every_step"] else \
+        "does NOT beat both baselines at every step"
+    fig.suptitle(f"forecast quality over {report['num_clips']} clips: model {verdict}", fontsize=10)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, format="png")
+    return path
+
+
+def write_eval_report(report: dict[str, Any], out_dir: str | os.PathLike) -> tuple[Path, Path]:
+    """DIR/forecast_eval.json and DIR/forecast_eval.png."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    json_path = atomic_write_bytes(json.dumps(report, indent=2).encode(), out_dir / "forecast_eval.json")
+    return json_path, plot_quality(report, out_dir / "forecast_eval.png")
+
+
+def format_quality_table(report: dict[str, Any]) -> str:
+    lines = ["step  " + "  ".join(f"{m + ' ' + k:>20s}" for k in METRICS for m in METHODS)]
+    for i, step in enumerate(report["steps"]):
+        lines.append(f"{step:4d}  " + "  ".join(f"{report[m][k][i]:20.4f}" for k in METRICS for m in METHODS))
+    beats = report["model_beats_baselines"]
+    lines.append(f"model beats both baselines at every step: {'yes' if beats['every_step'] else 'no'} "
+                 f"(cosine: {beats['cosine']}, l1: {beats['l1']})")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------- CLI
+def add_forecast_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of `worldmodel forecast`."""
+    parser.add_argument("--checkpoint", required=True, help="pretraining checkpoint (.ckpt)")
+    what = parser.add_mutually_exclusive_group(required=True)
+    what.add_argument("--video", nargs="+", metavar="FILE", help="forecast these videos")
+    what.add_argument("--eval", metavar="MANIFEST", help="measure forecast quality over a manifest's clips")
+    parser.add_argument("--out", required=True,
+                        help="with --video: the .safetensors file to write; with --eval: the output folder")
+    parser.add_argument("--horizon", type=int, default=DEFAULT_HORIZON, help="future tubelets to predict")
+    parser.add_argument("--start", type=float, default=0.0, help="time of the first context frame, seconds (--video)")
+    context = parser.add_mutually_exclusive_group()
+    context.add_argument("--context-frames", type=int, default=None,
+                         help="sampled context frames, a multiple of the tubelet size (default: longest trained context)")
+    context.add_argument("--context-s", type=float, default=None, help="context length in seconds")
+    rate = parser.add_mutually_exclusive_group()
+    rate.add_argument("--fps", type=float, default=None, help="sample frames at this rate (default: as in training)")
+    rate.add_argument("--frame-step", type=int, default=None, help="sample every N-th frame (default: as in training)")
+    parser.add_argument("--clips", type=int, default=None, help="clips to evaluate in all (--eval; default one per video)")
+    parser.add_argument("--skip-bad", action="store_true",
+                        help="--eval: skip videos too short or unreadable (listed in the JSON) instead of failing")
+    parser.add_argument("--window", type=int, default=None,
+                        help="future tubelets per predictor call (default: fill the model's nominal grid)")
+    parser.add_argument("--max-context", type=int, default=None,
+                        help="context tubelets kept per predictor call (default: the longest trained context)")
+    parser.add_argument("--feedback", choices=FEEDBACK_MODES, default="rescale",
+                        help="how predictions are fed back in long rollouts")
+    parser.add_argument("--batch-size", type=int, default=8, help="clips per forward pass (--eval)")
+    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def forecast_videos(
+    model: WorldModel,
+    videos: Sequence[str | os.PathLike],
+    horizon: int = DEFAULT_HORIZON,
+    *,
+    start_s: float = 0.0,
+    context_frames: int | None = None,
+    context_s: float | None = None,
+    timing: ClipTiming | None = None,
+    window: int | None = None,
+    max_context: int | None = None,
+    feedback: str = "rescale",
+) -> tuple[Tensor, dict[str, Any]]:
+    """Forecast each video: latents (V, horizon * h * w, D) float32 on the CPU, and their metadata.
+
+    Where every video holds the forecast frames, the metadata also has "quality" (forecast_quality
+    over these videos, summarised like the eval report).
+    """
+    timing = timing or resolve_timing(model)
+    latents, clips, per_video = [], [], []
+    for path in videos:
+        clip = read_forecast_clip(
+            path, model, horizon, start_s=start_s, context_frames=context_frames, context_s=context_s, timing=timing
+        )
+        kwargs = dict(window=window, max_context=max_context, feedback=feedback)
+        latents.append(model.forecast(clip.context, horizon, **kwargs)[0].float().cpu())  # (H*h*w, D)
+        clips.append(clip.metadata())
+        if clip.future is not None:
+            steps = clip.context.shape[1] // model.tubelet_size
+            per_video.append(forecast_quality(model, torch.cat([clip.context, clip.future], 1), steps, horizon, **kwargs))
+    h_grid, w_grid = model._spatial_grid((1, 3, model.tubelet_size, *_pair(model.img_size)))
+    meta: dict[str, Any] = {
+        "format": "worldmodel.forecast/1",
+        "layout": "latents[v] is (horizon * h * w, D): the predicted target-space tokens of the next horizon "
+                  "tubelets of video v, in (t h w) raster order",
+        "checkpoint": model.source,
+        "videos": [os.fspath(v) for v in videos],
+        "clips": clips,
+        "horizon": horizon,
+        "grid": [horizon, h_grid, w_grid],
+        "tubelet_size": model.tubelet_size,
+        "patch_size": model.patch_size,
+        "img_size": model.img_size,
+        "timing": timing.as_dict(),
+        "start_s": start_s,
+        "mask_kind": model.mask_kind,
+        "predictor_input_encoder": model.context_encoder_role,
+        "rollout": {"window": window, "max_context": model.rollout_context(window, max_context),
+                    "nominal_steps": model.nominal_steps, "feedback": feedback},
+    }
+    if per_video and len(per_video) == len(videos):
+        stacked = {m: {k: torch.cat([q[m][k] for q in per_video]) for k in METRICS} for m in METHODS}
+        meta["quality"] = {"steps": list(range(1, horizon + 1)), **summarize_quality(stacked)}
+    return torch.stack(latents), meta
+
+
+def save_latents(path: str | os.PathLike, latents: Tensor, metadata: dict[str, Any]) -> Path:
+    """Write {"latents": (V, M, D)} with JSON-encoded string metadata (atomically)."""
+    from safetensors.torch import save
+
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        raise ForecastError(f"--out {path}: give a .safetensors file name for the latents")
+    data = save({"latents": latents.contiguous()}, metadata={k: json.dumps(v) for k, v in metadata.items()})
+    return atomic_write_bytes(data, path)
+
+
+def load_latents(path: str | os.PathLike) -> tuple[Tensor, dict[str, Any]]:
+    """Read back what `save_latents` wrote: (latents, decoded metadata)."""
+    from safetensors import safe_open
+
+    with safe_open(os.fspath(path), framework="pt") as f:
+        metadata = {k: json.loads(v) for k, v in (f.metadata() or {}).items()}
+        return f.get_tensor("latents"), metadata
+
+
+def run_forecast(args: argparse.Namespace) -> int:
+    """`worldmodel forecast`: returns an exit code (2 with a message on stderr for unusable input)."""
+    try:
+        if args.horizon < 1:
+            raise ForecastError(f"--horizon must be >= 1, got {args.horizon}")
+        model = WorldModel.load(args.checkpoint, device=_device(args.device))
+        timing = resolve_timing(model, args.fps, args.frame_step)
+        common = dict(context_frames=args.context_frames, context_s=args.context_s, timing=timing,
+                      window=args.window, max_context=args.max_context, feedback=args.feedback)
+        if args.eval:
+            report = evaluate_forecast(model, args.eval, args.horizon, num_clips=args.clips, batch_size=args.batch_size,
+                                       skip_bad=args.skip_bad, **common)
+            json_path, png_path = write_eval_report(report, args.out)
+            print(format_quality_table(report))
+            print(f"wrote {json_path} and {png_path} ({report['num_clips']} clips, {len(report['skipped'])} skipped)")
+            return 0
+        latents, meta = forecast_videos(model, args.video, args.horizon, start_s=args.start, **common)
+        out = save_latents(args.out, latents, meta)
+        if "quality" in meta:
+            print(format_quality_table(meta["quality"]))
+        print(f"wrote {out}: latents {tuple(latents.shape)} for {len(args.video)} video(s)")
+        return 0
+    except (ForecastError, VideoError, CheckpointError, FileNotFoundError) as err:
+        print(f"worldmodel forecast: error: {err}", file=sys.stderr)
+        return 2
