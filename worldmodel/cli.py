@@ -3,6 +3,10 @@
     worldmodel corpus --out DIR [--videos N] [--seed S]     write the built-in procedural corpus
     worldmodel data check MANIFEST                         scan videos up front, print a table
     worldmodel pretrain [--config FILE|NAME] [overrides]    pretrain a video JEPA (LightningCLI)
+    worldmodel forecast --checkpoint CKPT --video FILE --out FILE   future latents (+ --eval quality)
+    worldmodel probe --checkpoint CKPT|random ...          action-anticipation probe -> metrics.json
+    worldmodel export CKPT OUT_DIR                         model.safetensors + config.json
+    worldmodel import-vjepa2 CKPT OUT_DIR                  V-JEPA 2 weights -> an export folder
 
 `pretrain` is Lightning's CLI: YAML configs (`--config`), `--print_config`, dotted overrides such as
 `--trainer.max_steps 100 --model.lr 1e-3 --data.batch_size 4`. With no arguments it builds the
@@ -108,6 +112,28 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("manifest", help="manifest file or folder of videos")
     c.add_argument("--csv", default=None, help="also write the table to this CSV file")
     c.set_defaults(func=_data_check)
+
+    from worldmodel.forecast import add_forecast_arguments, run_forecast
+
+    p = sub.add_parser("forecast", help="predict future latents of videos; --eval measures forecast quality")
+    add_forecast_arguments(p)
+    p.set_defaults(func=run_forecast)
+
+    from worldmodel.probe import add_probe_arguments, run_probe
+
+    p = sub.add_parser("probe", help="action-anticipation / classification probes on the frozen encoder")
+    add_probe_arguments(p)
+    p.set_defaults(func=run_probe)
+
+    from worldmodel.checkpoints import add_export_arguments, add_import_arguments, run_export, run_import
+
+    p = sub.add_parser("export", help="write model.safetensors + config.json from a checkpoint")
+    add_export_arguments(p)
+    p.set_defaults(func=run_export)
+
+    p = sub.add_parser("import-vjepa2", help="convert a V-JEPA 2 checkpoint into a worldmodel export folder")
+    add_import_arguments(p)
+    p.set_defaults(func=run_import)
 
     sub.add_parser(
         "pretrain",

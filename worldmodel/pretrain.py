@@ -102,7 +102,7 @@ class JEPAPretrainer(L.LightningModule):
         pred_depth: int = 6,
         pred_dim: int = 192,
         pred_heads: int = 6,
-        pred_copy_context: bool = True,
+        pred_copy_context: bool = False,
         masks: list[dict[str, Any]] | None = None,
         loss: str = "l1",
         target: str = "ema",

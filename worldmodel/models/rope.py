@@ -34,7 +34,8 @@ of two layouts:
 In the V-JEPA 2 encoder and predictor the coordinates are those of each token in the (t, h, w) grid
 of the clip it came from (t in tubelet units); the predictor uses the same grid as the encoder. (The
 reference predictor derives rows and columns from a square grid of img_size // patch_size per side,
-so it agrees with this only for square inputs, the only ones its checkpoints were trained on.)
+so it agrees with this only for square inputs at that size, the only ones its checkpoints were trained
+on; `worldmodel.checkpoints.load_vjepa2(..., predictor_positions="reference")` reproduces it exactly.)
 
 `Rope3D.cos_sin(positions)` computes the angle tables once per forward pass; every block then calls
 `apply_rotary(q_and_k, cos, signed_sin)`.
