@@ -68,7 +68,7 @@ def _corpus(args: argparse.Namespace) -> int:
 def _data_check(args: argparse.Namespace) -> int:
     from worldmodel.data.check import run_check
 
-    return run_check(args.manifest, out_csv=args.csv)
+    return run_check(args.manifest, out_csv=args.csv, workers=args.workers)
 
 
 # ---------------------------------------------------------------------------------------------- pretrain
@@ -110,7 +110,8 @@ def build_parser() -> argparse.ArgumentParser:
     data_sub = p.add_subparsers(dest="data_command", required=True)
     c = data_sub.add_parser("check", help="scan a manifest: decodable? frames, fps, size, duration")
     c.add_argument("manifest", help="manifest file or folder of videos")
-    c.add_argument("--csv", default=None, help="also write the table to this CSV file")
+    c.add_argument("--csv", "--out", dest="csv", default=None, help="also write the table to this CSV file")
+    c.add_argument("--workers", type=int, default=0, help="decode-check in this many processes")
     c.set_defaults(func=_data_check)
 
     from worldmodel.forecast import add_forecast_arguments, run_forecast

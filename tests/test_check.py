@@ -1,0 +1,85 @@
+"""`worldmodel data check`: one row per video, totals by reason, CSV, exit code."""
+
+from __future__ import annotations
+
+import csv
+
+from worldmodel.data.check import CHECK_COLUMNS, check_videos, format_check_table, run_check
+
+
+def make_corpus(make_video, tmp_path):
+    """Two good videos and three bad ones (truncated, zero bytes, text), listed in a manifest."""
+    videos = tmp_path / "videos"
+    good_a = make_video(videos / "a.mp4", num_frames=24, fps=8.0, size=(48, 64))
+    make_video(videos / "b.mp4", num_frames=16, fps=4.0)
+    data = good_a.read_bytes()
+    (videos / "cut.mp4").write_bytes(data[: len(data) // 2])
+    (videos / "zero.mp4").touch()
+    (videos / "notes.mp4").write_text("not a video\n" * 30)
+    manifest = tmp_path / "manifest.txt"
+    names = ["a.mp4", "b.mp4", "cut.mp4", "zero.mp4", "notes.mp4", "gone.mp4"]
+    manifest.write_text("".join(f"videos/{name}\n" for name in names))
+    return manifest, [str(videos / name) for name in names]
+
+
+def test_check_rows(make_video, tmp_path):
+    _, paths = make_corpus(make_video, tmp_path)
+    rows = check_videos(paths)
+    assert [row["path"] for row in rows] == paths
+    assert [(row["status"], row["reason"]) for row in rows] == [
+        ("ok", ""),
+        ("ok", ""),
+        ("bad", "truncated"),
+        ("bad", "empty"),
+        ("bad", "not_video"),
+        ("bad", "missing"),
+    ]
+    a, b = rows[0], rows[1]
+    assert (a["frames"], a["fps"], a["width"], a["height"], a["duration_s"]) == (24, 8.0, 64, 48, 3.0)
+    assert (b["frames"], b["fps"], b["duration_s"]) == (16, 4.0, 4.0)
+    assert a["codec"] == "h264" and a["pix_fmt"] == "yuv420p"
+    assert all(row["detail"] for row in rows[2:])
+    assert all(set(row) == set(CHECK_COLUMNS) for row in rows)
+
+
+def test_check_with_worker_processes_gives_the_same_rows(make_video, tmp_path):
+    _, paths = make_corpus(make_video, tmp_path)
+    assert check_videos(paths, workers=2) == check_videos(paths, workers=0)
+
+
+def test_table_lists_every_video_and_totals_by_reason(make_video, tmp_path):
+    _, paths = make_corpus(make_video, tmp_path)
+    table = format_check_table(check_videos(paths))
+    lines = table.splitlines()
+    assert lines[0].split() == ["status", "reason", "frames", "fps", "size", "duration_s", "path"]
+    for path in paths:
+        assert any(line.endswith(path) for line in lines)
+    assert "64x48" in table
+    assert lines[-1] == "total 6 videos: ok 2 (0.00 h), bad 4 (empty 1, missing 1, not_video 1, truncated 1)"
+    assert f"{paths[2]}: truncated:" in table  # details of the bad ones
+
+
+def test_run_check_exit_code_and_csv(make_video, tmp_path, capsys):
+    manifest, paths = make_corpus(make_video, tmp_path)
+    out_csv = tmp_path / "report" / "check.csv"
+    assert run_check(str(manifest), out_csv=str(out_csv)) == 1
+    printed = capsys.readouterr().out
+    assert "bad 4" in printed
+    with open(out_csv) as f:
+        rows = list(csv.DictReader(f))
+    assert [row["status"] for row in rows] == ["ok", "ok", "bad", "bad", "bad", "bad"]
+    assert rows[0]["frames"] == "24" and rows[3]["reason"] == "empty"
+
+    good = tmp_path / "good.txt"
+    good.write_text(f"{paths[0]}\n{paths[1]}\n")
+    assert run_check(str(good)) == 0
+    assert "total 2 videos: ok 2" in capsys.readouterr().out
+
+
+def test_run_check_on_a_folder_and_on_a_missing_manifest(make_video, tmp_path, capsys):
+    make_video(tmp_path / "dir" / "x.mp4", num_frames=8)
+    make_video(tmp_path / "dir" / "sub" / "y.mp4", num_frames=8)
+    assert run_check(str(tmp_path / "dir")) == 0
+    assert "total 2 videos: ok 2" in capsys.readouterr().out
+    assert run_check(str(tmp_path / "no_such_manifest.txt")) == 1
+    assert "no_such_manifest.txt" in capsys.readouterr().err

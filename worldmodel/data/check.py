@@ -1,0 +1,120 @@
+"""`worldmodel data check MANIFEST`: find the videos a run would trip over, before the run.
+
+Each video is opened and decoded at its first, middle and last frame (the last one forces the
+decoder through the final group of pictures, where truncated files fail). One row per video:
+
+    path, status ("ok" / "bad"), reason ("" or a VideoError reason), detail, frames, fps, width,
+    height, duration_s, codec, pix_fmt
+
+`format_check_table` prints them with totals (ok, bad by reason); `run_check` is the command.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import sys
+from collections import Counter
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+from worldmodel.data.datasets import read_manifest
+from worldmodel.data.video import VideoError, read_frames, read_video_info
+
+CHECK_COLUMNS: tuple[str, ...] = (
+    "path", "status", "reason", "detail", "frames", "fps", "width", "height", "duration_s", "codec", "pix_fmt",
+)
+
+
+def check_video(path: str) -> dict:
+    """One row of the check table for one video (never raises for a bad file)."""
+    row = {column: "" for column in CHECK_COLUMNS}
+    row["path"] = str(path)
+    try:
+        info = read_video_info(path)
+        read_frames(path, sorted({0, info.num_frames // 2, info.num_frames - 1}))
+    except VideoError as err:
+        row.update(status="bad", reason=err.reason, detail=err.detail)
+        return row
+    row.update(
+        status="ok",
+        frames=info.num_frames,
+        fps=round(info.fps, 3),
+        width=info.width,
+        height=info.height,
+        duration_s=round(info.duration_s, 3),
+    )
+    row["codec"], row["pix_fmt"] = _stream_format(path)
+    return row
+
+
+def _stream_format(path: str) -> tuple[str, str]:
+    """Codec and pixel format names as FFmpeg reports them ('' when PyAV cannot tell)."""
+    try:
+        import av
+
+        with av.open(path) as container:
+            ctx = container.streams.video[0].codec_context
+            return str(ctx.name), str(ctx.pix_fmt)
+    except Exception:
+        return "", ""
+
+
+def check_videos(paths: list[str], workers: int = 0) -> list[dict]:
+    """Check every path (in `workers` processes; 0 = this process); rows in the order of `paths`."""
+    paths = [str(p) for p in paths]
+    if workers <= 0 or len(paths) < 2:
+        return [check_video(p) for p in paths]
+    with ProcessPoolExecutor(max_workers=min(workers, len(paths))) as pool:
+        return list(pool.map(check_video, paths, chunksize=max(1, len(paths) // (8 * workers))))
+
+
+def format_check_table(rows: list[dict]) -> str:
+    """A fixed-width table, one line per video, then the details of the bad ones and the totals."""
+    header = ("status", "reason", "frames", "fps", "size", "duration_s", "path")
+    lines = []
+    for row in rows:
+        size = f"{row['width']}x{row['height']}" if row["status"] == "ok" else ""
+        cells = (row["status"], row["reason"], row["frames"], row["fps"], size, row["duration_s"], row["path"])
+        lines.append(tuple(str(cell) for cell in cells))
+    widths = [max([len(h)] + [len(line[i]) for line in lines]) for i, h in enumerate(header)]
+    out = ["  ".join(cell.ljust(w) for cell, w in zip(header, widths)).rstrip()]
+    out.append("  ".join("-" * w for w in widths))
+    out += ["  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip() for line in lines]
+
+    bad = [row for row in rows if row["status"] != "ok"]
+    if bad:
+        out.append("")
+        out.append("problems:")
+        out += [f"  {row['path']}: {row['reason']}: {row['detail']}" for row in bad]
+    ok = [row for row in rows if row["status"] == "ok"]
+    hours = sum(float(row["duration_s"]) for row in ok) / 3600
+    by_reason = Counter(row["reason"] for row in bad)
+    reasons = ", ".join(f"{reason} {count}" for reason, count in sorted(by_reason.items()))
+    out.append("")
+    totals = f"total {len(rows)} videos: ok {len(ok)} ({hours:.2f} h), bad {len(bad)}"
+    out.append(totals + (f" ({reasons})" if bad else ""))
+    return "\n".join(out)
+
+
+def write_check_csv(rows: list[dict], out_csv: str | os.PathLike) -> None:
+    Path(out_csv).parent.mkdir(parents=True, exist_ok=True)
+    with open(out_csv, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(CHECK_COLUMNS))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def run_check(manifest_path: str, out_csv: str | None = None, workers: int = 0) -> int:
+    """Check every video of a manifest (file or folder); print the table; 0 if all are ok, else 1."""
+    try:
+        paths = [entry.path for entry in read_manifest(manifest_path)]
+    except (OSError, ValueError) as err:  # no such manifest, an empty folder, a malformed line
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    rows = check_videos(paths, workers=workers)
+    print(format_check_table(rows))
+    if out_csv:
+        write_check_csv(rows, out_csv)
+        print(f"wrote {out_csv}")
+    return 0 if all(row["status"] == "ok" for row in rows) else 1

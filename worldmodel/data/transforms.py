@@ -1,0 +1,163 @@
+"""Spatial transforms of a clip: one crop / flip for all its frames, uint8 in and uint8 out.
+
+Workers crop and resize uint8 frames (T, H, W, C) into uint8 (C, T, h, w); the conversion to float and
+the ImageNet normalisation happen on the accelerator, in the LightningModule (`normalize_video`), so
+batches cross process boundaries and the host-to-device copy at a quarter of the float32 size.
+
+Resizing is bilinear with antialiasing (so downscaling averages instead of aliasing) and runs on the
+uint8 tensor directly (PyTorch's fixed-point kernel: within 1 grey level of the float computation and
+several times faster). All randomness comes from the `np.random.Generator` passed in, so a sample's
+augmentation is a pure function of its generator's seed.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+
+IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
+IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
+
+
+def _pair(size: int | tuple[int, int]) -> tuple[int, int]:
+    height, width = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+    if height < 1 or width < 1:
+        raise ValueError(f"output size must be positive (height, width), got {size}")
+    return height, width
+
+
+def _check_frames(frames: torch.Tensor) -> None:
+    if frames.dtype != torch.uint8 or frames.ndim != 4:
+        raise TypeError(
+            f"expected uint8 frames (T, H, W, C), got {frames.dtype} of shape {tuple(frames.shape)}; "
+            "transforms run on decoded clips, before normalize_video"
+        )
+
+
+def resize_frames(frames: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """uint8 (T, C, h, w) -> uint8 (T, C, size_h, size_w), bilinear, antialiased when downscaling."""
+    if tuple(frames.shape[-2:]) == tuple(size):
+        return frames
+    antialias = frames.shape[-2] > size[0] or frames.shape[-1] > size[1]
+    # the uint8 kernel is fastest on channels-last memory, which a crop of (T, H, W, C) frames nearly is
+    frames = frames.contiguous(memory_format=torch.channels_last)
+    try:
+        return F.interpolate(frames, size=size, mode="bilinear", antialias=antialias, align_corners=False)
+    except RuntimeError:  # no uint8 kernel for this device / build: compute in float, round back
+        resized = F.interpolate(frames.float(), size=size, mode="bilinear", antialias=antialias, align_corners=False)
+        return resized.round_().clamp_(0, 255).to(torch.uint8)
+
+
+class RandomResizedCropVideo:
+    """Random crop of the clip (area fraction in `scale`, aspect ratio w/h in `ratio`), resized to `size`.
+
+    The box is drawn as in the Inception / torchvision recipe: up to 10 tries of an area uniform in
+    `scale` times the frame area and an aspect ratio log-uniform in `ratio`; the first box that fits
+    is placed uniformly at random. If none fits, the centre crop of the whole frame with the aspect
+    ratio clamped into `ratio`. Then a horizontal flip with probability `hflip_p`. The same box and
+    flip apply to every frame.
+    """
+
+    def __init__(
+        self,
+        size: int | tuple[int, int],
+        scale: tuple[float, float] = (0.3, 1.0),
+        ratio: tuple[float, float] = (3 / 4, 4 / 3),
+        hflip_p: float = 0.5,
+    ) -> None:
+        if not 0 < scale[0] <= scale[1] <= 1:
+            raise ValueError(f"scale must satisfy 0 < min <= max <= 1, got {scale}")
+        if not 0 < ratio[0] <= ratio[1]:
+            raise ValueError(f"ratio must satisfy 0 < min <= max, got {ratio}")
+        self.size = _pair(size)
+        self.scale = (float(scale[0]), float(scale[1]))
+        self.ratio = (float(ratio[0]), float(ratio[1]))
+        self.hflip_p = float(hflip_p)
+
+    def crop_box(self, height: int, width: int, rng: np.random.Generator) -> tuple[int, int, int, int]:
+        """(top, left, crop_h, crop_w) for a frame of height x width."""
+        area = height * width
+        log_ratio = (math.log(self.ratio[0]), math.log(self.ratio[1]))
+        for _ in range(10):
+            target_area = area * rng.uniform(*self.scale)
+            aspect = math.exp(rng.uniform(*log_ratio))
+            crop_w = round(math.sqrt(target_area * aspect))
+            crop_h = round(math.sqrt(target_area / aspect))
+            if 0 < crop_w <= width and 0 < crop_h <= height:
+                top = int(rng.integers(0, height - crop_h + 1))
+                left = int(rng.integers(0, width - crop_w + 1))
+                return top, left, crop_h, crop_w
+        aspect = width / height
+        if aspect < self.ratio[0]:
+            crop_w, crop_h = width, round(width / self.ratio[0])
+        elif aspect > self.ratio[1]:
+            crop_h, crop_w = height, round(height * self.ratio[1])
+        else:
+            crop_h, crop_w = height, width
+        return (height - crop_h) // 2, (width - crop_w) // 2, crop_h, crop_w
+
+    def __call__(self, frames: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+        """uint8 (T, H, W, C) -> uint8 (C, T, size_h, size_w)."""
+        _check_frames(frames)
+        top, left, crop_h, crop_w = self.crop_box(frames.shape[1], frames.shape[2], rng)
+        flip = rng.random() < self.hflip_p
+        crop = rearrange(frames[:, top : top + crop_h, left : left + crop_w], "t h w c -> t c h w")  # a view
+        video = rearrange(resize_frames(crop, self.size), "t c h w -> c t h w").contiguous()  # (C, T, h, w)
+        # flipping the contiguous result is cheap; flipping channels-last memory first is not
+        return video.flip(-1) if flip else video
+
+
+class ResizeCenterCropVideo:
+    """Evaluation view: resize (shorter side to `resize`), then the centre `size` crop.
+
+    resize=None scales the frame just enough to cover `size`. The scale is never smaller than that,
+    so the crop always fits.
+    """
+
+    def __init__(self, size: int | tuple[int, int], resize: int | None = None) -> None:
+        self.size = _pair(size)
+        if resize is not None and resize < 1:
+            raise ValueError(f"resize must be positive, got {resize}")
+        self.resize = resize
+
+    def resized_shape(self, height: int, width: int) -> tuple[int, int]:
+        out_h, out_w = self.size
+        scale = max(out_h / height, out_w / width)
+        if self.resize is not None:
+            scale = max(scale, self.resize / min(height, width))
+        return max(out_h, round(height * scale)), max(out_w, round(width * scale))
+
+    def __call__(self, frames: torch.Tensor, rng: np.random.Generator | None = None) -> torch.Tensor:
+        """uint8 (T, H, W, C) -> uint8 (C, T, size_h, size_w); rng is unused (deterministic)."""
+        _check_frames(frames)
+        new_h, new_w = self.resized_shape(frames.shape[1], frames.shape[2])
+        video = resize_frames(rearrange(frames, "t h w c -> t c h w"), (new_h, new_w))  # (T, C, new_h, new_w)
+        out_h, out_w = self.size
+        top, left = (new_h - out_h) // 2, (new_w - out_w) // 2
+        video = video[..., top : top + out_h, left : left + out_w]
+        return rearrange(video, "t c h w -> c t h w").contiguous()
+
+
+def normalize_video(
+    video_uint8: torch.Tensor,
+    mean: tuple[float, ...] = IMAGENET_MEAN,
+    std: tuple[float, ...] = IMAGENET_STD,
+) -> torch.Tensor:
+    """uint8 (B, C, T, H, W) (or (C, T, H, W)) on any device -> float32 ((x / 255) - mean) / std per channel."""
+    if video_uint8.dtype != torch.uint8 or video_uint8.ndim not in (4, 5):
+        raise TypeError(
+            f"normalize_video expects uint8 (B, C, T, H, W), "
+            f"got {video_uint8.dtype} of shape {tuple(video_uint8.shape)}"
+        )
+    channels = video_uint8.shape[-4]
+    if len(mean) != channels or len(std) != channels:
+        raise ValueError(f"mean/std have {len(mean)}/{len(std)} entries for {channels} channels")
+    device = video_uint8.device
+    std_t = torch.tensor(std, dtype=torch.float32, device=device)
+    scale = (1.0 / (255.0 * std_t)).view(channels, 1, 1, 1)
+    shift = (-torch.tensor(mean, dtype=torch.float32, device=device) / std_t).view(channels, 1, 1, 1)
+    return torch.addcmul(shift, video_uint8.to(torch.float32), scale)

@@ -1,0 +1,515 @@
+"""Decoding video clips with decord: which frames make a clip, and what happens when a file is bad.
+
+How a clip is sampled
+---------------------
+A clip is `num_frames` (T) frames. Their *offsets* from the clip's first frame come from exactly one
+of three settings of `ClipSampler` (video_fps is the video's average frame rate, see below):
+
+- ``frame_step=s``: ``offset[i] = i * s``.
+- ``fps=f`` (a target frame rate): ``offset[i] = floor(i * video_fps / f + 0.5)``, i.e. the source frame
+  nearest to time ``i / f`` after the clip start, ties rounded up. A target above the video's own rate
+  repeats frames.
+- ``duration_s=d``: the T frames cover d seconds evenly, each standing for ``d / T`` seconds:
+  ``offset[i] = floor(i * d * video_fps / T + 0.5)``, exactly ``fps = T / d``.
+
+A clip needs ``span = offset[T-1] + 1`` source frames. Its start frame is then chosen by `mode`:
+``"random"`` uniform over ``[0, num_frames - span]`` (training), ``"center"`` ``(num_frames - span) // 2``,
+``"start"`` 0, ``"uniform"`` K starts ``floor(k * (num_frames - span) / (K - 1) + 0.5)`` for k = 0..K-1
+(the first clip starts at the first frame, the last one ends at the last frame; K = 1 is "center").
+
+Videos shorter than a clip (``span > num_frames``) follow `short_policy`: ``"repeat_last"`` starts
+every clip at frame 0 and clamps offsets past the end to the last frame; ``"skip"`` raises
+``VideoError(reason="too_short")``.
+
+Time
+----
+Every video is treated as constant frame rate at its *average* rate: frame i is at ``i / fps``
+seconds (`Clip.timestamps`). The average rate is the container's (decord's `get_avg_fps`); when it
+is missing or absurd (0, NaN, > 1000) the rate is recomputed from the presentation time at which the
+last frame ends; when that fails too the video is refused (``reason="unsupported"``). For variable
+frame rate recordings (phones, screen captures) times are therefore approximate (by the jitter of the
+recording); re-encode them at a constant rate (``ffmpeg -i IN -r 30 OUT.mp4``) when exact times matter.
+
+Pixel formats
+-------------
+Frames come back as RGB uint8 (T, H, W, 3) whatever the source. decord (its bundled FFmpeg 4.1)
+converts gray (8 to 16 bit; H.264 monochrome arrives as yuv420p), 10/12/16-bit YUV 4:2:0 / 4:4:4,
+RGB(A) and odd widths / heights to the right frames and colours (the tests check the frames and
+compare pixels with the source or with PyAV's current FFmpeg). Known small deviations from current
+FFmpeg: 10-bit 4:2:0 chroma is upsampled differently at sharp colour edges (no farther from the
+source), monochrome 10-bit HEVC is read as limited range (about 8% more contrast), 10/16-bit RGB is
+off by one level. A decoder output of any other shape is refused with ``reason="unsupported"`` and
+the ffmpeg command that converts the file. decord 0.6 cannot hand out some small resize widths (8,
+16, 24, 48, 72, ...); those are decoded at the native size and resized with `resize_frames`.
+
+Failures
+--------
+Every problem with a file is a `VideoError` carrying the path and one reason code (see
+`VideoError.REASONS`); decord's own exceptions never escape. decord (FFmpeg) may also print to stderr.
+decord says little more than "Error reading" for most bad files, so the reason comes from the bytes:
+missing / directory / zero bytes first; then the container signature (no known one: ``not_video``);
+for mp4 / mov the top-level boxes are walked: a box running past the end of the file or no ``moov``
+index is ``truncated``; anything else the decoder rejects is ``corrupt``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+from einops import rearrange
+
+VIDEO_EXTENSIONS: tuple[str, ...] = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpeg")
+
+# A sane average frame rate lies in this range (frames per second); outside it, decord's value is
+# treated as unknown (containers sometimes report 0, NaN or the time base, e.g. 90000).
+FPS_RANGE: tuple[float, float] = (1e-3, 1000.0)
+
+SAMPLING_MODES: tuple[str, ...] = ("random", "center", "start", "uniform")
+SHORT_POLICIES: tuple[str, ...] = ("repeat_last", "skip")
+
+_CONVERT_HINT = "convert it with `ffmpeg -i IN -c:v libx264 -pix_fmt yuv420p OUT.mp4`, or drop it from the manifest"
+
+
+class VideoError(RuntimeError):
+    """A video that cannot be used: `.path` (str), `.reason` (one short code), `.detail` (human text).
+
+    Reasons: ``missing`` (no such file, or unreadable), ``empty`` (zero bytes), ``not_video`` (not a
+    video container at all), ``corrupt`` (the decoder fails), ``truncated`` (the file was cut short),
+    ``too_short`` (fewer frames than a clip needs, with ``short_policy="skip"``), ``unsupported`` (a
+    real video that cannot be used as is: unknown frame rate, odd decoder output).
+    """
+
+    REASONS = ("missing", "empty", "not_video", "corrupt", "truncated", "too_short", "unsupported")
+
+    def __init__(self, path: str | os.PathLike, reason: str, detail: str) -> None:
+        if reason not in self.REASONS:
+            raise ValueError(f"unknown VideoError reason {reason!r}; use one of {self.REASONS}")
+        self.path, self.reason, self.detail = os.fspath(path), reason, detail
+        super().__init__(f"{self.path}: {reason}: {detail}")
+
+    def __reduce__(self):  # picklable across DataLoader / multiprocessing workers
+        return type(self), (self.path, self.reason, self.detail)
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    """What sampling needs to know about a video: its frame count and average frame rate."""
+
+    path: str
+    num_frames: int
+    fps: float
+    width: int
+    height: int
+
+    @property
+    def duration_s(self) -> float:
+        return self.num_frames / self.fps
+
+
+@dataclass
+class ClipSampler:
+    """Which source frames make a clip (see the module docstring for the exact formulas)."""
+
+    num_frames: int = 16
+    fps: float | None = None  # exactly one of fps / frame_step / duration_s is set
+    frame_step: int | None = None
+    duration_s: float | None = None
+    short_policy: str = "repeat_last"  # or "skip": raise VideoError(reason="too_short")
+
+    def __post_init__(self) -> None:
+        chosen = [name for name in ("fps", "frame_step", "duration_s") if getattr(self, name) is not None]
+        if len(chosen) != 1:
+            raise ValueError(
+                f"ClipSampler needs exactly one of fps, frame_step, duration_s; got {chosen or 'none'}. "
+                "Example: ClipSampler(num_frames=16, fps=4)."
+            )
+        if self.num_frames < 1:
+            raise ValueError(f"ClipSampler.num_frames must be >= 1, got {self.num_frames}")
+        value = getattr(self, chosen[0])
+        if not value > 0:
+            raise ValueError(f"ClipSampler.{chosen[0]} must be > 0, got {value}")
+        if self.frame_step is not None and int(self.frame_step) != self.frame_step:
+            raise ValueError(f"ClipSampler.frame_step must be an integer, got {self.frame_step}")
+        if self.short_policy not in SHORT_POLICIES:
+            raise ValueError(f"ClipSampler.short_policy must be one of {SHORT_POLICIES}, got {self.short_policy!r}")
+
+    def span_indices(self, info: VideoInfo) -> np.ndarray:
+        """Offsets of the T frames from the clip's first frame: int64 (T,), non-decreasing, [0] == 0."""
+        i = np.arange(self.num_frames, dtype=np.float64)
+        if self.frame_step is not None:
+            return (i * int(self.frame_step)).astype(np.int64)
+        step = info.fps / self.fps if self.fps is not None else self.duration_s * info.fps / self.num_frames
+        return np.floor(i * step + 0.5).astype(np.int64)
+
+    def indices(
+        self,
+        info: VideoInfo,
+        mode: str = "random",
+        num_clips: int = 1,
+        rng: np.random.Generator | None = None,
+    ) -> list[np.ndarray]:
+        """Source frame indices of `num_clips` clips: each int64 (T,) within [0, num_frames - 1].
+
+        mode "random" draws each start from `rng` (a fresh unseeded generator when None); "center" and
+        "start" give one clip; "uniform" spreads `num_clips` clips evenly from the first to the last frame.
+        """
+        if mode not in SAMPLING_MODES:
+            raise ValueError(f"unknown sampling mode {mode!r}; use one of {SAMPLING_MODES}")
+        if num_clips < 1:
+            raise ValueError(f"num_clips must be >= 1, got {num_clips}")
+        if mode in ("center", "start") and num_clips != 1:
+            raise ValueError(f"mode={mode!r} gives one clip; use mode='uniform' for {num_clips} clips")
+        offsets = self.span_indices(info)  # (T,)
+        span = int(offsets[-1]) + 1
+        max_start = info.num_frames - span
+        if max_start < 0:
+            if self.short_policy == "skip":
+                raise VideoError(
+                    info.path,
+                    "too_short",
+                    f"a {self.num_frames}-frame clip spans {span} frames ({span / info.fps:.2f} s) but the video "
+                    f"has {info.num_frames} ({info.duration_s:.2f} s); use shorter clips or short_policy='repeat_last'",
+                )
+            clamped = np.minimum(offsets, info.num_frames - 1)
+            return [clamped.copy() for _ in range(num_clips)]
+        if mode == "random":
+            rng = rng if rng is not None else np.random.default_rng()
+            starts = rng.integers(0, max_start + 1, size=num_clips)
+        elif mode == "start":
+            starts = np.zeros(1, dtype=np.int64)
+        elif mode == "center" or num_clips == 1:
+            starts = np.array([max_start // 2])
+        else:  # uniform
+            starts = np.floor(np.arange(num_clips) * max_start / (num_clips - 1) + 0.5)
+        return [int(start) + offsets for start in starts]
+
+    def indices_ending_at(self, info: VideoInfo, end_s: float) -> np.ndarray:
+        """The T frames whose last one is the last frame at or before `end_s` seconds: int64 (T,).
+
+        The last frame is ``floor(end_s * fps)`` (clamped to the video); indices before the video start
+        clamp to 0, so the first frame repeats (an action early in a video still gets a full context).
+        """
+        offsets = self.span_indices(info)  # (T,)
+        # 1e-9 absorbs float error when end_s falls exactly on a frame time (i / fps)
+        last = min(math.floor(end_s * info.fps + 1e-9), info.num_frames - 1)
+        return np.clip(last - offsets[-1] + offsets, 0, info.num_frames - 1).astype(np.int64)
+
+
+@dataclass
+class Clip:
+    frames: torch.Tensor  # uint8 (T, H, W, 3)
+    indices: np.ndarray  # int64 (T,) source frame indices
+    timestamps: np.ndarray  # float64 (T,) seconds = indices / fps
+    path: str
+
+
+# ---------------------------------------------------------------------------------------------------
+# Public readers
+
+
+def read_video_info(path: str | os.PathLike, num_threads: int = 1) -> VideoInfo:
+    """Frame count, average frame rate and native size of a video (decodes its first frame)."""
+    path = os.fspath(path)
+    reader = _open_reader(path, None, num_threads)
+    num_frames, fps = _frame_count_and_fps(path, reader)
+    first = _decode(path, reader, np.zeros(1, dtype=np.int64), None)  # (1, H, W, 3)
+    return VideoInfo(path=path, num_frames=num_frames, fps=fps, width=first.shape[2], height=first.shape[1])
+
+
+def read_frames(
+    path: str | os.PathLike,
+    indices: Sequence[int] | np.ndarray,
+    size: int | tuple[int, int] | None = None,
+    num_threads: int = 1,
+) -> torch.Tensor:
+    """Decode the given source frames: uint8 (T, H, W, 3), in the order asked (repeats allowed).
+
+    size: None keeps the native size; (height, width) resizes inside decord (cheap for large videos);
+    an int resizes the shorter side to it, keeping the aspect ratio (probes the size with PyAV once).
+    Indices past the end raise VideoError("too_short").
+    """
+    path = os.fspath(path)
+    indices = np.asarray(indices, dtype=np.int64).reshape(-1)
+    reader = _open_reader(path, size, num_threads)
+    num_frames = len(reader)
+    if indices.size and (indices.min() < 0 or indices.max() >= num_frames):
+        raise VideoError(
+            path, "too_short", f"frames {indices.min()}..{indices.max()} asked, the video has {num_frames}"
+        )
+    return _decode(path, reader, indices, _decode_size(path, size), num_threads)
+
+
+def read_clips(
+    path: str | os.PathLike,
+    sampler: ClipSampler,
+    mode: str = "random",
+    num_clips: int = 1,
+    rng: np.random.Generator | None = None,
+    size: int | tuple[int, int] | None = None,
+    num_threads: int = 1,
+) -> list[Clip]:
+    """Sample `num_clips` clips with `sampler` and decode them together (one decoder pass).
+
+    size as in `read_frames`. num_threads: decord decoding threads (1 inside DataLoader workers).
+    """
+    path = os.fspath(path)
+    reader = _open_reader(path, size, num_threads)
+    num_frames, fps = _frame_count_and_fps(path, reader)
+    # sampling needs only the frame count and rate; the native size is not known without decoding
+    info = VideoInfo(path=path, num_frames=num_frames, fps=fps, width=0, height=0)
+    clip_indices = sampler.indices(info, mode=mode, num_clips=num_clips, rng=rng)
+    all_indices = np.concatenate(clip_indices)  # (K*T,)
+    frames = _decode(path, reader, all_indices, _decode_size(path, size), num_threads)  # (K*T, H, W, 3)
+    clips = []
+    for k, idx in enumerate(clip_indices):
+        clip_frames = frames[k * len(idx) : (k + 1) * len(idx)]
+        clips.append(Clip(frames=clip_frames, indices=idx, timestamps=idx / fps, path=path))
+    return clips
+
+
+# ---------------------------------------------------------------------------------------------------
+# decord, wrapped so that every failure becomes a VideoError
+
+
+def _open_reader(path: str, size: int | tuple[int, int] | None, num_threads: int):
+    import decord
+
+    _check_file(path)
+    height, width = _decode_size(path, size) or (-1, -1)
+    try:
+        return decord.VideoReader(path, width=width, height=height, num_threads=num_threads)
+    except Exception as exc:  # DECORDError, RuntimeError, AssertionError (zero frames), ...
+        raise _diagnose(path, exc) from None
+
+
+def _decode(
+    path: str, reader, indices: np.ndarray, size: tuple[int, int] | None, num_threads: int = 1
+) -> torch.Tensor:
+    """Frames at `indices` as uint8 (T, H, W, 3); each distinct frame is decoded once, in file order."""
+    unique, inverse = np.unique(indices, return_inverse=True)
+    try:
+        batch = _as_numpy(reader.get_batch(unique))  # (U, H, W, 3)
+    except Exception as exc:
+        if size is None or "DECORDArrayCopyFromTo" not in str(exc):
+            raise _diagnose(path, exc) from None
+        # decord 0.6 cannot copy out some small output widths (8, 16, 24, 48, 72, ...): decode at the
+        # native size and resize here instead (same bilinear, antialiased resize as the transforms)
+        from worldmodel.data.transforms import resize_frames
+
+        native = _decode(path, _open_reader(path, None, num_threads), unique, None)  # (U, H0, W0, 3)
+        resized = resize_frames(rearrange(native, "u h w c -> u c h w"), size)
+        batch = rearrange(resized, "u c h w -> u h w c").contiguous().numpy()
+    if batch.ndim != 4 or batch.shape[0] != len(unique) or batch.shape[-1] != 3 or batch.dtype != np.uint8:
+        raise VideoError(
+            path,
+            "unsupported",
+            f"the decoder returned {batch.dtype} frames of shape {tuple(batch.shape)} for pixel format "
+            f"{_pixel_format(path)}; {_CONVERT_HINT}",
+        )
+    if size is not None and tuple(batch.shape[1:3]) != tuple(size):
+        got = tuple(batch.shape[1:3])
+        raise VideoError(path, "unsupported", f"asked to decode at {size}, got {got}; {_CONVERT_HINT}")
+    frames = torch.from_numpy(batch)
+    if len(unique) != len(indices) or not np.array_equal(unique, indices):
+        frames = frames[torch.from_numpy(inverse.reshape(-1))]
+    return frames
+
+
+def _as_numpy(array) -> np.ndarray:
+    """decord's output as numpy whatever bridge someone set globally (native, torch, ...)."""
+    if hasattr(array, "asnumpy"):
+        return array.asnumpy()
+    if isinstance(array, torch.Tensor):
+        return array.numpy()
+    return np.asarray(array)
+
+
+def _frame_count_and_fps(path: str, reader) -> tuple[int, float]:
+    num_frames = len(reader)
+    try:
+        avg_fps = float(reader.get_avg_fps())
+        end_s = float(reader.get_frame_timestamp([num_frames - 1])[0, 1]) if num_frames else float("nan")
+    except Exception as exc:
+        raise _diagnose(path, exc) from None
+    fps = sound_fps(avg_fps, num_frames, end_s)
+    if fps is None:
+        raise VideoError(
+            path,
+            "unsupported",
+            f"unknown frame rate (container says {avg_fps}, {num_frames} frames ending at {end_s} s); "
+            "re-encode it at a constant rate: `ffmpeg -i IN -r 30 OUT.mp4`",
+        )
+    return num_frames, fps
+
+
+def sound_fps(avg_fps: float, num_frames: int, last_frame_end_s: float) -> float | None:
+    """The container's average frame rate if sane, else frames / (end time of the last frame), else None."""
+    low, high = FPS_RANGE
+    if math.isfinite(avg_fps) and low <= avg_fps <= high:
+        return avg_fps
+    if num_frames > 0 and math.isfinite(last_frame_end_s) and last_frame_end_s > 0:
+        estimate = num_frames / last_frame_end_s
+        if low <= estimate <= high:
+            return estimate
+    return None
+
+
+def _decode_size(path: str, size: int | tuple[int, int] | None) -> tuple[int, int] | None:
+    """(height, width) to decode at, or None for the native size."""
+    if size is None:
+        return None
+    if isinstance(size, (tuple, list)):
+        height, width = (int(s) for s in size)
+        if height < 1 or width < 1:
+            raise ValueError(f"decode size must be positive (height, width), got {size}")
+        return height, width
+    short = int(size)
+    if short < 1:
+        raise ValueError(f"decode size must be positive, got {size}")
+    native_h, native_w = _native_size(path)
+    scale = short / min(native_h, native_w)
+    return max(1, round(native_h * scale)), max(1, round(native_w * scale))
+
+
+_native_size_cache: dict[tuple[str, int, int], tuple[int, int]] = {}
+
+
+def _native_size(path: str) -> tuple[int, int]:
+    """(height, width) from the stream header via PyAV, cached per (path, size, mtime) in this process."""
+    stat = os.stat(path)
+    key = (path, stat.st_size, stat.st_mtime_ns)
+    if key not in _native_size_cache:
+        import av
+
+        try:
+            with av.open(path) as container:
+                ctx = container.streams.video[0].codec_context
+                _native_size_cache[key] = (ctx.height, ctx.width)
+        except Exception as exc:
+            raise _diagnose(path, exc) from None
+        if len(_native_size_cache) > 4096:  # bounded: a worker may see millions of files
+            _native_size_cache.pop(next(iter(_native_size_cache)))
+    return _native_size_cache[key]
+
+
+def _pixel_format(path: str) -> str:
+    """The stream's pixel format as FFmpeg names it (for messages); '?' when PyAV cannot tell."""
+    try:
+        import av
+
+        with av.open(path) as container:
+            return str(container.streams.video[0].codec_context.pix_fmt)
+    except Exception:
+        return "?"
+
+
+# ---------------------------------------------------------------------------------------------------
+# What is wrong with a file
+
+
+def _check_file(path: str) -> None:
+    """Problems visible without a decoder: missing, a directory, unreadable, zero bytes."""
+    if not os.path.exists(path):
+        raise VideoError(
+            path, "missing", "no such file; check the manifest (relative paths are resolved against its folder)"
+        )
+    if os.path.isdir(path):
+        raise VideoError(path, "not_video", "is a directory, not a video file")
+    if not os.access(path, os.R_OK):
+        raise VideoError(path, "missing", "the file exists but cannot be read (permissions)")
+    if os.path.getsize(path) == 0:
+        raise VideoError(path, "empty", "the file has zero bytes (a failed download or copy?); fetch it again")
+
+
+def _container_family(head: bytes) -> str | None:
+    """Which video container the first bytes announce, or None when they look like no video at all."""
+    if len(head) >= 8 and head[4:8] in (b"ftyp", b"moov", b"mdat", b"free", b"wide", b"skip", b"pnot"):
+        return "iso_bmff"  # mp4 / mov / m4v / 3gp
+    signatures = {
+        b"\x1a\x45\xdf\xa3": "matroska",  # mkv / webm
+        b"RIFF": "riff",  # avi
+        b"\x00\x00\x01\xba": "mpeg_ps",
+        b"\x00\x00\x01\xb3": "mpeg_video",
+        b"FLV": "flv",
+        b"OggS": "ogg",
+        b"\x30\x26\xb2\x75": "asf",
+        b"\x00\x00\x00\x01": "annexb",  # raw H.264 / H.265
+    }
+    for magic, family in signatures.items():
+        if head.startswith(magic):
+            return family
+    if len(head) > 188 and head[0] == 0x47 and head[188] == 0x47:
+        return "mpeg_ts"
+    return None
+
+
+def _bmff_problem(path: str) -> str | None:
+    """Walk the top-level boxes of an mp4/mov: a description of the truncation, or None if intact."""
+    file_size = os.path.getsize(path)
+    seen = []
+    with open(path, "rb") as f:
+        pos = 0
+        while pos < file_size:
+            f.seek(pos)
+            header = f.read(16)
+            if len(header) < 8:
+                return f"the file ends inside a box header at byte {pos} of {file_size}"
+            box_size, box_type = int.from_bytes(header[:4], "big"), header[4:8]
+            if not re.fullmatch(rb"[\x20-\x7e]{4}", box_type):
+                return None  # garbage where a box should start: corrupt, not cut short
+            if box_size == 1:
+                if len(header) < 16:
+                    return f"the file ends inside the '{box_type.decode()}' box header"
+                box_size = int.from_bytes(header[8:16], "big")
+            elif box_size == 0:
+                box_size = file_size - pos  # extends to the end of the file
+            if box_size < 8:
+                return None
+            seen.append(box_type)
+            if pos + box_size > file_size:
+                return (
+                    f"the '{box_type.decode()}' box needs {pos + box_size} bytes but the file has {file_size}: "
+                    "it was cut short (interrupted download, copy or recording)"
+                )
+            pos += box_size
+    if b"moov" not in seen:
+        return "no 'moov' index box: the recording or copy was not finished"
+    return None
+
+
+def _decoder_message(exc: BaseException) -> str:
+    """decord's message without its log prefix and stack trace."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    text = re.sub(r"^\[[\d:]+\]\s*\S+:\d+:\s*", "", text)  # "[03:24:49] /src/video_reader.cc:83: "
+    return text[:300]
+
+
+def _diagnose(path: str, exc: BaseException) -> VideoError:
+    """Turn a decoder failure into a VideoError with the most specific reason the file's bytes support."""
+    if isinstance(exc, VideoError):
+        return exc
+    try:
+        _check_file(path)
+        with open(path, "rb") as f:
+            head = f.read(512)
+        family = _container_family(head)
+        if family is None:
+            detail = f"not a video container (it starts with {head[:16]!r}); remove it from the manifest"
+            return VideoError(path, "not_video", detail)
+        if family == "iso_bmff":
+            problem = _bmff_problem(path)
+            if problem is not None:
+                detail = f"{problem}; download or copy it again, or drop it from the manifest"
+                return VideoError(path, "truncated", detail)
+    except VideoError as err:
+        return err
+    except OSError as err:
+        return VideoError(path, "missing", f"cannot be read: {err}")
+    return VideoError(path, "corrupt", f"the decoder failed ({_decoder_message(exc)}); {_CONVERT_HINT}")
+
