@@ -54,7 +54,10 @@ def write_video(
     codec: str = "libx264",
     pix_fmt: str = "yuv420p",
 ) -> Path:
-    """Write RGB uint8 frames (T, H, W, 3) to a video file with PyAV (lossless-ish quality)."""
+    """Write RGB uint8 frames (T, H, W, 3) to a video file with PyAV (lossless-ish quality).
+
+    pix_fmt="gray" stores limited-range luma, which decoders stretch back: exact pixel values change,
+    the black/white index blocks survive."""
     import av
     from fractions import Fraction
 
@@ -77,7 +80,7 @@ def write_video(
 def make_video(tmp_path):
     """Factory: make_video(name_or_path, num_frames=32, fps=8.0, size=(64, 64), gray=False) -> Path.
 
-    Frame i shows index i (see `frame_index`). gray=True writes a single-channel (gray) H.264 stream.
+    Frame i shows index i (see `frame_index`). gray=True writes a gray H.264 stream.
     """
 
     def _make(

@@ -14,6 +14,7 @@ Multi-GPU and multi-node runs are Lightning's: `--trainer.devices 8 --trainer.nu
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +72,9 @@ def resolve_resume(resume: str | None, run_dir: str) -> str | None:
 
 
 def run_pretrain_cli(argv: list[str]) -> PretrainCLI:
+    # `worldmodel pretrain ARGS` hands ARGS (with the config resolved) to LightningCLI; sys.argv keeps
+    # the whole command so Lightning's DDP launcher can start the other ranks with it.
+    warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended to run from within Python")
     cli = PretrainCLI(
         JEPAPretrainer,
         VideoDataModule,

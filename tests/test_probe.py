@@ -1,0 +1,307 @@
+"""The probe: anticipation window timing through its data path, the feature cache, the heads, the protocol
+and `worldmodel probe` end to end on a tiny built-in corpus."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+
+from conftest import frame_index
+from worldmodel.checkpoints import atomic_torch_save
+from worldmodel.models.probe import AttentiveProbe, LinearProbe, PoolingCrossAttention
+from worldmodel.probe import (
+    FeatureCache,
+    FeatureSource,
+    ProbeConfig,
+    add_probe_arguments,
+    anticipation_clip_sets,
+    build_world_model,
+    extract_features,
+    forecast_horizon,
+    run_probe,
+    sigmoid_focal_loss,
+    split_by_video,
+    weights_hash,
+)
+
+CONTRACT = [f"{head}_{m}" for head in ("verb", "noun", "action") for m in ("recall@5", "recall@1", "top1")]
+HEADER = "video_id,start_timestamp,stop_timestamp,verb_class,noun_class\n"
+
+
+# ---------------------------------------------------------------------------------------------- fixtures
+def _tiny_checkpoint(path: Path, seed: int = 0) -> Path:
+    from worldmodel.pretrain import JEPAPretrainer
+
+    torch.manual_seed(seed)
+    model = JEPAPretrainer(
+        img_size=32, num_frames=8, encoder_kwargs={"depth": 1, "embed_dim": 48, "num_heads": 3},
+        pred_depth=1, pred_dim=32, pred_heads=2,
+        masks=[{"type": "multiblock", "num_blocks": 2, "spatial_scale": [0.3, 0.3]}, {"type": "future"}],
+    )  # fmt: skip
+    atomic_torch_save({"state_dict": model.state_dict(), "hyper_parameters": dict(model.hparams)}, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny_ckpt(tmp_path_factory) -> Path:
+    return _tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.ckpt")
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    """A tiny built-in corpus: 8 videos (6 train / 2 val), 64 px, 8 fps (~70 train / ~25 val actions)."""
+    from worldmodel.data.corpus import generate_corpus
+
+    root = tmp_path_factory.mktemp("corpus") / "corpus"
+    generate_corpus(root, num_videos=8, seed=0, size=64, fps=8.0, workers=1)
+    return root
+
+
+def _args(out: Path, *extra: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    add_probe_arguments(parser)
+    return parser.parse_args(["--out", str(out), *extra])
+
+
+class RecordingModel:
+    """Stands in for the encoder only: records the uint8 clips the probe's data path delivers."""
+
+    device = torch.device("cpu")
+
+    def __init__(self) -> None:
+        self.videos: list[torch.Tensor] = []
+        self.target_encoder = SimpleNamespace(grid=lambda shape: (shape[2] // 2, shape[3] // 16, shape[4] // 16))
+
+    def encode(self, video: torch.Tensor) -> torch.Tensor:
+        self.videos.append(video.clone())
+        return video.float().mean(dim=(1, 3, 4))[:, :, None]  # (B, T, 1): one "token" per frame
+
+
+# ---------------------------------------------------------------------------------------------- timing
+def test_context_frames_end_anticipation_s_before_the_action_start(tmp_path, make_video):
+    """End to end through the probe's data path (annotations -> AnticipationDataset -> transform ->
+    batches -> encoder input): the last context frame is the last one at or before start - anticipation_s."""
+    video_fps = 10.0
+    make_video(tmp_path / "videos" / "P01_01.mp4", num_frames=70, fps=video_fps, size=(64, 64))
+    starts = [2.0, 3.05, 0.3, 5.5, 6.95]
+    rows = "".join(f"P01_01,{s:.2f},{s + 0.5:.2f},{i % 3},{i % 2}\n" for i, s in enumerate(starts))
+    (tmp_path / "train.csv").write_text(HEADER + rows)
+    (tmp_path / "val.csv").write_text(HEADER + rows)
+    cfg = ProbeConfig(num_frames=4, fps=5.0, anticipation_s=1.0, num_workers=1, extract_batch_size=2)
+    train, _, _ = anticipation_clip_sets(str(tmp_path / "train.csv"), str(tmp_path / "val.csv"), str(tmp_path / "videos"), cfg, 32)
+
+    model = RecordingModel()
+    features = extract_features(model, train.dataset, list(range(len(starts))), batch_size=2, num_workers=1)
+    videos = torch.cat(model.videos)  # (N, C, T, H, W) uint8, what the encoder was given
+    assert videos.shape == (len(starts), 3, 4, 32, 32) and videos.dtype == torch.uint8
+    assert features.tokens.shape == (len(starts), 4, 1)
+    step = round(video_fps / cfg.fps)  # 2 source frames per context frame
+    for i, start in enumerate(starts):
+        seen = [frame_index(rearrange(videos[i, :, t], "c h w -> h w c")) for t in range(4)]
+        last = max(0, math.floor((start - cfg.anticipation_s) * video_fps + 1e-9))
+        assert seen[-1] == last, f"action at {start} s: context ends at frame {seen[-1]}, expected {last}"
+        # the last frame is at or before start - anticipation_s, and the next frame would be after it
+        assert seen[-1] / video_fps <= max(0.0, start - cfg.anticipation_s) + 1e-9
+        assert (seen[-1] + 1) / video_fps > start - cfg.anticipation_s
+        assert seen == [max(0, last - step * (3 - t)) for t in range(4)]  # 5 fps, first frame repeated before 0
+
+
+def test_forecast_horizon_covers_the_anticipation_gap():
+    assert forecast_horizon(1.0, fps=4.0, tubelet_size=2) == 2  # 4 frames = 2 tubelets
+    assert forecast_horizon(1.0, fps=8.0, tubelet_size=2) == 4  # V-JEPA 2: 1 s at 8 fps
+    assert forecast_horizon(0.75, fps=4.0, tubelet_size=2) == 2  # 3 frames need 2 tubelets
+    assert forecast_horizon(0.0, fps=4.0, tubelet_size=2) == 1
+
+
+# ---------------------------------------------------------------------------------------------- labels
+def test_unseen_pairs_are_minus_one_and_holdout_labels_follow_the_fitted_vocabulary(tmp_path, make_video):
+    for vid in ("P01_01", "P02_01", "P03_01"):
+        make_video(tmp_path / "videos" / f"{vid}.mp4", num_frames=40, fps=8.0, size=(32, 32))
+    train_rows = "P01_01,1.0,1.5,0,0\nP01_01,2.0,2.5,1,1\nP02_01,1.0,1.5,0,1\nP02_01,2.0,2.5,2,2\n"
+    (tmp_path / "train.csv").write_text(HEADER + train_rows)
+    (tmp_path / "val.csv").write_text(HEADER + "P03_01,1.0,1.5,0,0\nP03_01,2.0,2.5,1,0\n")  # (1, 0) unseen
+    cfg = ProbeConfig(num_frames=2, fps=4.0)
+    train, val, vocab = anticipation_clip_sets(str(tmp_path / "train.csv"), str(tmp_path / "val.csv"), str(tmp_path / "videos"), cfg, 32)
+    assert vocab.actions == [(0, 0), (0, 1), (1, 1), (2, 2)]
+    outputs, labels = val.label_space(np.arange(2))
+    assert outputs == {"verb": 3, "noun": 3, "action": 4}
+    assert labels["action"].tolist() == [0, -1]
+    assert labels["verb"].tolist() == [0, 1] and labels["noun"].tolist() == [0, 0]
+    # fitting on P01_01 only: P02_01's pairs are unseen there, exactly as validation pairs are
+    outputs, labels = train.label_space(np.array([0, 1]))
+    assert outputs["action"] == 2 and outputs["verb"] == 3
+    assert labels["action"].tolist() == [0, 1, -1, -1]
+
+
+def test_split_by_video_keeps_each_video_on_one_side():
+    video_ids = np.array(["a", "a", "b", "c", "c", "c", "d", "e", "e", "f"])
+    fit, held = split_by_video(video_ids, 0.34, seed=3)
+    assert len(set(video_ids[fit]) & set(video_ids[held])) == 0
+    assert sorted(np.concatenate([fit, held]).tolist()) == list(range(len(video_ids)))
+    assert len(set(video_ids[held])) == 2  # 34% of 6 videos
+    assert np.array_equal(split_by_video(video_ids, 0.34, seed=3)[1], held)
+    with pytest.raises(ValueError, match="at least two"):
+        split_by_video(np.array(["a", "a"]), 0.2)
+
+
+# ---------------------------------------------------------------------------------------------- heads
+def test_pooling_cross_attention_equals_standard_attention():
+    torch.manual_seed(0)
+    attn = PoolingCrossAttention(48, num_heads=4)
+    torch.nn.init.normal_(attn.q.bias)
+    torch.nn.init.normal_(attn.kv.bias)
+    queries, tokens = torch.randn(3, 48), torch.randn(5, 7, 48)
+    valid = torch.rand(5, 7) > 0.3
+    valid[0] = False  # a sample with only padding attends to everything, as the encoder does
+    q = rearrange(attn.q(queries), "q (h e) -> 1 h q e", h=4).expand(5, -1, -1, -1)
+    k, v = (rearrange(t, "b n (h e) -> b h n e", h=4) for t in attn.kv(tokens).chunk(2, dim=-1))
+    mask = (valid | ~valid.any(dim=1, keepdim=True))[:, None, None, :]
+    expected = rearrange(F.scaled_dot_product_attention(q, k, v, attn_mask=mask), "b h q e -> b q (h e)")
+    assert torch.allclose(attn(queries, tokens, valid), expected, atol=1e-5)
+
+
+def test_probes_give_one_logit_vector_per_output_and_use_token_types():
+    outputs = {"verb": 5, "noun": 7, "action": 11}
+    tokens, types = torch.randn(4, 10, 48), torch.tensor([0] * 8 + [1] * 2)
+    for probe in (AttentiveProbe(48, outputs, num_heads=4, depth=2, num_token_types=2), LinearProbe(48, outputs, num_token_types=2)):
+        logits = probe(tokens, types)
+        assert {k: tuple(v.shape) for k, v in logits.items()} == {"verb": (4, 5), "noun": (4, 7), "action": (4, 11)}
+    linear = LinearProbe(48, outputs, num_token_types=2)
+    changed = tokens.clone()
+    changed[:, 8:] += 1.0  # forecast tokens are pooled apart from the observed ones
+    assert not torch.allclose(linear(tokens, types)["verb"], linear(changed, types)["verb"])
+
+
+def test_sigmoid_focal_loss_matches_its_definition():
+    logits, labels = torch.tensor([[2.0, -1.0, 0.5]]), torch.tensor([0])
+    p = torch.sigmoid(logits[0])
+    expected = 0.25 * (1 - p[0]) ** 2 * -torch.log(p[0])  # the true class
+    expected += sum(0.75 * p[c] ** 2 * -torch.log(1 - p[c]) for c in (1, 2))  # the others
+    assert float(sigmoid_focal_loss(logits, labels)) == pytest.approx(float(expected), rel=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------- features
+def test_feature_cache_returns_exactly_the_uncached_features(tmp_path, corpus, tiny_ckpt):
+    cfg = ProbeConfig(num_frames=4, fps=4.0, anticipation_s=1.0, num_workers=0, extract_batch_size=8)
+    train, _, _ = anticipation_clip_sets(
+        str(corpus / "annotations" / "train.csv"), str(corpus / "annotations" / "val.csv"), str(corpus / "videos"), cfg, 32
+    )
+    model = build_world_model(str(tiny_ckpt))
+    key = {"weights": weights_hash([model.target_encoder]), "encoder": "target"}
+    horizon = forecast_horizon(cfg.anticipation_s, cfg.fps, 2)
+    uncached = extract_features(model, train.dataset, list(range(len(train))), 8, 0, horizon=horizon)
+    n_tokens = 2 * 2 * 2  # (t, h, w) = (2, 2, 2) observed, then 2 forecast tubelets of 2 x 2
+    assert uncached.tokens.shape == (len(train), n_tokens + horizon * 4, 48)
+    assert uncached.token_types.tolist() == [0] * n_tokens + [1] * horizon * 4
+
+    first = FeatureSource(train, model, FeatureCache(tmp_path / "cache"), key, cfg, horizon)
+    computed = first.evaluation()
+    assert first.source == "computed" and first.extract_s > 0
+    assert first.evaluation() is computed  # the memory cache: no second extraction
+    assert torch.equal(computed.tokens, uncached.tokens)
+
+    again = FeatureSource(train, model, FeatureCache(tmp_path / "cache"), key, cfg, horizon)
+    loaded = again.evaluation()
+    assert again.source == "disk" and again.extract_s == 0.0
+    assert torch.equal(loaded.tokens, uncached.tokens) and torch.equal(loaded.token_types, uncached.token_types)
+    assert torch.equal(again.epoch(3, np.arange(5)), uncached.tokens)  # not augmented: every epoch the same
+    # anything the features depend on changes the key
+    other_model = FeatureSource(train, model, FeatureCache(), {**key, "weights": "0" * 64}, cfg, horizon)
+    no_forecast = FeatureSource(train, model, FeatureCache(), key, cfg, None)
+    assert len({first.key, other_model.key, no_forecast.key}) == 3
+
+
+def test_random_weights_are_seeded_and_default_to_the_tiny_architecture(tiny_ckpt):
+    from worldmodel.pretrain import JEPAPretrainer
+
+    default = build_world_model("random", seed=0)
+    reference = JEPAPretrainer()
+    assert default.target_encoder.cfg.embed_dim == reference.encoder.cfg.embed_dim
+    assert default.target_encoder.cfg.depth == reference.encoder.cfg.depth
+    assert default.config["img_size"] == reference.hparams.img_size
+    same = build_world_model("random", config_from=str(tiny_ckpt), seed=1)
+    assert same.target_encoder.cfg.embed_dim == 48 and same.target_encoder.cfg.depth == 1
+    again = build_world_model("random", config_from=str(tiny_ckpt), seed=1)
+    other = build_world_model("random", config_from=str(tiny_ckpt), seed=2)
+    trained = build_world_model(str(tiny_ckpt))
+    hashes = [weights_hash([m.target_encoder]) for m in (same, again, other, trained)]
+    assert hashes[0] == hashes[1] and len(set(hashes)) == 3
+
+
+# ---------------------------------------------------------------------------------------------- end to end
+def test_probe_learns_better_than_chance_on_the_built_in_corpus(tmp_path, corpus, tiny_ckpt):
+    out = tmp_path / "out"
+    args = _args(
+        out, "--checkpoint", str(tiny_ckpt), "--corpus", str(corpus), "--num-frames", "4",
+        "--probe", "attentive", "--lr", "3e-3", "1e-3", "--wd", "0.01", "--epochs", "15", "--workers", "0",
+    )  # fmt: skip
+    assert run_probe(args) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    chance = {head: 5 / n for head, n in metrics["outputs"].items()}  # recall@5 of a random ranking
+    for head in ("verb", "noun", "action"):
+        assert metrics[f"{head}_recall@5"] > chance[head] + 0.05, (head, metrics[f"{head}_recall@5"], chance[head])
+    assert metrics["action_recall@5"] > metrics["baseline_train_prior"]["action_recall@5"]
+    # the hyper-parameters were chosen on held-out TRAINING videos only
+    assert metrics["num_hp_fit"] + metrics["num_hp_holdout"] == metrics["num_train"]
+    assert sum(row.get("chosen", False) for row in metrics["hp_search"]) == 1
+
+
+def test_random_checkpoint_end_to_end_writes_the_contract(tmp_path, corpus, tiny_ckpt):
+    out = tmp_path / "random"
+    args = _args(
+        out, "--checkpoint", "random", "--config-from", str(tiny_ckpt), "--train-annotations",
+        str(corpus / "annotations" / "train.csv"), "--val-annotations", str(corpus / "annotations" / "val.csv"),
+        "--videos", str(corpus / "videos"), "--num-frames", "4", "--lr", "1e-3", "--wd", "0.01", "--epochs", "3",
+        "--workers", "0", "--forecast", "--disk-cache",
+    )  # fmt: skip
+    assert run_probe(args) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    for key in CONTRACT:
+        assert isinstance(metrics[key], float) and 0.0 <= metrics[key] <= 1.0, key
+    num_train = len((corpus / "annotations" / "train.csv").read_text().strip().splitlines()) - 1
+    num_val = len((corpus / "annotations" / "val.csv").read_text().strip().splitlines()) - 1
+    assert (metrics["num_train"], metrics["num_val"]) == (num_train, num_val)
+    assert metrics["checkpoint"].startswith("random(seed=0")
+    assert metrics["probe"] == "attentive" and set(metrics["probes"]) == {"attentive", "linear"}
+    assert metrics["forecast"] == {"horizon_tubelets": 2, "tokens": "all"}
+    timing = metrics["timing"]
+    assert timing["first_epoch_s"] >= timing["train_features_s"] > 0
+    assert timing["later_epoch_s"] < timing["first_epoch_s"]
+    assert (out / "report.md").read_text().startswith("# Probe report")
+    assert (out / "per_class_recall.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (out / "vocabulary.json").is_file() and (out / "probe_attentive.pt").is_file()
+    # a second run reads the features back from the disk cache
+    assert run_probe(args) == 0
+    again = json.loads((out / "metrics.json").read_text())
+    assert again["timing"]["train_features_from"] == "disk" and again["timing"]["train_features_s"] == 0.0
+    assert again["action_recall@5"] == metrics["action_recall@5"]
+
+
+def test_classification_probe_averages_clips_per_video(tmp_path, corpus, tiny_ckpt):
+    out = tmp_path / "cls"
+    args = _args(
+        out, "--checkpoint", str(tiny_ckpt), "--train-manifest", str(corpus / "manifest_train.csv"),
+        "--val-manifest", str(corpus / "manifest_val.csv"), "--num-clips", "3", "--num-frames", "4",
+        "--probe", "linear", "--lr", "1e-3", "--wd", "0.01", "--epochs", "2", "--workers", "0",
+    )  # fmt: skip
+    assert run_probe(args) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["task"] == "classification"
+    assert (metrics["num_train"], metrics["num_val"]) == (6, 2)  # videos, not clips
+    assert {"label_recall@5", "label_recall@1", "label_top1"} <= set(metrics)
+
+
+def test_bad_inputs_exit_with_a_message(tmp_path, tiny_ckpt):
+    with pytest.raises(SystemExit, match="--train-annotations, --val-annotations and --videos"):
+        run_probe(_args(tmp_path, "--checkpoint", str(tiny_ckpt), "--videos", str(tmp_path)))
+    with pytest.raises(SystemExit, match="config-from only applies"):
+        run_probe(_args(tmp_path, "--checkpoint", str(tiny_ckpt), "--config-from", str(tiny_ckpt), "--corpus", str(tmp_path / "none")))

@@ -1,0 +1,1205 @@
+"""Probe the frozen encoder: action anticipation (EPIC-KITCHENS-100 protocol) and clip classification.
+
+What a run does (`worldmodel probe`, or `run_probe(args)`):
+
+1. **Frozen model.** A `worldmodel.forecast.WorldModel` from a pretraining checkpoint (its EMA target
+   encoder by default), or the same architecture with seeded random weights (`--checkpoint random`:
+   `JEPAPretrainer()`'s default hyper-parameters, or those of `--config-from CKPT`).
+2. **Clips.** Anticipation: for every annotated action, the `num_frames` frames at `fps` whose last
+   frame is the last video frame at or before ``start - anticipation_s`` (`AnticipationDataset`: the
+   context ends before the action START, the EK100 protocol, not before its end as in V-JEPA 2's
+   code). Classification (`path label` manifests): `num_clips` clips spread evenly over each video.
+   Frames are resized (shorter side) and centre-cropped to the encoder's `img_size`.
+3. **Features, once.** Encoder tokens (B, N, D) of every clip are computed in batches under
+   `torch.no_grad` and kept in memory (and, with `--disk-cache`, in ``OUT/feature_cache/<key>.pt``,
+   keyed by a hash of the model weights, of the data (annotation / manifest bytes, video file sizes and
+   times) and of the clip geometry and transform), so every training epoch after the first reads
+   tokens instead of decoding and encoding videos. With `--forecast` the predictor's latents of the
+   `horizon` tubelets that cover the anticipation gap are appended to the tokens (V-JEPA 2's
+   anticipation trick), marked with a token type the probe learns an embedding for. With `--augment`
+   training clips get a random resized crop per epoch and are re-encoded every epoch (not cached).
+4. **Hyper-parameters on training data only.** A grid of learning rate x weight decay heads, of each
+   probe kind (attentive, linear), is trained at once on the shared features of 80% of the TRAINING
+   videos (split by video) and scored on the held-out 20%; validation data is never used to choose.
+   The selection key is, in order: the mean over outputs of mean-class recall@5, then of recall@1,
+   then of top-1 accuracy. For anticipation the held-out part is labelled exactly as validation is:
+   actions are the verb+noun pairs of the fitted part, other pairs are -1.
+5. **Retrain, evaluate once.** The chosen setting of each probe kind is retrained from the same
+   initialisation on all training data (the action vocabulary then covers all training pairs, so the
+   fitted head cannot simply be reused) and evaluated once on validation.
+6. **Outputs** in OUT: ``metrics.json`` (the contract keys ``verb_recall@5``, ``verb_recall@1``,
+   ``verb_top1``, ... of the first probe kind, ``num_train``, ``num_val``, and everything else: chosen
+   hyper-parameters, the held-out grid, every probe kind's metrics, per-class recall, a class-prior
+   baseline, timing), ``report.md``, ``per_class_recall.png``, the trained probes (``probe_<kind>.pt``)
+   and the action vocabulary (``vocabulary.json``).
+
+Scoring (see `worldmodel.metrics`): mean-class recall@k averages over the classes present in the
+evaluated split; top-k accuracy counts every sample, and validation actions whose pair never occurs in
+training (label -1) count as misses there and are left out of the class average.
+
+Training: AdamW (no weight decay on biases, norms, query tokens), a linear warm-up then cosine decay to
+zero, cross-entropy (default) or sigmoid focal loss (alpha 0.25, gamma 2, V-JEPA 2's choice for EK100),
+summed over the outputs (verb + noun + action). All heads of a grid share the batches and start from
+the same initial weights, so they differ only by their hyper-parameters.
+
+Why no LightningModule here: the heads train on in-memory tensors for a few hundred steps; a plain
+loop makes the per-epoch timing, the shared batches of many heads and determinism easy to see, and
+costs nothing to start.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import os
+import sys
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset
+
+from worldmodel.checkpoints import CheckpointError, atomic_torch_save, atomic_write_bytes, safe_torch_load
+from worldmodel.data.annotations import ActionSegment, ActionVocabulary, read_annotations
+from worldmodel.data.datasets import AnticipationDataset, ManifestEntry, collate_samples, read_manifest
+from worldmodel.data.transforms import RandomResizedCropVideo, ResizeCenterCropVideo
+from worldmodel.data.video import ClipSampler, VideoError, VideoInfo, read_frames, read_video_info
+from worldmodel.metrics import classification_metrics
+from worldmodel.models.probe import build_probe, no_weight_decay
+
+__all__ = [
+    "ClipSet",
+    "FeatureCache",
+    "FeatureSource",
+    "Features",
+    "HeadSetting",
+    "ManifestClips",
+    "ProbeConfig",
+    "add_probe_arguments",
+    "anticipation_clip_sets",
+    "build_world_model",
+    "classification_clip_sets",
+    "evaluate_heads",
+    "extract_features",
+    "forecast_horizon",
+    "run_probe",
+    "run_protocol",
+    "sigmoid_focal_loss",
+    "split_by_video",
+    "train_heads",
+]
+
+FEATURE_FORMAT = "worldmodel.probe_features/1"
+PROBE_KINDS = ("attentive", "linear")
+# V-JEPA 2's EK100 grid is lr {5e-3, 3e-3, 1e-3, 3e-4, 1e-4} x wd {1e-4, 1e-3, 1e-2, 0.1}; ours is a
+# smaller grid of the same range (all heads train at once on shared features, so it is cheap).
+DEFAULT_LRS = (5e-3, 1e-3, 2e-4)
+DEFAULT_WEIGHT_DECAYS = (1e-3, 0.1)
+
+
+def _log(message: str) -> None:
+    print(f"[probe] {message}", flush=True)
+
+
+# ============================================================================================ config
+@dataclass
+class ProbeConfig:
+    """Everything that defines a probe run besides the data paths and the model."""
+
+    num_frames: int = 8  # context frames (a multiple of the tubelet size)
+    fps: float = 4.0  # context frame rate: 8 frames at 4 fps = 2 s of context
+    anticipation_s: float = 1.0  # the context ends this long before the action starts (EK100: 1 s)
+    img_size: int | None = None  # default: the checkpoint's
+    resize: int | None = None  # shorter side before the centre crop (default: just cover img_size)
+    num_clips: int = 4  # classification: clips per video (training samples / views averaged at eval)
+    probes: tuple[str, ...] = PROBE_KINDS  # the first kind gives metrics.json's contract keys
+    probe_depth: int = 1  # attentive probe blocks: depth-1 self-attention + 1 cross-attention (V-JEPA 2: 4)
+    probe_heads: int | None = None  # attention heads (default 16 when the width allows, else the encoder's)
+    loss: str = "ce"  # "ce" or "focal"
+    lrs: tuple[float, ...] = DEFAULT_LRS
+    weight_decays: tuple[float, ...] = DEFAULT_WEIGHT_DECAYS
+    epochs: int = 20
+    batch_size: int = 32
+    warmup_epochs: float = 1.0
+    holdout_fraction: float = 0.2  # share of the training videos held out to choose hyper-parameters
+    seed: int = 0
+    forecast: bool = False  # append the forecast latents of the anticipation gap
+    forecast_tokens: str = "all"  # "all" horizon tubelets, or the "last" one (the anticipated time)
+    augment: bool = False  # random resized crops of training clips, re-encoded every epoch
+    extract_batch_size: int = 16
+    num_workers: int = 1
+    device: str = "cpu"
+    head_threads: int | None = 1  # CPU threads while training heads (None: leave as is)
+
+    def __post_init__(self) -> None:
+        self.probes = tuple(self.probes)
+        self.lrs = tuple(float(x) for x in self.lrs)
+        self.weight_decays = tuple(float(x) for x in self.weight_decays)
+        bad = [k for k in self.probes if k not in PROBE_KINDS]
+        if bad or not self.probes:
+            raise ValueError(f"probe kinds must be among {PROBE_KINDS}, got {list(self.probes)}")
+        if self.loss not in ("ce", "focal"):
+            raise ValueError(f"loss must be 'ce' or 'focal', got {self.loss!r}")
+        if self.forecast_tokens not in ("all", "last"):
+            raise ValueError(f"forecast_tokens must be 'all' or 'last', got {self.forecast_tokens!r}")
+        if not self.lrs or not self.weight_decays or min(self.lrs) <= 0 or min(self.weight_decays) < 0:
+            raise ValueError(f"need learning rates > 0 and weight decays >= 0, got {self.lrs}, {self.weight_decays}")
+        if self.epochs < 1 or self.batch_size < 1 or self.num_frames < 1 or self.num_clips < 1:
+            raise ValueError("epochs, batch_size, num_frames and num_clips must be >= 1")
+        if not 0.0 < self.holdout_fraction < 1.0:
+            raise ValueError(f"holdout_fraction must be in (0, 1), got {self.holdout_fraction}")
+
+
+@dataclass(frozen=True)
+class HeadSetting:
+    """One probe head of the grid: its kind and optimiser hyper-parameters."""
+
+    kind: str
+    lr: float
+    weight_decay: float
+
+    @property
+    def name(self) -> str:
+        return f"{self.kind}_lr{self.lr:g}_wd{self.weight_decay:g}"
+
+
+def head_grid(cfg: ProbeConfig) -> list[HeadSetting]:
+    return [HeadSetting(kind, lr, wd) for kind in cfg.probes for lr in cfg.lrs for wd in cfg.weight_decays]
+
+
+# ============================================================================================ model
+def _hparams(path: str | os.PathLike) -> dict[str, Any]:
+    ckpt = safe_torch_load(path)
+    if not isinstance(ckpt, dict) or "hyper_parameters" not in ckpt:
+        raise CheckpointError(f"{path}: not a worldmodel pretraining checkpoint (no 'hyper_parameters'); --config-from needs one")
+    return {k: v for k, v in ckpt["hyper_parameters"].items() if not str(k).startswith("_")}
+
+
+def build_world_model(checkpoint: str, encoder: str = "target", config_from: str | None = None, seed: int = 0):
+    """The frozen `WorldModel`: from a checkpoint, or "random": seeded random weights of the same
+    architecture (`JEPAPretrainer()` defaults, or the hyper-parameters stored in `config_from`)."""
+    from worldmodel.forecast import WorldModel
+    from worldmodel.pretrain import JEPAPretrainer
+
+    if checkpoint != "random":
+        if config_from is not None:
+            raise ValueError("--config-from only applies to --checkpoint random (a checkpoint brings its own config)")
+        return WorldModel.load(checkpoint, encoder=encoder)
+    config = _hparams(config_from) if config_from is not None else {}
+    torch.manual_seed(seed)
+    module = JEPAPretrainer(**config)
+    config = {k: v for k, v in dict(module.hparams).items() if not str(k).startswith("_")}
+    target = module.target_encoder if module.target_encoder is not None else module.encoder
+    source = f"random(seed={seed}" + (f", config_from={config_from})" if config_from else ")")
+    return WorldModel(module.encoder, target, module.predictor, config, encoder=encoder, source=source)
+
+
+def weights_hash(modules: Sequence[nn.Module]) -> str:
+    """sha256 over the names, shapes and bytes of the modules' tensors (weights and buffers)."""
+    digest = hashlib.sha256()
+    for module in modules:
+        for name, tensor in module.state_dict().items():
+            t = tensor.detach().cpu().contiguous()
+            digest.update(f"{name}:{tuple(t.shape)}:{t.dtype};".encode())
+            digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return digest.hexdigest()
+
+
+def forecast_horizon(anticipation_s: float, fps: float, tubelet_size: int) -> int:
+    """Tubelets needed to cover the `anticipation_s` gap between the context's end and the action start."""
+    return max(1, math.ceil(anticipation_s * fps / tubelet_size - 1e-9))
+
+
+def forecast_tokens(world_model, video: Tensor, horizon: int, spatial: int, keep: str = "all") -> Tensor:
+    """Predicted latents (B, F, D) of the `horizon` tubelets after the clip: all of them (F = horizon * h * w)
+    or only the "last" one (F = h * w, the anticipated time itself, as V-JEPA 2 does)."""
+    future = world_model.forecast(video, horizon)  # (B, horizon*h*w, D)
+    return future[:, -spatial:] if keep == "last" else future
+
+
+# ============================================================================================ data
+class ManifestClips(Dataset):
+    """Clips of `path label` manifest videos: item ``video * num_clips + k`` is clip k of `num_clips`
+    spread evenly over the video (one clip: the centre one). Items as `collate_samples` expects."""
+
+    def __init__(
+        self,
+        entries: Sequence[ManifestEntry],
+        sampler: ClipSampler,
+        num_clips: int,
+        transform: Callable | None,
+        decode_size: int | tuple[int, int] | None = None,
+        seed: int = 0,
+    ) -> None:
+        self.entries = list(entries)
+        self.sampler = sampler
+        self.num_clips = int(num_clips)
+        self.transform = transform
+        self.decode_size = decode_size
+        self.seed = int(seed)
+        self._infos: dict[str, VideoInfo] = {}
+
+    def __len__(self) -> int:
+        return len(self.entries) * self.num_clips
+
+    def clip_indices(self, index: int) -> np.ndarray:
+        entry = self.entries[index // self.num_clips]
+        if entry.path not in self._infos:
+            self._infos[entry.path] = read_video_info(entry.path)
+        return self.sampler.indices(self._infos[entry.path], mode="uniform", num_clips=self.num_clips)[index % self.num_clips]
+
+    def __getitem__(self, key: int | tuple[int, int]) -> dict:
+        epoch, index = key if isinstance(key, (tuple, list)) else (0, key)
+        entry = self.entries[index // self.num_clips]
+        frames = read_frames(entry.path, self.clip_indices(index), size=self.decode_size)  # (T, H, W, C)
+        rng = np.random.default_rng([self.seed, int(epoch), int(index)])
+        video = self.transform(frames, rng) if self.transform is not None else frames.permute(3, 0, 1, 2).contiguous()
+        label = -1 if entry.label is None else int(entry.label)
+        return {"video": video, "label": label, "index": int(index), "epoch": int(epoch), "errors": []}
+
+
+@dataclass
+class ClipSet:
+    """One split's clips before encoding, and what the protocol needs to know about each item.
+
+    dataset: items in a fixed order (eval transform); train_dataset: the same items with augmentation
+    (None: not augmented). video_ids (N,): items of one video stay on one side of a split.
+    sample_ids (N,): items sharing an id are views of one sample, their scores averaged at evaluation.
+    label_space(rows) -> (outputs {name: classes}, labels {name: LongTensor (N,)}): the labels of ALL
+    items when the classes are defined by the items `rows` (anticipation: actions = their verb+noun
+    pairs; -1 for others). fingerprint: what the clips depend on (for the feature cache key).
+    """
+
+    dataset: Dataset
+    video_ids: np.ndarray
+    sample_ids: np.ndarray
+    label_space: Callable[[np.ndarray], tuple[dict[str, int], dict[str, Tensor]]]
+    fingerprint: dict[str, Any]
+    train_dataset: Dataset | None = None
+    class_names: dict[str, Any] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.sample_ids)
+
+
+def _file_stamp(path: str) -> list:
+    stat = os.stat(path)
+    return [os.path.abspath(path), stat.st_size, stat.st_mtime_ns]
+
+
+def _sha256_file(path: str | os.PathLike) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def _transforms(cfg: ProbeConfig, img_size: int) -> tuple[Callable, Callable | None, int]:
+    """(eval transform, train transform or None, decode size = the shorter side to decode at)."""
+    shorter = cfg.resize or img_size
+    evaluation = ResizeCenterCropVideo(img_size, resize=cfg.resize)
+    training = RandomResizedCropVideo(img_size, scale=(0.3, 1.0), hflip_p=0.5) if cfg.augment else None
+    return evaluation, training, shorter
+
+
+def _clip_fingerprint(cfg: ProbeConfig, img_size: int) -> dict[str, Any]:
+    return {"num_frames": cfg.num_frames, "fps": cfg.fps, "img_size": img_size, "resize": cfg.resize,
+            "transform": "resize_center_crop"}  # fmt: skip
+
+
+def anticipation_clip_sets(
+    train_csv: str, val_csv: str, videos_dir: str, cfg: ProbeConfig, img_size: int
+) -> tuple[ClipSet, ClipSet, ActionVocabulary]:
+    """Train and val ClipSets of `AnticipationDataset`s, and the final action vocabulary (training pairs;
+    verb and noun counts cover both splits)."""
+    train_segments = read_annotations(train_csv, videos_dir=videos_dir)
+    val_segments = read_annotations(val_csv, videos_dir=videos_dir)
+    vocab = ActionVocabulary.from_annotations(train_segments, eval_segments=val_segments)
+    evaluation, training, shorter = _transforms(cfg, img_size)
+    common = dict(num_frames=cfg.num_frames, fps=cfg.fps, anticipation_s=cfg.anticipation_s, decode_size=shorter, seed=cfg.seed)
+    train_ds = AnticipationDataset(train_csv, videos_dir, vocab, transform=evaluation, **common)
+    val_ds = AnticipationDataset(val_csv, videos_dir, vocab, transform=evaluation, **common)
+    train_aug = AnticipationDataset(train_csv, videos_dir, vocab, transform=training, **common) if training else None
+
+    names = {
+        "verb": {i: vocab.verb_names.get(i, str(i)) for i in range(vocab.num_verbs)},
+        "noun": {i: vocab.noun_names.get(i, str(i)) for i in range(vocab.num_nouns)},
+    }
+
+    def clip_set(dataset: AnticipationDataset, segments: list[ActionSegment], csv_path: str, train_ds: Dataset | None) -> ClipSet:
+        verbs = torch.tensor([s.verb for s in segments])
+        nouns = torch.tensor([s.noun for s in segments])
+
+        def label_space(rows: np.ndarray, final: ActionVocabulary | None = None) -> tuple[dict[str, int], dict[str, Tensor]]:
+            if final is None:
+                final = ActionVocabulary.from_annotations(
+                    [segments[i] for i in rows], num_verbs=vocab.num_verbs, num_nouns=vocab.num_nouns
+                )
+            actions = torch.tensor([final.action_id(s.verb, s.noun) for s in segments])
+            outputs = {"verb": final.num_verbs, "noun": final.num_nouns, "action": final.num_actions}
+            return outputs, {"verb": verbs, "noun": nouns, "action": actions}
+
+        fingerprint = {
+            "task": "anticipation",
+            "annotations": _sha256_file(csv_path),
+            "videos": sorted(_file_stamp(p) for p in dataset.video_paths.values()),
+            "anticipation_s": cfg.anticipation_s,
+            **_clip_fingerprint(cfg, img_size),
+        }
+        return ClipSet(
+            dataset=dataset,
+            video_ids=np.array([s.video_id for s in segments]),
+            sample_ids=np.arange(len(segments)),
+            label_space=label_space,
+            fingerprint=fingerprint,
+            train_dataset=train_ds,
+            class_names=names,
+        )
+
+    train = clip_set(train_ds, train_ds.segments, train_csv, train_aug)
+    val = clip_set(val_ds, val_ds.segments, val_csv, None)
+    # validation is always labelled with the final vocabulary (all training pairs)
+    val_space = val.label_space
+    val.label_space = lambda rows: val_space(rows, final=vocab)
+    action_names = [f"{names['verb'][v]} {names['noun'][n]}" for v, n in vocab.actions]
+    for clip_set_ in (train, val):
+        clip_set_.class_names = {**names, "action": action_names}
+    return train, val, vocab
+
+
+def classification_clip_sets(train_manifest: str, val_manifest: str, cfg: ProbeConfig, img_size: int) -> tuple[ClipSet, ClipSet]:
+    """Train and val ClipSets of `num_clips` clips per manifest video, labelled with the manifest's labels."""
+    evaluation, training, shorter = _transforms(cfg, img_size)
+    sampler = ClipSampler(num_frames=cfg.num_frames, fps=cfg.fps)
+    entries = {"train": read_manifest(train_manifest), "val": read_manifest(val_manifest)}
+    for split, manifest in (("train", train_manifest), ("val", val_manifest)):
+        unlabelled = [e.path for e in entries[split] if e.label is None]
+        if unlabelled:
+            raise ValueError(
+                f"{manifest}: {len(unlabelled)} video(s) have no label (e.g. {unlabelled[0]}); a classification "
+                "probe needs 'path label' lines"
+            )
+    num_classes = 1 + max(e.label for split in entries.values() for e in split)
+
+    def clip_set(split: str, manifest: str) -> ClipSet:
+        split_entries = entries[split]
+        labels = torch.tensor([e.label for e in split_entries]).repeat_interleave(cfg.num_clips)
+        fingerprint = {
+            "task": "classification",
+            "manifest": _sha256_file(manifest),
+            "videos": [_file_stamp(e.path) for e in split_entries],
+            "num_clips": cfg.num_clips,
+            **_clip_fingerprint(cfg, img_size),
+        }
+        return ClipSet(
+            dataset=ManifestClips(split_entries, sampler, cfg.num_clips, evaluation, shorter, cfg.seed),
+            video_ids=np.array([e.path for e in split_entries]).repeat(cfg.num_clips),
+            sample_ids=np.arange(len(split_entries)).repeat(cfg.num_clips),
+            label_space=lambda rows: ({"label": num_classes}, {"label": labels}),
+            fingerprint=fingerprint,
+            train_dataset=ManifestClips(split_entries, sampler, cfg.num_clips, training, shorter, cfg.seed) if training else None,
+        )
+
+    return clip_set("train", train_manifest), clip_set("val", val_manifest)
+
+
+def split_by_video(video_ids: np.ndarray, fraction: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(fit rows, held-out rows): about `fraction` of the distinct videos (at least one) are held out."""
+    videos = np.unique(video_ids)
+    if len(videos) < 2:
+        raise ValueError(
+            f"cannot hold out training videos to choose hyper-parameters: the training data has {len(videos)} "
+            "video(s); give at least two"
+        )
+    rng = np.random.default_rng([seed, 20_250_601])
+    count = min(len(videos) - 1, max(1, round(fraction * len(videos))))
+    held = set(rng.permutation(videos)[:count].tolist())
+    mask = np.array([v in held for v in video_ids])
+    return np.flatnonzero(~mask), np.flatnonzero(mask)
+
+
+# ============================================================================================ features
+@dataclass
+class Features:
+    """Tokens of every item of a split: (N, L, D) float32, and the type of each token (L,): 0 = observed
+    (encoder), 1 = forecast (predictor)."""
+
+    tokens: Tensor
+    token_types: Tensor
+
+    @property
+    def num_token_types(self) -> int:
+        return int(self.token_types.max()) + 1 if self.token_types.numel() else 1
+
+
+def clip_batches(dataset: Dataset, keys: Sequence, batch_size: int, num_workers: int) -> Iterator[dict]:
+    """Collated uint8 batches (video (B, C, T, H, W)) of the dataset items `keys`, in that order."""
+    loader = DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=list(keys),
+        num_workers=num_workers,
+        collate_fn=collate_samples,
+        persistent_workers=False,
+    )
+    yield from loader
+
+
+@torch.no_grad()
+def extract_features(
+    world_model,
+    dataset: Dataset,
+    keys: Sequence,
+    batch_size: int = 16,
+    num_workers: int = 1,
+    horizon: int | None = None,
+    keep: str = "all",
+    log_every_s: float = 30.0,
+) -> Features:
+    """Encode the items `keys` of `dataset` with the frozen (target) encoder: Features of (len(keys), L, D).
+
+    horizon: also append the forecast latents of the next `horizon` tubelets (`forecast_tokens`).
+    """
+    device = world_model.device
+    tokens: Tensor | None = None
+    token_types: Tensor | None = None
+    start, last_log, done = time.perf_counter(), time.perf_counter(), 0
+    for batch in clip_batches(dataset, keys, batch_size, num_workers):
+        video = batch["video"].to(device)  # (B, C, T, H, W) uint8
+        encoded = world_model.encode(video)  # (B, N, D)
+        parts, types = [encoded], [torch.zeros(encoded.shape[1], dtype=torch.long)]
+        if horizon is not None:
+            _, grid_h, grid_w = world_model.target_encoder.grid(video.shape)
+            future = forecast_tokens(world_model, video, horizon, grid_h * grid_w, keep)  # (B, F, D)
+            parts.append(future.to(encoded.dtype))
+            types.append(torch.ones(future.shape[1], dtype=torch.long))
+        out = torch.cat(parts, dim=1).float().cpu()  # (B, L, D)
+        if tokens is None:
+            tokens = torch.empty((len(keys), *out.shape[1:]), dtype=torch.float32)
+            token_types = torch.cat(types)
+        tokens[done : done + len(out)] = out
+        done += len(out)
+        now = time.perf_counter()
+        if now - last_log > log_every_s:
+            _log(f"  encoded {done}/{len(keys)} clips ({done / (now - start):.1f} clips/s)")
+            last_log = now
+    if tokens is None:
+        raise ValueError("extract_features: no items to encode")
+    return Features(tokens, token_types)
+
+
+class FeatureCache:
+    """Features by key: in memory, and on disk under `folder` when given (``<key>.pt`` + ``<key>.json``).
+
+    `get(key, compute)` returns ``(features, source)`` with source "memory", "disk" or "computed".
+    Disk files are written atomically and read with `weights_only=True`; a file that does not load is
+    recomputed (and overwritten).
+    """
+
+    def __init__(self, folder: str | os.PathLike | None = None) -> None:
+        self.folder = Path(folder) if folder is not None else None
+        self._memory: dict[str, Features] = {}
+
+    @staticmethod
+    def key(description: Mapping[str, Any]) -> str:
+        text = json.dumps({"format": FEATURE_FORMAT, **description}, sort_keys=True, default=str)
+        return hashlib.sha256(text.encode()).hexdigest()[:24]
+
+    def get(self, key: str, compute: Callable[[], Features], description: Mapping[str, Any] | None = None) -> tuple[Features, str]:
+        if key in self._memory:
+            return self._memory[key], "memory"
+        path = self.folder / f"{key}.pt" if self.folder is not None else None
+        if path is not None and path.is_file():
+            try:
+                stored = safe_torch_load(path)
+                if stored.get("format") == FEATURE_FORMAT:
+                    features = Features(stored["tokens"], stored["token_types"])
+                    self._memory[key] = features
+                    return features, "disk"
+            except (CheckpointError, AttributeError, KeyError) as err:
+                _log(f"feature cache {path} is unusable ({err}); recomputing")
+        features = compute()
+        self._memory[key] = features
+        if path is not None:
+            atomic_torch_save({"format": FEATURE_FORMAT, "tokens": features.tokens, "token_types": features.token_types}, path)
+            text = json.dumps({"format": FEATURE_FORMAT, **(description or {})}, indent=1, default=str) + "\n"
+            atomic_write_bytes(text.encode(), path.with_suffix(".json"))
+        return features, "computed"
+
+
+class FeatureSource:
+    """The features of one ClipSet: for evaluation (computed once, cached) and per training epoch
+    (the same cached tensor, or freshly encoded augmented clips when the set has a train_dataset)."""
+
+    def __init__(
+        self,
+        clips: ClipSet,
+        world_model,
+        cache: FeatureCache,
+        model_key: Mapping[str, Any],
+        cfg: ProbeConfig,
+        horizon: int | None,
+    ) -> None:
+        self.clips = clips
+        self.world_model = world_model
+        self.cache = cache
+        self.cfg = cfg
+        self.horizon = horizon
+        forecast = {"horizon": horizon, "keep": cfg.forecast_tokens} if horizon is not None else None
+        self.description = {"model": dict(model_key), "data": clips.fingerprint, "forecast": forecast}
+        self.key = FeatureCache.key(self.description)
+        self.extract_s = 0.0  # time spent encoding clips (0 when the cache had them)
+        self.source: str | None = None  # where evaluation features came from
+
+    def _extract(self, dataset: Dataset, keys: Sequence) -> Features:
+        start = time.perf_counter()
+        features = extract_features(
+            self.world_model, dataset, keys, self.cfg.extract_batch_size, self.cfg.num_workers, self.horizon,
+            self.cfg.forecast_tokens,
+        )
+        self.extract_s += time.perf_counter() - start
+        return features
+
+    def evaluation(self) -> Features:
+        keys = list(range(len(self.clips)))
+        features, source = self.cache.get(self.key, lambda: self._extract(self.clips.dataset, keys), self.description)
+        if self.source is None:
+            self.source = source
+        return features
+
+    @property
+    def augmented(self) -> bool:
+        return self.clips.train_dataset is not None
+
+    def epoch(self, epoch: int, rows: np.ndarray) -> Tensor:
+        """Training tokens (N, L, D) for `epoch`; with augmentation only `rows` are filled (encoded now)."""
+        if not self.augmented:
+            return self.evaluation().tokens
+        fresh = self._extract(self.clips.train_dataset, [(epoch, int(i)) for i in rows])
+        tokens = torch.zeros((len(self.clips), *fresh.tokens.shape[1:]))
+        tokens[torch.as_tensor(rows)] = fresh.tokens
+        return tokens
+
+    def token_types(self) -> Tensor:
+        return self.evaluation().token_types
+
+
+# ============================================================================================ training
+def sigmoid_focal_loss(logits: Tensor, labels: Tensor, alpha: float = 0.25, gamma: float = 2.0) -> Tensor:
+    """Sigmoid focal loss with one-hot targets, summed over classes, mean over samples (B, C), (B,) -> ()."""
+    targets = F.one_hot(labels, logits.shape[-1]).to(logits.dtype)
+    ce = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
+    p = torch.sigmoid(logits)
+    p_t = p * targets + (1 - p) * (1 - targets)
+    alpha_t = alpha * targets + (1 - alpha) * (1 - targets)
+    return (alpha_t * (1 - p_t) ** gamma * ce).sum(dim=-1).mean()
+
+
+def probe_loss(logits: Mapping[str, Tensor], labels: Mapping[str, Tensor], kind: str = "ce") -> Tensor:
+    """Sum over outputs of the mean loss over samples with a label (label -1: left out)."""
+    total = None
+    for name, out in logits.items():
+        target = labels[name]
+        valid = target >= 0
+        if not bool(valid.any()):
+            continue
+        if kind == "focal":
+            loss = sigmoid_focal_loss(out[valid], target[valid])
+        else:
+            loss = F.cross_entropy(out[valid], target[valid])
+        total = loss if total is None else total + loss
+    if total is None:
+        total = sum(out.sum() * 0.0 for out in logits.values())
+    return total
+
+
+def scores_from_logits(logits: Tensor, kind: str) -> Tensor:
+    """Class probabilities: softmax for cross-entropy, per-class sigmoid for the focal loss."""
+    return torch.sigmoid(logits) if kind == "focal" else logits.softmax(dim=-1)
+
+
+def _lr_factor(step: int, total: int, warmup: int) -> float:
+    if warmup > 0 and step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+@dataclass
+class TrainResult:
+    probes: list[nn.Module]
+    epoch_s: list[float]  # wall time of each epoch (features + all heads)
+    features_s: list[float]  # of which getting the epoch's features
+    diverged: list[bool]  # per probe: its loss became NaN / inf (left out of the selection)
+
+
+def probe_num_heads(cfg: ProbeConfig, embed_dim: int, encoder_heads: int) -> int:
+    """Attention heads of the attentive probe: --probe-heads, else 16 (V-JEPA 2) when it divides the width,
+    else the encoder's."""
+    if cfg.probe_heads:
+        return cfg.probe_heads
+    return 16 if embed_dim % 16 == 0 else encoder_heads
+
+
+def _adamw(groups: list[dict], device: torch.device) -> torch.optim.Optimizer:
+    """AdamW, fused where this build supports it (several times faster for many small heads)."""
+    try:
+        return torch.optim.AdamW(groups, lr=0.0, betas=(0.9, 0.999), fused=True)
+    except (RuntimeError, TypeError, ValueError):
+        return torch.optim.AdamW(groups, lr=0.0, betas=(0.9, 0.999))
+
+
+@contextmanager
+def _intra_op_threads(threads: int | None, device: torch.device) -> Iterator[None]:
+    """Temporarily set torch's CPU threads (small head ops slow down badly on busy shared CPUs with several)."""
+    if threads is None or device.type != "cpu" or threads == torch.get_num_threads():
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def train_heads(
+    settings: Sequence[HeadSetting],
+    source: FeatureSource,
+    rows: np.ndarray,
+    labels: Mapping[str, Tensor],
+    outputs: Mapping[str, int],
+    cfg: ProbeConfig,
+    embed_dim: int,
+    num_heads: int,
+    phase: str = "train",
+) -> TrainResult:
+    """Train one probe per setting, all at once on the same batches of `rows`; returns them (eval mode).
+
+    Every probe of a kind starts from the same weights (seeded with cfg.seed), so heads differ only by
+    their learning rate and weight decay.
+    """
+    device = torch.device(cfg.device)
+    setup_start = time.perf_counter()
+    token_types = source.token_types().to(device)  # the first call encodes every clip: part of epoch 1
+    setup_s = time.perf_counter() - setup_start
+    num_types = int(token_types.max()) + 1
+    probes = []
+    for setting in settings:
+        torch.manual_seed(cfg.seed)
+        probe = build_probe(setting.kind, embed_dim, outputs, num_heads=num_heads, depth=cfg.probe_depth, num_token_types=num_types)
+        probes.append(probe.to(device).train())
+    groups = []
+    for setting, probe in zip(settings, probes):
+        decay = [p for n, p in probe.named_parameters() if not no_weight_decay(n, p)]
+        plain = [p for n, p in probe.named_parameters() if no_weight_decay(n, p)]
+        groups.append({"params": decay, "base_lr": setting.lr, "weight_decay": setting.weight_decay})
+        groups.append({"params": plain, "base_lr": setting.lr, "weight_decay": 0.0})
+    optimizer = _adamw(groups, device)
+    steps_per_epoch = math.ceil(len(rows) / cfg.batch_size)
+    total_steps = cfg.epochs * steps_per_epoch
+    warmup = int(round(cfg.warmup_epochs * steps_per_epoch))
+    generator = torch.Generator().manual_seed(cfg.seed)
+    rows_t = torch.as_tensor(rows, dtype=torch.long)
+    step, epoch_s, features_s = 0, [], []
+    diverged = [False] * len(probes)
+    for epoch in range(cfg.epochs):
+        start = time.perf_counter() - (setup_s if epoch == 0 else 0.0)
+        tokens = source.epoch(epoch, rows)  # (N, L, D)
+        got_features = time.perf_counter()
+        order = rows_t[torch.randperm(len(rows_t), generator=generator)]
+        with _intra_op_threads(cfg.head_threads, device):
+            for first in range(0, len(order), cfg.batch_size):
+                idx = order[first : first + cfg.batch_size]
+                batch = tokens[idx].to(device)  # (B, L, D)
+                batch_labels = {name: labels[name][idx].to(device) for name in outputs}
+                factor = _lr_factor(step, total_steps, warmup)
+                for group in optimizer.param_groups:
+                    group["lr"] = group["base_lr"] * factor
+                losses = torch.stack([probe_loss(probe(batch, token_types), batch_labels, cfg.loss) for probe in probes])
+                finite = torch.isfinite(losses).tolist()
+                for i, ok in enumerate(finite):
+                    if not ok and not diverged[i]:
+                        diverged[i] = True
+                        _log(f"  {phase}: head {settings[i].name} diverged (loss {float(losses[i])}) in epoch {epoch + 1}; "
+                             "it is dropped (learning rate too high)")  # fmt: skip
+                # heads are independent: the gradient of the sum is each head's own gradient
+                loss = sum(losses[i] for i in range(len(probes)) if not diverged[i])
+                optimizer.zero_grad(set_to_none=True)
+                if isinstance(loss, Tensor):
+                    loss.backward()
+                    optimizer.step()
+                step += 1
+        epoch_s.append(time.perf_counter() - start)
+        features_s.append(got_features - start)
+    return TrainResult([p.eval() for p in probes], epoch_s, features_s, diverged)
+
+
+@torch.no_grad()
+def predict_scores(probe: nn.Module, features: Features, rows: np.ndarray, cfg: ProbeConfig, batch_size: int = 256) -> dict[str, Tensor]:
+    """Class probabilities {name: (len(rows), C)} of the probe on the items `rows`."""
+    device = torch.device(cfg.device)
+    token_types = features.token_types.to(device)
+    out: dict[str, list[Tensor]] = {}
+    rows_t = torch.as_tensor(rows, dtype=torch.long)
+    with _intra_op_threads(cfg.head_threads, device):
+        for first in range(0, len(rows_t), batch_size):
+            logits = probe(features.tokens[rows_t[first : first + batch_size]].to(device), token_types)
+            for name, value in logits.items():
+                out.setdefault(name, []).append(scores_from_logits(value.float(), cfg.loss).cpu())
+    return {name: torch.cat(values) for name, values in out.items()}
+
+
+def average_views(scores: Mapping[str, Tensor], labels: Mapping[str, Tensor], sample_ids: np.ndarray) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    """Average the scores of items that are views of one sample (same id); one label per sample."""
+    unique, inverse = np.unique(sample_ids, return_inverse=True)
+    if len(unique) == len(sample_ids):
+        return dict(scores), dict(labels)
+    inverse_t = torch.as_tensor(inverse, dtype=torch.long)
+    counts = torch.bincount(inverse_t, minlength=len(unique)).float()[:, None]
+    first = torch.as_tensor(np.unique(inverse, return_index=True)[1], dtype=torch.long)
+    averaged = {}
+    for name, value in scores.items():
+        summed = torch.zeros(len(unique), value.shape[1]).index_add_(0, inverse_t, value.float())
+        averaged[name] = summed / counts
+    return averaged, {name: value[first] for name, value in labels.items()}
+
+
+def evaluate_heads(
+    probe: nn.Module,
+    features: Features,
+    rows: np.ndarray,
+    labels: Mapping[str, Tensor],
+    sample_ids: np.ndarray,
+    cfg: ProbeConfig,
+    class_names: Mapping[str, Any] | None = None,
+) -> dict:
+    """`classification_metrics` of the probe on the items `rows` (views of a sample averaged)."""
+    rows_t = torch.as_tensor(rows, dtype=torch.long)
+    scores = predict_scores(probe, features, rows, cfg)
+    row_labels = {name: labels[name][rows_t] for name in scores}
+    scores, row_labels = average_views(scores, row_labels, sample_ids[rows])
+    return classification_metrics(scores, row_labels, class_names=class_names)
+
+
+def prior_baseline(train_labels: Mapping[str, Tensor], val_labels: Mapping[str, Tensor], outputs: Mapping[str, int], sample_ids: np.ndarray, class_names=None) -> dict:
+    """Metrics of ranking classes by their training frequency, the same for every sample."""
+    scores = {}
+    for name, n in outputs.items():
+        labels = train_labels[name]
+        prior = torch.bincount(labels[labels >= 0], minlength=n).float()[:n]
+        scores[name] = prior.expand(len(val_labels[name]), n)
+    scores, labels = average_views(scores, dict(val_labels), sample_ids)
+    return classification_metrics(scores, labels, class_names=class_names)
+
+
+def _selection_key(metrics: Mapping[str, Any], outputs: Sequence[str]) -> tuple[float, float, float]:
+    def mean(metric: str) -> float:
+        values = [metrics[f"{name}_{metric}"] for name in outputs]
+        values = [v for v in values if not math.isnan(v)]
+        return float(np.mean(values)) if values else -1.0
+
+    return (mean("recall@5"), mean("recall@1"), mean("top1"))
+
+
+def _flat(metrics: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in metrics.items() if k != "per_class"}
+
+
+# ============================================================================================ protocol
+def run_protocol(
+    train: ClipSet,
+    val: ClipSet,
+    train_source: FeatureSource,
+    val_source: FeatureSource,
+    cfg: ProbeConfig,
+    embed_dim: int,
+    num_heads: int,
+) -> dict[str, Any]:
+    """Choose hyper-parameters on held-out training videos, retrain the choice on all training data,
+    evaluate once on validation. Returns the metrics dict (without paths) and the trained probes."""
+    timing: dict[str, Any] = {}
+    settings = head_grid(cfg)
+    all_rows = np.arange(len(train))
+    fit, holdout = split_by_video(train.video_ids, cfg.holdout_fraction, cfg.seed)
+    _log(
+        f"hyper-parameters: {len(settings)} heads ({', '.join(cfg.probes)}; lr {list(cfg.lrs)} x wd "
+        f"{list(cfg.weight_decays)}) on {len(fit)} items of {len(np.unique(train.video_ids[fit]))} training videos, "
+        f"scored on {len(holdout)} items of {len(np.unique(train.video_ids[holdout]))} held-out training videos"
+    )
+    fit_outputs, fit_labels = train.label_space(fit)
+    search_start = time.perf_counter()
+    search = train_heads(settings, train_source, fit, fit_labels, fit_outputs, cfg, embed_dim, num_heads, "search")
+    timing["hp_search_s"] = time.perf_counter() - search_start
+    timing["train_features_s"] = train_source.extract_s
+    timing["train_features_from"] = train_source.source
+    timing["first_epoch_s"] = search.epoch_s[0]
+    timing["first_epoch_features_s"] = search.features_s[0]
+    timing["later_epoch_s"] = float(np.mean(search.epoch_s[1:])) if len(search.epoch_s) > 1 else None
+    timing["epoch_s"] = search.epoch_s
+    timing["heads_trained_at_once"] = len(settings)
+    if timing["later_epoch_s"]:
+        timing["first_over_later"] = timing["first_epoch_s"] / max(timing["later_epoch_s"], 1e-9)
+        _log(
+            f"epoch 1: {timing['first_epoch_s']:.1f} s (of which features {timing['first_epoch_features_s']:.1f} s, "
+            f"{train_source.source}); later epochs: {timing['later_epoch_s']:.2f} s each "
+            f"({timing['first_over_later']:.0f}x faster)"
+        )
+
+    train_eval = train_source.evaluation()
+    grid_rows = []
+    for setting, probe, diverged in zip(settings, search.probes, search.diverged):
+        metrics = evaluate_heads(probe, train_eval, holdout, fit_labels, train.sample_ids, cfg)
+        key = [-1.0, -1.0, -1.0] if diverged else list(_selection_key(metrics, list(fit_outputs)))
+        grid_rows.append({"head": setting.name, "kind": setting.kind, "lr": setting.lr, "weight_decay": setting.weight_decay,
+                          "diverged": diverged, "selection_key": key, **_flat(metrics)})  # fmt: skip
+    chosen: dict[str, HeadSetting] = {}
+    for kind in cfg.probes:
+        rows = [(r, s) for r, s in zip(grid_rows, settings) if s.kind == kind]
+        best_row, best = max(rows, key=lambda rs: tuple(rs[0]["selection_key"]))  # first of equals wins
+        chosen[kind] = best
+        best_row["chosen"] = True
+        _log(f"chosen {kind}: lr {best.lr:g}, weight decay {best.weight_decay:g} (held-out key {best_row['selection_key']})")
+
+    outputs, labels = train.label_space(all_rows)
+    final_start = time.perf_counter()
+    final = train_heads(list(chosen.values()), train_source, all_rows, labels, outputs, cfg, embed_dim, num_heads, "final")
+    timing["final_train_s"] = time.perf_counter() - final_start
+
+    eval_start = time.perf_counter()
+    val_features = val_source.evaluation()
+    timing["val_features_s"] = val_source.extract_s
+    timing["val_features_from"] = val_source.source
+    val_rows = np.arange(len(val))
+    _, val_labels = val.label_space(all_rows)
+    per_kind = {}
+    for (kind, setting), probe in zip(chosen.items(), final.probes):
+        per_kind[kind] = {
+            "lr": setting.lr,
+            "weight_decay": setting.weight_decay,
+            **evaluate_heads(probe, val_features, val_rows, val_labels, val.sample_ids, cfg, val.class_names),
+        }
+    timing["evaluation_s"] = time.perf_counter() - eval_start
+    baseline = prior_baseline(labels, val_labels, outputs, val.sample_ids)
+    return {
+        "outputs": outputs,
+        "per_kind": per_kind,
+        "hp_search": grid_rows,
+        "chosen": {kind: {"lr": s.lr, "weight_decay": s.weight_decay} for kind, s in chosen.items()},
+        "baseline": _flat(baseline),
+        "timing": timing,
+        "probes": dict(zip(chosen, final.probes)),
+        "num_fit": len(fit),
+        "num_holdout": len(holdout),
+        "num_train": len(np.unique(train.sample_ids)),
+        "num_val": len(np.unique(val.sample_ids)),
+    }
+
+
+# ============================================================================================ outputs
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return "n/a" if math.isnan(value) else f"{value:.3f}"
+    return str(value)
+
+
+def plot_per_class_recall(per_class: Mapping[str, list[dict]], path: str | os.PathLike, k: int = 5, max_classes: int = 60) -> Path:
+    """Bar chart of each output's per-class recall@k on validation (the `max_classes` most frequent)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    heads = [h for h, rows in per_class.items() if rows]
+    fig, axes = plt.subplots(len(heads), 1, figsize=(10, 3.2 * max(1, len(heads))), squeeze=False)
+    for ax, head in zip(axes[:, 0], heads):
+        rows = sorted(per_class[head], key=lambda r: -r["support"])[:max_classes]
+        rows = sorted(rows, key=lambda r: r["class"])
+        labels = [r.get("name", str(r["class"])) for r in rows]
+        values = [r[f"recall@{k}"] for r in rows]
+        ax.bar(range(len(rows)), values, color="tab:blue")
+        ax.set_xticks(range(len(rows)))
+        ax.set_xticklabels(labels, rotation=60, ha="right", fontsize=7)
+        ax.set_ylim(0, 1.05)
+        ax.set_ylabel(f"recall@{k}")
+        mean = float(np.mean(values)) if values else float("nan")
+        shown = "" if len(per_class[head]) <= max_classes else f", {max_classes} most frequent of {len(per_class[head])}"
+        ax.set_title(f"{head}: per-class recall@{k} (mean {mean:.3f}{shown})", fontsize=9)
+        ax.axhline(mean, color="tab:red", lw=0.8, ls="--")
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def write_report(metrics: Mapping[str, Any], path: str | os.PathLike) -> Path:
+    """A markdown summary of a probe run."""
+    outputs = list(metrics["outputs"])
+    lines = [
+        f"# Probe report: {metrics['task']}",
+        "",
+        f"- checkpoint: `{metrics['checkpoint']}` (encoder: {metrics['encoder']})",
+        f"- data: {metrics['num_train']} training / {metrics['num_val']} validation samples; {metrics['data']}",
+        f"- clips: {metrics['config']['num_frames']} frames at {metrics['config']['fps']:g} fps, "
+        f"{metrics['img_size']} px" + (f", ending {metrics['config']['anticipation_s']:g} s before the action start"
+                                       if metrics["task"] == "anticipation" else f", {metrics['config']['num_clips']} clips per video"),
+        f"- forecast tokens appended: {metrics['forecast']}",
+        f"- loss: {metrics['config']['loss']}, {metrics['config']['epochs']} epochs, batch {metrics['config']['batch_size']}",
+        "",
+        "## Validation (hyper-parameters chosen on held-out training videos)",
+        "",
+        "| probe | lr | wd | " + " | ".join(f"{o} R@5 | {o} R@1 | {o} top1" for o in outputs) + " |",
+        "|---" * (3 + 3 * len(outputs)) + "|",
+    ]
+    for kind, m in metrics["probes"].items():
+        cells = [kind, f"{m['lr']:g}", f"{m['weight_decay']:g}"]
+        cells += [_fmt(m[f"{o}_{s}"]) for o in outputs for s in ("recall@5", "recall@1", "top1")]
+        lines.append("| " + " | ".join(cells) + " |")
+    b = metrics["baseline_train_prior"]
+    lines.append("| class prior | - | - | " + " | ".join(_fmt(b[f"{o}_{s}"]) for o in outputs for s in ("recall@5", "recall@1", "top1")) + " |")
+    lines += [
+        "",
+        "Mean-class recall@k averages over the classes present in validation; top1 counts every sample. "
+        + (f"{metrics.get('action_num_unlabelled', 0)} validation actions have a verb+noun pair never seen in training "
+           "(label -1): misses for top1, left out of the class average." if metrics["task"] == "anticipation" else ""),
+        "",
+        "## Hyper-parameter grid (held-out training videos)",
+        "",
+        "| head | key (mean R@5, mean R@1, mean top1) | chosen |",
+        "|---|---|---|",
+    ]
+    for row in metrics["hp_search"]:
+        key = ", ".join(f"{v:.3f}" for v in row["selection_key"])
+        lines.append(f"| {row['head']} | {key} | {'yes' if row.get('chosen') else ''} |")
+    t = metrics["timing"]
+    lines += [
+        "",
+        "## Timing",
+        "",
+        f"- features: training {t['train_features_s']:.1f} s ({t['train_features_from']}), validation "
+        f"{t['val_features_s']:.1f} s ({t['val_features_from']})",
+        f"- first epoch {t['first_epoch_s']:.1f} s (features included), later epochs "
+        f"{_fmt(t['later_epoch_s'])} s each, {t['heads_trained_at_once']} heads at once",
+        f"- hyper-parameter search {t['hp_search_s']:.1f} s, final training {t['final_train_s']:.1f} s, total {t['total_s']:.1f} s",
+        "",
+        "![per-class recall](per_class_recall.png)",
+        "",
+    ]
+    path = Path(path)
+    path.write_text("\n".join(lines))
+    return path
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, float):
+        return None if math.isnan(value) or math.isinf(value) else value
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    if isinstance(value, (np.floating,)):
+        return _json_safe(float(value))
+    return value
+
+
+# ============================================================================================ CLI
+def add_probe_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of `worldmodel probe`."""
+    d = ProbeConfig()
+    g = parser.add_argument_group("model")
+    g.add_argument("--checkpoint", required=True, help="pretraining checkpoint (.ckpt), or 'random' for seeded random weights")
+    g.add_argument("--config-from", default=None, metavar="CKPT",
+                   help="with --checkpoint random: take the architecture from this checkpoint (default: JEPAPretrainer() defaults)")
+    g.add_argument("--encoder", choices=("target", "context"), default="target", help="which encoder to probe (default: the EMA target)")
+    g = parser.add_argument_group("data (no data options: the built-in corpus)")
+    g.add_argument("--train-annotations", default=None, metavar="CSV", help="EPIC-KITCHENS-100 style training annotations")
+    g.add_argument("--val-annotations", default=None, metavar="CSV", help="EPIC-KITCHENS-100 style validation annotations")
+    g.add_argument("--videos", default=None, metavar="DIR", help="videos: DIR/<video_id>.<ext> or DIR/<participant>/videos/<video_id>.<ext>")
+    g.add_argument("--train-manifest", default=None, help="classification instead: 'path label' manifest of training videos")
+    g.add_argument("--val-manifest", default=None, help="classification: 'path label' manifest of validation videos")
+    g.add_argument("--corpus", default="data/corpus", help="where the built-in corpus is (generated if missing)")
+    g.add_argument("--out", required=True, metavar="DIR", help="output folder: metrics.json, report.md, per_class_recall.png")
+    g = parser.add_argument_group("clips")
+    g.add_argument("--num-frames", type=int, default=d.num_frames, help=f"context frames (default {d.num_frames})")
+    g.add_argument("--fps", type=float, default=d.fps, help=f"context frame rate (default {d.fps:g})")
+    g.add_argument("--anticipation-s", type=float, default=d.anticipation_s, help="gap between the context end and the action start")
+    g.add_argument("--img-size", type=int, default=None, help="crop size (default: the checkpoint's img_size)")
+    g.add_argument("--resize", type=int, default=None, help="shorter side before the centre crop (default: just cover the crop)")
+    g.add_argument("--num-clips", type=int, default=d.num_clips, help="classification: clips per video (averaged at evaluation)")
+    g.add_argument("--forecast", action="store_true", help="append the forecast latents of the anticipation gap to the probe's tokens")
+    g.add_argument("--forecast-tokens", choices=("all", "last"), default=d.forecast_tokens,
+                   help="all forecast tubelets, or only the last one (the anticipated time, V-JEPA 2)")
+    g.add_argument("--augment", action="store_true", help="random resized crops of training clips (re-encoded every epoch: slow)")
+    g = parser.add_argument_group("probe training")
+    g.add_argument("--probe", nargs="+", choices=PROBE_KINDS, default=list(d.probes), help="probe kinds; the first gives the contract keys")
+    g.add_argument("--probe-depth", type=int, default=d.probe_depth, help="attentive probe blocks incl. the cross-attention one (V-JEPA 2: 4)")
+    g.add_argument("--probe-heads", type=int, default=None, help="attention heads of the attentive probe (default 16)")
+    g.add_argument("--loss", choices=("ce", "focal"), default=d.loss, help="cross-entropy or sigmoid focal loss")
+    g.add_argument("--lr", type=float, nargs="+", default=list(d.lrs), help="learning rates of the grid")
+    g.add_argument("--wd", type=float, nargs="+", default=list(d.weight_decays), help="weight decays of the grid")
+    g.add_argument("--epochs", type=int, default=d.epochs)
+    g.add_argument("--batch-size", type=int, default=d.batch_size)
+    g.add_argument("--holdout", type=float, default=d.holdout_fraction, help="share of training videos held out to choose the grid's head")
+    g.add_argument("--seed", type=int, default=d.seed)
+    g = parser.add_argument_group("compute")
+    g.add_argument("--device", default="auto", help="cpu, cuda, ... (default: cuda when available)")
+    g.add_argument("--threads", type=int, default=None, help="torch intra-op threads (feature extraction)")
+    g.add_argument("--head-threads", type=int, default=1, help="torch threads while training the probe heads (default 1)")
+    g.add_argument("--workers", type=int, default=d.num_workers, help="decoding processes")
+    g.add_argument("--extract-batch-size", type=int, default=d.extract_batch_size, help="clips per encoder batch")
+    g.add_argument("--disk-cache", action="store_true", help="also keep features in OUT/feature_cache (reused by later runs)")
+
+
+def _data_description(args: argparse.Namespace) -> tuple[str, dict[str, str]]:
+    """("anticipation" | "classification", paths); the built-in corpus when no data option is given."""
+    anticipation = [args.train_annotations, args.val_annotations, args.videos]
+    classification = [args.train_manifest, args.val_manifest]
+    if any(anticipation) and any(classification):
+        raise ValueError("give either --train-annotations/--val-annotations/--videos or --train-manifest/--val-manifest, not both")
+    if any(classification):
+        if not all(classification):
+            raise ValueError("classification needs both --train-manifest and --val-manifest")
+        return "classification", {"train_manifest": args.train_manifest, "val_manifest": args.val_manifest}
+    if any(anticipation):
+        if not all(anticipation):
+            raise ValueError("anticipation needs --train-annotations, --val-annotations and --videos")
+        return "anticipation", {"train_annotations": args.train_annotations, "val_annotations": args.val_annotations, "videos": args.videos}
+    from worldmodel.data.corpus import ensure_corpus
+
+    root = ensure_corpus(args.corpus).parent
+    return "anticipation", {
+        "train_annotations": str(root / "annotations" / "train.csv"),
+        "val_annotations": str(root / "annotations" / "val.csv"),
+        "videos": str(root / "videos"),
+    }
+
+
+def _config_from_args(args: argparse.Namespace) -> ProbeConfig:
+    device = args.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    return ProbeConfig(
+        num_frames=args.num_frames, fps=args.fps, anticipation_s=args.anticipation_s, img_size=args.img_size,
+        resize=args.resize, num_clips=args.num_clips, probes=tuple(args.probe), probe_depth=args.probe_depth,
+        probe_heads=args.probe_heads, loss=args.loss, lrs=tuple(args.lr), weight_decays=tuple(args.wd),
+        epochs=args.epochs, batch_size=args.batch_size, holdout_fraction=args.holdout, seed=args.seed,
+        forecast=args.forecast, forecast_tokens=args.forecast_tokens, augment=args.augment,
+        extract_batch_size=args.extract_batch_size, num_workers=args.workers, device=device,
+        head_threads=args.head_threads,
+    )  # fmt: skip
+
+
+def run_probe(args: argparse.Namespace) -> int:
+    """`worldmodel probe`: see the module docstring. Returns 0; errors in the inputs exit with a message."""
+    try:
+        return _run_probe(args)
+    except (FileNotFoundError, ValueError, CheckpointError, VideoError) as err:
+        raise SystemExit(f"worldmodel probe: {err}") from err
+
+
+def _run_probe(args: argparse.Namespace) -> int:
+    started = time.perf_counter()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    cfg = _config_from_args(args)
+    if args.config_from is not None and args.checkpoint != "random":
+        raise ValueError("--config-from only applies to --checkpoint random (a checkpoint brings its own config)")
+    task, paths = _data_description(args)
+    if cfg.forecast and task != "anticipation":
+        raise ValueError("--forecast applies to action anticipation only")
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    world_model = build_world_model(args.checkpoint, args.encoder, args.config_from, cfg.seed).to(cfg.device)
+    encoder = world_model.target_encoder if args.encoder == "target" else world_model.context_encoder
+    enc_cfg = encoder.cfg
+    img_size = cfg.img_size or world_model.config.get("img_size") or enc_cfg.img_size
+    if not isinstance(img_size, int):
+        img_size = int(img_size[0])
+    if cfg.num_frames % enc_cfg.tubelet_size:
+        raise ValueError(f"--num-frames {cfg.num_frames} is not a multiple of the checkpoint's tubelet size {enc_cfg.tubelet_size}")
+    if img_size % enc_cfg.patch_size:
+        raise ValueError(f"--img-size {img_size} is not a multiple of the checkpoint's patch size {enc_cfg.patch_size}")
+    horizon = forecast_horizon(cfg.anticipation_s, cfg.fps, enc_cfg.tubelet_size) if cfg.forecast else None
+    hashed = [encoder] + ([world_model.context_encoder, world_model.predictor] if cfg.forecast else [])
+    model_key = {"weights": weights_hash(hashed), "encoder": args.encoder}
+    _log(f"model: {world_model.source} ({args.encoder} encoder, width {enc_cfg.embed_dim}, depth {enc_cfg.depth}); "
+         f"clips {cfg.num_frames} frames at {cfg.fps:g} fps, {img_size} px" + (f"; forecast horizon {horizon} tubelets" if horizon else ""))  # fmt: skip
+
+    vocab = None
+    if task == "anticipation":
+        train, val, vocab = anticipation_clip_sets(paths["train_annotations"], paths["val_annotations"], paths["videos"], cfg, img_size)
+    else:
+        train, val = classification_clip_sets(paths["train_manifest"], paths["val_manifest"], cfg, img_size)
+    _log(f"{task}: {len(train)} training items, {len(val)} validation items")
+    cache = FeatureCache(out_dir / "feature_cache" if args.disk_cache else None)
+    train_source = FeatureSource(train, world_model, cache, model_key, cfg, horizon)
+    val_source = FeatureSource(val, world_model, cache, model_key, cfg, horizon)
+    num_heads = probe_num_heads(cfg, enc_cfg.embed_dim, enc_cfg.num_heads)
+    result = run_protocol(train, val, train_source, val_source, cfg, enc_cfg.embed_dim, num_heads)
+
+    primary = cfg.probes[0]
+    headline = result["per_kind"][primary]
+    timing = result["timing"]
+    timing["total_s"] = time.perf_counter() - started
+    metrics: dict[str, Any] = {k: v for k, v in headline.items() if k not in ("per_class", "lr", "weight_decay")}
+    metrics.update({
+        "num_train": result["num_train"],
+        "num_val": result["num_val"],
+        "num_hp_fit": result["num_fit"],
+        "num_hp_holdout": result["num_holdout"],
+        "task": task,
+        "probe": primary,
+        "checkpoint": str(world_model.source),
+        "encoder": args.encoder,
+        "weights_sha256": model_key["weights"],
+        "data": paths,
+        "img_size": img_size,
+        "probe_heads": num_heads,
+        "probe_depth": cfg.probe_depth,
+        "forecast": {"horizon_tubelets": horizon, "tokens": cfg.forecast_tokens} if horizon else False,
+        "outputs": result["outputs"],
+        "chosen": result["chosen"],
+        "hyper_parameters": {"lr": result["chosen"][primary]["lr"], "weight_decay": result["chosen"][primary]["weight_decay"],
+                             "selection": "held-out training videos: mean recall@5, then mean recall@1, then mean top1"},
+        "probes": {kind: {k: v for k, v in m.items() if k != "per_class"} for kind, m in result["per_kind"].items()},
+        "per_class_recall": headline["per_class"],
+        "baseline_train_prior": result["baseline"],
+        "hp_search": result["hp_search"],
+        "timing": timing,
+        "config": asdict(cfg),
+    })  # fmt: skip
+    (out_dir / "metrics.json").write_text(json.dumps(_json_safe(metrics), indent=1) + "\n")
+    write_report(metrics, out_dir / "report.md")
+    plot_per_class_recall(headline["per_class"], out_dir / "per_class_recall.png")
+    for kind, probe in result["probes"].items():
+        atomic_torch_save(
+            {"state_dict": probe.state_dict(), "kind": kind, "outputs": result["outputs"], "config": asdict(cfg),
+             "chosen": result["chosen"][kind], "token_types": train_source.token_types()},
+            out_dir / f"probe_{kind}.pt",
+        )  # fmt: skip
+    if vocab is not None:
+        vocab.save(out_dir / "vocabulary.json")
+
+    summary = ", ".join(f"{o} R@5 {_fmt(metrics[f'{o}_recall@5'])} top1 {_fmt(metrics[f'{o}_top1'])}" for o in result["outputs"])
+    _log(f"{primary} probe on validation: {summary}")
+    _log(f"wrote {out_dir / 'metrics.json'}, {out_dir / 'report.md'}, {out_dir / 'per_class_recall.png'} ({timing['total_s']:.0f} s)")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="worldmodel probe", description=__doc__.split("\n\n")[0])
+    add_probe_arguments(parser)
+    return run_probe(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
