@@ -288,6 +288,10 @@ class MaskBatch:
     target_idx: torch.Tensor  # (B, Nt) int64
     target_valid: torch.Tensor  # (B, Nt) bool
     grid: Grid | None = None  # (t, h, w) token grid the indices refer to
+    # valid entries in the whole batch, known on the host when the collator builds the batch: lets the
+    # training step pack tokens without reading them back from the device (None: count when needed)
+    context_count: int | None = None
+    target_count: int | None = None
 
     @classmethod
     def from_indices(
@@ -301,7 +305,10 @@ class MaskBatch:
         """Pad per-sample index arrays (ragged) into a batch."""
         context_idx, context_valid = _pad(contexts, pad_to_multiple)
         target_idx, target_valid = _pad(targets, pad_to_multiple)
-        return cls(kind, context_idx, context_valid, target_idx, target_valid, tuple(grid))
+        return cls(
+            kind, context_idx, context_valid, target_idx, target_valid, tuple(grid),
+            context_count=sum(len(c) for c in contexts), target_count=sum(len(t) for t in targets),
+        )
 
     @property
     def batch_size(self) -> int:
@@ -327,14 +334,15 @@ class MaskBatch:
         move = lambda x: x.to(device, non_blocking=non_blocking)  # noqa: E731
         return MaskBatch(
             self.kind, move(self.context_idx), move(self.context_valid),
-            move(self.target_idx), move(self.target_valid), self.grid,
+            move(self.target_idx), move(self.target_valid), self.grid, self.context_count, self.target_count,
         )
 
     def pin_memory(self) -> MaskBatch:
         """Called by DataLoader(pin_memory=True)."""
         return MaskBatch(
             self.kind, self.context_idx.pin_memory(), self.context_valid.pin_memory(),
-            self.target_idx.pin_memory(), self.target_valid.pin_memory(), self.grid,
+            self.target_idx.pin_memory(), self.target_valid.pin_memory(), self.grid, self.context_count,
+            self.target_count,
         )
 
 

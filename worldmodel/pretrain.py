@@ -10,6 +10,7 @@ One step, for a batch of uint8 clips and one mask set per mask kind:
     for each kind:  ctx  = encoder(clip, context_idx)       (B, Nc, D)
                     pred = predictor(ctx, ..., target_idx)  (B, Nt, D)
                     loss += |pred - target[target_idx]|     mean over each clip's valid targets, then clips
+    (all kinds run together: one packed context-encoder pass and one predictor batch, see `_predict`)
     AdamW step (scheduled lr / wd, gradient clipping from the Trainer), then EMA(target <- encoder).
 
 Everything random in a step is a function of (seed, epoch, sample index, step), so a resumed run
@@ -31,6 +32,7 @@ from worldmodel.data.transforms import normalize_video
 from worldmodel.masks import MaskCollator, build_mask_kinds
 from worldmodel.models import vit as vit_models
 from worldmodel.models.predictor import Predictor
+from worldmodel.models.vit import VideoViT
 from worldmodel.objectives import (
     CollapseMonitor,
     collapse_stats,
@@ -189,6 +191,34 @@ class JEPAPretrainer(L.LightningModule):
         with torch.no_grad():
             return self.target_encoder(video)
 
+    def _predict(self, video: torch.Tensor, masks: list, grid: tuple[int, int, int]) -> list[torch.Tensor]:
+        """Predicted target tokens (B, Nt, D) of every mask kind.
+
+        Per kind this is `predictor(encoder(video, context_idx), ...)`; all kinds run together: the
+        context encoder embeds the clip once and encodes every kind's valid context tokens in one packed
+        pass, and the predictor runs every kind in one batch on the token grid (`VideoViT.forward_subsets`,
+        `Predictor.forward_kinds`: the same outputs up to float rounding). Subclassed modules that
+        override `forward` (e.g. a predictor with other positions) keep the per-kind calls.
+        """
+        plain = type(self.encoder).forward is VideoViT.forward and type(self.predictor).forward is Predictor.forward
+        if not plain:
+            preds = []
+            for mask in masks:
+                context = self.encoder(video, token_idx=mask.context_idx, token_valid=mask.context_valid)  # (B, Nc, D)
+                preds.append(self.predictor(
+                    context, mask.context_idx, mask.context_valid, mask.target_idx, mask.target_valid,
+                    grid=grid, mask_kind=mask.kind,
+                ))  # (B, Nt, D)
+            return preds
+        contexts = self.encoder.forward_subsets(
+            video, [m.context_idx for m in masks], [m.context_valid for m in masks],
+            num_valid=[getattr(m, "context_count", None) for m in masks],
+        )  # [(B, Nc_k, D)]
+        return self.predictor.forward_kinds(
+            contexts, [m.context_idx for m in masks], [m.context_valid for m in masks],
+            [m.target_idx for m in masks], [m.target_valid for m in masks], grid, [m.kind for m in masks],
+        )  # [(B, Nt_k, D)]
+
     def compute_loss(self, batch: dict[str, Any]) -> StepOutput:
         """One JEPA forward pass over a collated batch; no host syncs."""
         video = normalize_video(batch["video"])  # (B, C, T, H, W) float
@@ -198,12 +228,8 @@ class JEPAPretrainer(L.LightningModule):
 
         metrics: dict[str, torch.Tensor] = {}
         losses = []
-        for mask in batch["masks"]:
-            context = self.encoder(video, token_idx=mask.context_idx, token_valid=mask.context_valid)  # (B, Nc, D)
-            pred = self.predictor(
-                context, mask.context_idx, mask.context_valid, mask.target_idx, mask.target_valid,
-                grid=grid, mask_kind=mask.kind,
-            )  # (B, Nt, D)
+        masks = batch["masks"]
+        for mask, pred in zip(masks, self._predict(video, masks, grid)):
             kind_loss = jepa_loss(pred, gather_tokens(targets, mask.target_idx), mask.target_valid, kind=self.hparams.loss)
             losses.append(kind_loss)
             metrics[f"loss_kind{mask.kind}"] = kind_loss.detach()

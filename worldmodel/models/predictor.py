@@ -23,12 +23,15 @@ Parameter names follow V-JEPA 2 (`predictor_embed`, `predictor_blocks.{i}.…`, 
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
+
 import torch
 from torch import Tensor, nn
 
 from worldmodel.models.layers import Block, init_layer_norm, init_linear_or_conv, key_padding_mask, run_blocks
 from worldmodel.models.rope import Rope3D
-from worldmodel.models.vit import token_positions
+from worldmodel.models.vit import grid_positions, token_positions
 
 
 class Predictor(nn.Module):
@@ -113,8 +116,75 @@ class Predictor(nn.Module):
             valid = torch.cat([context_valid, target_valid], dim=1)  # (B, Nc + Nt)
 
         checkpointing = self.activation_checkpointing and self.training and torch.is_grad_enabled()
-        x = run_blocks(self.predictor_blocks, x, self.rope.cos_sin(positions), key_padding_mask(valid), checkpointing)
+        x = run_blocks(self.predictor_blocks, x, self.rope.table(positions), key_padding_mask(valid), checkpointing)
         return self.predictor_proj(self.predictor_norm(x[:, num_context:]))  # (B, Nt, D)
+
+    def forward_kinds(
+        self,
+        contexts: Sequence[Tensor],
+        context_idx: Sequence[Tensor],
+        context_valid: Sequence[Tensor | None],
+        target_idx: Sequence[Tensor],
+        target_valid: Sequence[Tensor | None],
+        grid: tuple[int, int, int],
+        mask_kinds: Sequence[int],
+    ) -> list[Tensor]:
+        """Several mask kinds of the same clips in one pass (the training step's call).
+
+        Returns `[self(contexts[j], context_idx[j], ..., grid, mask_kinds[j]) for j]`, equal up to float
+        rounding, provided each sample's valid context and target indices are distinct tokens (true of
+        every mask kind: they split the grid into disjoint sets). Instead of concatenating
+        [context | targets] with padding, every kind's sequence is laid out on the clip's token grid,
+        (B, N, P) in (t h w) order: embedded context tokens at their positions, mask tokens at the
+        targets, and tokens that are neither (none for multi-block and future masks) masked out as keys.
+        So padding costs nothing, every kind has the same length N and all kinds run as one batch
+        (J * B, N, P) through the blocks, with one rotary table for the grid.
+        """
+        num_kinds = len(contexts)
+        if not num_kinds or not all(
+            len(x) == num_kinds for x in (context_idx, context_valid, target_idx, target_valid, mask_kinds)
+        ):
+            raise ValueError("worldmodel/models/predictor.py: forward_kinds needs one entry per kind in every argument")
+        for kind in mask_kinds:
+            if not 0 <= kind < self.num_mask_tokens:
+                raise ValueError(
+                    f"worldmodel/models/predictor.py: mask_kind {kind} out of range; this predictor has "
+                    f"{self.num_mask_tokens} mask tokens (build it with num_mask_tokens = number of mask kinds)"
+                )
+        num_tokens = math.prod(grid)
+        device = context_idx[0].device
+        embedded = self.predictor_embed(torch.cat(list(contexts), dim=1))  # (B, sum Nc, P), one projection for all kinds
+        embedded = embedded.split([c.shape[1] for c in contexts], dim=1)
+        sequences, keys = [], []
+        for j in range(num_kinds):
+            batch, pred_dim = embedded[j].shape[0], embedded[j].shape[-1]
+            ctx_slot = _grid_slots(context_idx[j], context_valid[j], num_tokens)  # (B, Nc)
+            tgt_slot = _grid_slots(target_idx[j], target_valid[j], num_tokens)  # (B, Nt)
+            x = self.mask_tokens[mask_kinds[j]].to(embedded[j].dtype).expand(batch, num_tokens + 1, pred_dim)
+            x = x.scatter(1, ctx_slot[..., None].expand(-1, -1, pred_dim), embedded[j])  # (B, N + 1, P)
+            if self.copy_context:
+                slot, has_source = latest_earlier_context(context_idx[j], context_valid[j], target_idx[j], grid)
+                copied = torch.take_along_dim(embedded[j], slot[..., None], dim=1) * has_source[..., None]  # (B, Nt, P)
+                x = x.scatter_add(1, tgt_slot[..., None].expand(-1, -1, pred_dim), copied)
+            known = torch.zeros(batch, num_tokens + 1, dtype=torch.bool, device=device)
+            known = known.scatter(1, ctx_slot, True).scatter(1, tgt_slot, True)  # (B, N + 1) context or target
+            sequences.append(x[:, :num_tokens])
+            keys.append(known[:, :num_tokens])
+        x = torch.cat(sequences) if num_kinds > 1 else sequences[0]  # (J * B, N, P)
+        rope = self.rope.table(grid_positions(grid, device=device))  # (N, ...) shared by every sequence
+        checkpointing = self.activation_checkpointing and self.training and torch.is_grad_enabled()
+        x = run_blocks(self.predictor_blocks, x, rope, key_padding_mask(torch.cat(keys)), checkpointing)
+        x = x.chunk(num_kinds)  # J x (B, N, P)
+        targets = torch.cat(
+            [torch.take_along_dim(x[j], target_idx[j][..., None], dim=1) for j in range(num_kinds)], dim=1
+        )  # (B, sum Nt, P)
+        out = self.predictor_proj(self.predictor_norm(targets))  # (B, sum Nt, D)
+        return list(out.split([idx.shape[1] for idx in target_idx], dim=1))
+
+
+def _grid_slots(idx: Tensor, valid: Tensor | None, num_tokens: int) -> Tensor:
+    """Token indices (B, K) as slots of a (B, N + 1) grid layout: padding goes to the spare slot N."""
+    return idx if valid is None else torch.where(valid, idx, num_tokens)
 
 
 def latest_earlier_context(

@@ -37,8 +37,12 @@ reference predictor derives rows and columns from a square grid of img_size // p
 so it agrees with this only for square inputs at that size, the only ones its checkpoints were trained
 on; `worldmodel.checkpoints.load_vjepa2(..., predictor_positions="reference")` reproduces it exactly.)
 
-`Rope3D.cos_sin(positions)` computes the angle tables once per forward pass; every block then calls
-`apply_rotary(q_and_k, cos, signed_sin)`.
+`Rope3D.table(positions)` computes the rotation table once per forward pass; every block then calls
+`rotate(q_and_k, table)`. For the standard layout (and an even head_dim) the table is the complex
+unit e^{i theta} of every pair, so a rotation is one complex multiply of the pairs read as complex
+numbers (no pair swap, no temporaries; equal to `apply_rotary` up to float rounding); the V-JEPA 2
+layout, whose pairs do not share a frequency, keeps the real tables of `Rope3D.cos_sin` and
+`apply_rotary`.
 """
 
 from __future__ import annotations
@@ -49,6 +53,8 @@ from torch import Tensor, nn
 
 ROPE_LAYOUTS = ("standard", "vjepa2")
 
+RotaryTable = Tensor | tuple[Tensor, Tensor]  # complex e^{i theta} (standard layout) or (cos, signed_sin)
+
 
 def apply_rotary(x: Tensor, cos: Tensor, signed_sin: Tensor) -> Tensor:
     """Rotate `x` (..., N, head_dim) with the tables of `Rope3D.cos_sin` (broadcastable to x).
@@ -58,6 +64,25 @@ def apply_rotary(x: Tensor, cos: Tensor, signed_sin: Tensor) -> Tensor:
     """
     swapped = x.unflatten(-1, (-1, 2)).flip(-1).flatten(-2)  # (x1, x0, x3, x2, ...)
     return x * cos.to(x.dtype) + swapped * signed_sin.to(x.dtype)
+
+
+def rotate(x: Tensor, table: RotaryTable) -> Tensor:
+    """Rotate `x` (..., N, head_dim) with a table of `Rope3D.table` (broadcastable to x).
+
+    A complex table rotates each pair (x[2i], x[2i+1]), read as the complex number x[2i] + i x[2i+1],
+    by multiplying it with e^{i theta_i}. Reduced-precision inputs (bf16 / fp16 under autocast, which
+    have no complex type here) are rotated in float32 and rounded back once.
+    """
+    if isinstance(table, tuple):
+        return apply_rotary(x, *table)
+    dtype = x.dtype
+    pairs = x if dtype in (torch.float32, torch.float64) else x.float()
+    if pairs.stride(-1) != 1 or any(s % 2 for s in pairs.stride()[:-1]) or (
+        not torch.compiler.is_compiling() and pairs.storage_offset() % 2
+    ):  # complex views need pairs at even offsets (true of the attention's q/k views)
+        pairs = pairs.contiguous()
+    rotated = torch.view_as_real(torch.view_as_complex(pairs.unflatten(-1, (-1, 2))) * table).flatten(-2)
+    return rotated if rotated.dtype == dtype else rotated.to(dtype)
 
 
 class Rope3D(nn.Module):
@@ -118,6 +143,27 @@ class Rope3D(nn.Module):
             cos, signed_sin = (rearrange(t, "b n d -> b 1 n d") for t in (cos, signed_sin))
         return cos, signed_sin
 
+    def table(self, positions: Tensor) -> RotaryTable:
+        """The rotation table that `rotate` applies, computed once per forward pass.
+
+        Standard layout with an even head_dim: complex64 e^{i theta} per pair, (N, head_dim/2) or
+        (B, 1, N, head_dim/2) (leftover pairs hold 1). Otherwise the real tables of `cos_sin`.
+        """
+        if self.layout != "standard" or self.head_dim % 2:
+            return self.cos_sin(positions)
+        if positions.shape[-1] != 3:
+            raise ValueError(
+                f"worldmodel/models/rope.py: positions must end in 3 (t, h, w) coordinates, got shape "
+                f"{tuple(positions.shape)}"
+            )
+        angles = (positions.to(torch.float32)[..., None] * self.frequencies(positions.device)).flatten(-2)  # (..., N, 3c/2)
+        if self.num_unrotated:
+            angles = torch.cat([angles, angles.new_zeros(*angles.shape[:-1], self.num_unrotated // 2)], dim=-1)
+        table = torch.polar(torch.ones_like(angles), angles)  # (..., N, head_dim/2) complex
+        if positions.ndim == 3:
+            table = rearrange(table, "b n d -> b 1 n d")
+        return table
+
     def forward(self, x: Tensor, positions: Tensor) -> Tensor:
         """x (B, heads, N, head_dim); positions (B, N, 3) or (N, 3) integer (t, h, w) coordinates."""
         if x.shape[-1] != self.head_dim:
@@ -125,4 +171,4 @@ class Rope3D(nn.Module):
                 f"worldmodel/models/rope.py: x has {x.shape[-1]} dims per head, this Rope3D was built "
                 f"for head_dim={self.head_dim}"
             )
-        return apply_rotary(x, *self.cos_sin(positions))
+        return rotate(x, self.table(positions))

@@ -13,13 +13,22 @@ Parameter names follow V-JEPA 2 (`patch_embed.proj`, `blocks.{i}.…`, `norm`).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, fields
 
 import torch
 from einops import rearrange, repeat
 from torch import Tensor, nn
 
-from worldmodel.models.layers import Block, init_layer_norm, init_linear_or_conv, key_padding_mask, run_blocks
+from worldmodel.models.layers import (
+    Block,
+    PackedSequences,
+    init_layer_norm,
+    init_linear_or_conv,
+    key_padding_mask,
+    run_blocks,
+    run_blocks_packed,
+)
 from worldmodel.models.rope import Rope3D
 
 
@@ -141,10 +150,71 @@ class VideoViT(nn.Module):
         else:
             x = _take_tokens(x, token_idx)  # (B, K, D)
             positions = token_positions(token_idx, grid)  # (B, K, 3)
-        rope = self.rope.cos_sin(positions)  # once per call, shared by all blocks
+        rope = self.rope.table(positions)  # once per call, shared by all blocks
         checkpointing = self.cfg.activation_checkpointing and self.training and torch.is_grad_enabled()
         x = run_blocks(self.blocks, x, rope, key_padding_mask(token_valid), checkpointing)
         return self.norm(x)
+
+    def forward_subsets(
+        self,
+        video: Tensor,
+        token_idx: Sequence[Tensor],
+        token_valid: Sequence[Tensor | None] | None = None,
+        num_valid: Sequence[int | None] | None = None,
+    ) -> list[Tensor]:
+        """Encode several token subsets of the same clips in one pass (e.g. one per mask kind).
+
+        Returns `[self(video, idx, valid) for idx, valid in zip(token_idx, token_valid)]`, equal up to
+        float rounding, but the tubelet embedding runs once, and the blocks run once over the valid
+        tokens of all subsets packed together (padding costs nothing in the linear layers and MLPs);
+        attention runs per subset on its padded layout, each sequence attending to its own valid tokens.
+
+        token_idx[j]: (B, K_j) indices as in `forward`; token_valid[j]: (B, K_j) bool or None (all valid).
+        num_valid[j]: the number of valid entries of token_valid[j] when the caller knows it on the host
+            (`MaskBatch.context_count`): packing then needs no device-to-host sync. Otherwise it is counted.
+        Outputs at padding positions are finite but meaningless, as in `forward`.
+        """
+        token_valid = list(token_valid) if token_valid is not None else [None] * len(token_idx)
+        num_valid = list(num_valid) if num_valid is not None else [None] * len(token_idx)
+        if not (len(token_idx) == len(token_valid) == len(num_valid)) or not token_idx:
+            raise ValueError(
+                "worldmodel/models/vit.py: forward_subsets needs one token_valid and num_valid entry per token_idx "
+                f"(got {len(token_idx)}, {len(token_valid)}, {len(num_valid)})"
+            )
+        counts = [
+            idx.numel() if valid is None else (int(valid.sum()) if count is None else int(count))
+            for idx, valid, count in zip(token_idx, token_valid, num_valid)
+        ]
+        if sum(counts) == 0:  # nothing to pack: every position is padding
+            return [self(video, idx, valid) for idx, valid in zip(token_idx, token_valid)]
+
+        grid = self.grid(video.shape)
+        if video.ndim == 4:
+            video = repeat(video, "b c h w -> b c t h w", t=self.cfg.tubelet_size)
+        tokens = self.patch_embed(video)  # (B, N, D), once for every subset
+        batch, num_tokens, dim = tokens.shape
+        device = tokens.device
+        sources, pad_rows, shapes, ropes, masks, unpad_rows = [], [], [], [], [], []
+        packed_offset = padded_offset = 0
+        for idx, valid, count in zip(token_idx, token_valid, counts):
+            groups, length = idx.shape
+            slots = torch.arange(groups * length, device=device)  # padded slots of this subset, (B*K,)
+            kept = slots if valid is None else torch.nonzero_static(valid.reshape(-1), size=count)[:, 0]  # (T_j,)
+            rows = idx + torch.arange(groups, device=device)[:, None] * num_tokens  # (B, K) rows of tokens.flatten(0, 1)
+            sources.append(rows.reshape(-1)[kept])
+            packed = torch.arange(packed_offset, packed_offset + count, device=device)
+            pad_rows.append(torch.zeros_like(slots).scatter(0, kept, packed))  # padding slots -> packed row 0
+            shapes.append((groups, length))
+            ropes.append(self.rope.table(token_positions(idx, grid)))  # (B, 1, K, ...) for the padded layout
+            masks.append(key_padding_mask(valid))
+            unpad_rows.append(kept + padded_offset)
+            packed_offset += count
+            padded_offset += groups * length
+        layout = PackedSequences(pad_rows, shapes, ropes, masks, torch.cat(unpad_rows))
+        x = tokens.reshape(batch * num_tokens, dim).index_select(0, torch.cat(sources))  # (T, D)
+        checkpointing = self.cfg.activation_checkpointing and self.training and torch.is_grad_enabled()
+        x = self.norm(run_blocks_packed(self.blocks, x, layout, checkpointing))  # (T, D)
+        return [x.index_select(0, rows).view(*shape, dim) for rows, shape in zip(pad_rows, shapes)]  # [(B, K_j, D)]
 
 
 # V-JEPA 2's sizes: (embed_dim, depth, num_heads, mlp_ratio). vit_giant is their `vit_giant_xformers`
