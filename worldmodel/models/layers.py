@@ -3,6 +3,10 @@
 One pre-norm `Block` (LayerNorm -> rotary self-attention -> residual, LayerNorm -> GELU MLP ->
 residual). Parameter names follow V-JEPA 2 (`norm1`, `attn.qkv`, `attn.proj`, `norm2`, `mlp.fc1`,
 `mlp.fc2`) so its checkpoints map one to one.
+
+A block runs on padded sequences (B, N, D) with a key mask, or on `PackedSequences`: the valid tokens
+of several padded batches as rows (T, D), so that the projections and the MLP skip the padding and
+only attention sees the padded layout (the context encoder's training pass, `VideoViT.forward_subsets`).
 """
 
 from __future__ import annotations

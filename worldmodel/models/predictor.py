@@ -16,6 +16,10 @@ and have none, so they are unchanged). The blocks then learn what changes rather
 static scene, so "copy the last frame" is the predictor's starting point, not a baseline it has to
 discover. It adds no parameters.
 
+`forward_kinds` runs several mask kinds at once (the training step): each kind's tokens are laid out
+on the clip's token grid instead of [context | targets] with padding, which for masks that split the
+grid (multi-block, future) is exactly the valid tokens, and all kinds go through the blocks as one batch.
+
 Parameter names follow V-JEPA 2 (`predictor_embed`, `predictor_blocks.{i}.…`, `predictor_norm`,
 `predictor_proj`); `mask_tokens` is one (num_mask_tokens, P) tensor where V-JEPA 2 keeps a list of
 (1, 1, P) tensors.
