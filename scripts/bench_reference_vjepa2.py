@@ -61,7 +61,7 @@ import torch
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from bench_train import peak_matmul_tflops, peak_memory_mb, sync  # noqa: E402  (same measurements)
+from bench_train import step_result, sync  # noqa: E402  (same measurements)
 
 # V-JEPA 2's pretraining mask configs (configs/train/*/pretrain-256px-16f.yaml)
 VJEPA2_MASKS = [
@@ -268,7 +268,6 @@ def run_reference(args: argparse.Namespace) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    dtype = torch.bfloat16 if args.precision == "bf16" else torch.float32
     step, ref, tokens = build_reference_step(args)
 
     from torch.utils.flop_counter import FlopCounterMode
@@ -288,35 +287,11 @@ def run_reference(args: argparse.Namespace) -> dict:
         sync(device)
         times.append(time.perf_counter() - start)
 
-    median = statistics.median(times)
-    result = {
-        "benchmark": "train_step",
-        "implementation": "vjepa2-reference",
-        "vjepa2_src": ref.root,
-        "vjepa2_commit": ref.commit,
-        "encoder": args.encoder,
-        "frames": args.frames,
-        "resolution": args.resolution,
-        "batch": args.batch,
-        "pred_depth": args.pred_depth,
-        "pred_dim": args.pred_dim,
-        "masks": args.masks,
-        "precision": args.precision,
-        "device": str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
-        "threads": torch.get_num_threads(),
-        "steps": args.steps,
-        "clips_per_s": args.batch / median,
-        "step_ms_median": median * 1e3,
-        "step_ms_p90": sorted(times)[int(0.9 * (len(times) - 1))] * 1e3,
-        "flops_per_step": flops_per_step,
-        "tflops": flops_per_step / median / 1e12,
-        "peak_tflops": peak_matmul_tflops(device, dtype),
-        **peak_memory_mb(device),
-        "tokens": tokens,  # per mask kind, after their batch-minimum truncation (last timed step)
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-    }
-    result["mfu"] = result["tflops"] / result["peak_tflops"]
+    result = step_result(
+        args, device, times, flops_per_step,
+        implementation="vjepa2-reference", vjepa2_src=ref.root, vjepa2_commit=ref.commit,
+    )
+    result["tokens"] = tokens  # per mask kind, after their batch-minimum truncation (last timed step)
     return result
 
 

@@ -51,6 +51,39 @@ def peak_memory_mb(device: torch.device) -> dict[str, float]:
     return out
 
 
+def step_result(args: argparse.Namespace, device: torch.device, times: list[float], flops_per_step: int,
+                **extra) -> dict:
+    """The benchmark's JSON (shared with bench_reference_vjepa2.py, so both report the same keys)."""
+    median = statistics.median(times)
+    dtype = torch.bfloat16 if args.precision == "bf16" else torch.float32
+    result = {
+        "benchmark": "train_step",
+        **extra,
+        "encoder": args.encoder,
+        "frames": args.frames,
+        "resolution": args.resolution,
+        "batch": args.batch,
+        "pred_depth": args.pred_depth,
+        "pred_dim": args.pred_dim,
+        "masks": args.masks,
+        "precision": args.precision,
+        "device": str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
+        "threads": torch.get_num_threads(),
+        "steps": args.steps,
+        "clips_per_s": args.batch / median,
+        "step_ms_median": median * 1e3,
+        "step_ms_p90": sorted(times)[int(0.9 * (len(times) - 1))] * 1e3,
+        "flops_per_step": flops_per_step,
+        "tflops": flops_per_step / median / 1e12,
+        "peak_tflops": peak_matmul_tflops(device, dtype),
+        **peak_memory_mb(device),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+    }
+    result["mfu"] = result["tflops"] / result["peak_tflops"]
+    return result
+
+
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--encoder", default="vit_tiny")
@@ -141,32 +174,7 @@ def main(argv: list[str] | None = None) -> dict:
         sync(device)
         times.append(time.perf_counter() - start)
 
-    median = statistics.median(times)
-    dtype = torch.bfloat16 if args.precision == "bf16" else torch.float32
-    result = {
-        "benchmark": "train_step",
-        "encoder": args.encoder,
-        "frames": args.frames,
-        "resolution": args.resolution,
-        "batch": args.batch,
-        "pred_depth": args.pred_depth,
-        "pred_dim": args.pred_dim,
-        "masks": args.masks,
-        "precision": args.precision,
-        "device": str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
-        "threads": torch.get_num_threads(),
-        "steps": args.steps,
-        "clips_per_s": args.batch / median,
-        "step_ms_median": median * 1e3,
-        "step_ms_p90": sorted(times)[int(0.9 * (len(times) - 1))] * 1e3,
-        "flops_per_step": flops_per_step,
-        "tflops": flops_per_step / median / 1e12,
-        "peak_tflops": peak_matmul_tflops(device, dtype),
-        **peak_memory_mb(device),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-    }
-    result["mfu"] = result["tflops"] / result["peak_tflops"]
+    result = step_result(args, device, times, flops_per_step)
     text = json.dumps(result, indent=2)
     print(text)
     if args.out:
