@@ -53,7 +53,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 import types
 from pathlib import Path
 
@@ -61,7 +60,7 @@ import torch
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from bench_train import step_result, sync  # noqa: E402  (same measurements)
+from bench_train import step_result, time_steps  # noqa: E402  (same measurements)
 
 # V-JEPA 2's pretraining mask configs (configs/train/*/pretrain-256px-16f.yaml)
 VJEPA2_MASKS = [
@@ -270,22 +269,7 @@ def run_reference(args: argparse.Namespace) -> dict:
     device = torch.device(args.device)
     step, ref, tokens = build_reference_step(args)
 
-    from torch.utils.flop_counter import FlopCounterMode
-
-    counter = FlopCounterMode(display=False)
-    with counter:
-        step(0)
-    flops_per_step = counter.get_total_flops()
-
-    for i in range(args.warmup):
-        step(i + 1)
-    sync(device)
-    times = []
-    for i in range(args.steps):
-        start = time.perf_counter()
-        step(args.warmup + 1 + i)
-        sync(device)
-        times.append(time.perf_counter() - start)
+    flops_per_step, times = time_steps(step, args, device)
 
     result = step_result(
         args, device, times, flops_per_step,

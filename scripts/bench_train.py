@@ -51,6 +51,26 @@ def peak_memory_mb(device: torch.device) -> dict[str, float]:
     return out
 
 
+def time_steps(step, args: argparse.Namespace, device: torch.device) -> tuple[int, list[float]]:
+    """FLOPs of one step (torch's FlopCounterMode: forward + backward of every op it knows), then
+    `args.warmup` untimed steps and `args.steps` timed ones. `step(i)` runs step i."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with counter:
+        step(0)
+    for i in range(args.warmup):
+        step(i + 1)
+    sync(device)
+    times = []
+    for i in range(args.steps):
+        start = time.perf_counter()
+        step(args.warmup + 1 + i)
+        sync(device)
+        times.append(time.perf_counter() - start)
+    return counter.get_total_flops(), times
+
+
 def step_result(args: argparse.Namespace, device: torch.device, times: list[float], flops_per_step: int,
                 **extra) -> dict:
     """The benchmark's JSON (shared with bench_reference_vjepa2.py, so both report the same keys)."""
@@ -156,23 +176,7 @@ def main(argv: list[str] | None = None) -> dict:
         optimizer.zero_grad(set_to_none=True)
         ema_update(module.target_encoder, module.encoder, 0.999)
 
-    # FLOPs of one step, counted by torch (forward + backward of every op it knows)
-    from torch.utils.flop_counter import FlopCounterMode
-
-    counter = FlopCounterMode(display=False)
-    with counter:
-        step(0)
-    flops_per_step = counter.get_total_flops()
-
-    for i in range(args.warmup):
-        step(i + 1)
-    sync(device)
-    times = []
-    for i in range(args.steps):
-        start = time.perf_counter()
-        step(args.warmup + 1 + i)
-        sync(device)
-        times.append(time.perf_counter() - start)
+    flops_per_step, times = time_steps(step, args, device)
 
     result = step_result(args, device, times, flops_per_step)
     text = json.dumps(result, indent=2)

@@ -254,7 +254,7 @@ class WorldModel(nn.Module):
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, **kwargs: Any) -> WorldModel:
-        """Alias of `load` (exported folders: model.safetensors + config.json, once supported there)."""
+        """Alias of `load`, for exported folders (model.safetensors + config.json)."""
         return cls.load(path, **kwargs)
 
     # ------------------------------------------------------------------ geometry
