@@ -60,7 +60,7 @@ import torch
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from bench_train import step_result, time_steps  # noqa: E402  (same measurements)
+from bench_train import emit, step_result, time_steps  # noqa: E402  (same measurements)
 
 # V-JEPA 2's pretraining mask configs (configs/train/*/pretrain-256px-16f.yaml)
 VJEPA2_MASKS = [
@@ -349,11 +349,7 @@ def compare(args: argparse.Namespace) -> dict:
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     result = compare(args) if args.compare else run_reference(args)
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write(text + "\n")
+    emit(result, args.out)
     return result
 
 

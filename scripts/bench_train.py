@@ -71,6 +71,15 @@ def time_steps(step, args: argparse.Namespace, device: torch.device) -> tuple[in
     return counter.get_total_flops(), times
 
 
+def emit(result: dict, out: str | None) -> None:
+    """Print the benchmark's JSON, and write it to `out` too when given."""
+    text = json.dumps(result, indent=2)
+    print(text)
+    if out:
+        with open(out, "w") as f:
+            f.write(text + "\n")
+
+
 def step_result(args: argparse.Namespace, device: torch.device, times: list[float], flops_per_step: int,
                 **extra) -> dict:
     """The benchmark's JSON (shared with bench_reference_vjepa2.py, so both report the same keys)."""
@@ -179,11 +188,7 @@ def main(argv: list[str] | None = None) -> dict:
     flops_per_step, times = time_steps(step, args, device)
 
     result = step_result(args, device, times, flops_per_step)
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write(text + "\n")
+    emit(result, args.out)
     return result
 
 
