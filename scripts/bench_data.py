@@ -6,8 +6,9 @@ pixels and 0, 1 and 2 DataLoader workers, it measures
 - loader: clips/s out of `torch.utils.data.DataLoader` over `worldmodel.data.datasets.ClipDataset`
   (decode, crop, flip, collate, inter-process transfer), and
 - raw: clips/s of decord alone decoding the same frames of the same clips (open the file, get_batch
-  the clip's indices, to numpy), in as many processes as the loader has workers (1 for 0 workers),
-  one decoding thread each: the limit the loader can reach.
+  the clip's indices, to numpy), in as many processes as the loader has workers (in this process
+  for 0 workers, where the loader then decodes too), one decoding thread each: the limit the loader
+  can reach.
 
 Loader and raw runs alternate in --rounds rounds and the medians are reported, so that load from other
 processes on a shared machine hits both alike. `paired_item_vs_raw` (0 workers) times every clip both
@@ -150,7 +151,13 @@ def _raw_worker(args) -> tuple[int, float]:
 
 
 def raw_rate(jobs: list, processes: int, decode_size, seconds: float) -> float:
-    """Clips/s of `processes` parallel decord decoders (each one thread) on the same clips."""
+    """Clips/s of `processes` parallel decord decoders (each one thread) on the same clips.
+
+    processes=0 decodes in this process, as a loader without workers does (same process, same thread).
+    """
+    if processes == 0:
+        clips, elapsed = _raw_worker((jobs, decode_size, seconds, 0.0))
+        return clips / elapsed
     shards = [jobs[p::processes] for p in range(processes)]
     go = time.time() + 0.5  # all processes start timing together
     with mp.get_context("fork").Pool(processes) as pool:
@@ -211,12 +218,14 @@ def main() -> None:
                 for _ in range(args.rounds):  # interleaved, so that load from other processes hits both alike
                     loader.append(loader_rate(str(manifest), sampler, crop, workers, keys, args.batch_size,
                                               decode_size, args.seconds / args.rounds))
-                    raw.append(raw_rate(jobs, max(1, workers), decode_size, args.seconds / args.rounds))
+                    raw.append(raw_rate(jobs, workers, decode_size, args.seconds / args.rounds))
                 results.append({
                     "crop": crop, "workers": workers,
                     "loader_clips_per_s": round(float(np.median(loader)), 2),
                     "raw_decode_clips_per_s": round(float(np.median(raw)), 2),
                     "loader_vs_raw": round(float(np.median(loader) / np.median(raw)), 3),
+                    # each loader round against the raw round right after it (same load conditions)
+                    "loader_vs_raw_paired_rounds": round(float(np.median(np.divide(loader, raw))), 3),
                     "rounds": {"loader": [round(x, 2) for x in loader], "raw": [round(x, 2) for x in raw]},
                     "paired_item_vs_raw": paired if workers == 0 else None,
                 })

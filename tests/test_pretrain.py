@@ -76,6 +76,12 @@ def test_resume_mid_epoch_continues_exactly(tmp_path, video_folder):
     b = safe_torch_load(resumed / "checkpoints/last.ckpt")["state_dict"]
     for name in a:
         torch.testing.assert_close(a[name], b[name], rtol=1e-5, atol=1e-6, msg=name)
+    # one checkpoint per run (no second copy from Lightning's default ModelCheckpoint)
+    assert sorted(p.name for p in full.rglob("*.ckpt")) == ["last.ckpt"]
+    # collapse monitors (every 2 steps) appear at the steps they were measured, not repeated in between
+    with open(full / "logs" / "metrics.csv") as f:
+        measured = sorted(int(r["step"]) for r in csv.DictReader(f) if r.get("collapse/token_effective_rank"))
+    assert measured == list(range(0, 12, 2))
 
 
 def test_nonfinite_loss_stops_with_clear_error_and_keeps_last_good_checkpoint(tmp_path, video_folder):

@@ -265,14 +265,18 @@ class JEPAPretrainer(L.LightningModule):
     @torch.no_grad()
     def _log_collapse(self, batch, full, targets) -> None:
         stats = collapse_stats(full)
-        for name, value in stats.items():
-            self.log(f"collapse/{name}", value, on_step=True)
         mask = batch["masks"][0]
         baseline = copy_context_loss(
             targets, mask.context_idx, mask.context_valid, mask.target_idx, mask.target_valid,
             kind=self.hparams.loss, grid=self.encoder.grid(batch["video"].shape),
         )
-        self.log("collapse/copy_context_loss", baseline, on_step=True)
+        # straight to the loggers, at this step only: through self.log, Lightning would repeat these
+        # values at every later logging step until the next measurement
+        row = {f"collapse/{name}": float(value) for name, value in stats.items()}
+        row["collapse/copy_context_loss"] = float(baseline)
+        if self.trainer.is_global_zero:
+            for logger in self.loggers:
+                logger.log_metrics(row, step=self.global_step)
         for warning in self.collapse_monitor.check(stats):
             self.print(f"[worldmodel] collapse warning at step {self.global_step}: {warning}")
 

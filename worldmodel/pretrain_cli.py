@@ -18,6 +18,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
@@ -48,6 +49,10 @@ class PretrainCLI(LightningCLI):
             ]
         callbacks = list(trainer_cfg.get("callbacks") or [])
         callbacks.append(LastCheckpoint(run_dir / "checkpoints", every_n_steps=config["checkpoint_every"]))
+        if trainer_cfg.get("enable_checkpointing") is None and not any(isinstance(c, ModelCheckpoint) for c in callbacks):
+            # LastCheckpoint is the run's checkpoint; without this Lightning adds its default ModelCheckpoint,
+            # a second full copy under logs/checkpoints/
+            trainer_cfg["enable_checkpointing"] = False
         if not any(isinstance(c, DataErrorCallback) for c in callbacks):
             callbacks.append(DataErrorCallback(out_dir=str(run_dir)))
         callbacks.append(DataProgressCallback())

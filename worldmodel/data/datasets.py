@@ -26,7 +26,7 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 import torch
 from einops import rearrange
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import Dataset, Sampler, default_collate
 
 from worldmodel.data.annotations import ActionSegment, ActionVocabulary, find_video, read_annotations
 from worldmodel.data.video import (
@@ -610,7 +610,9 @@ def collate_samples(samples: list[dict]) -> dict:
         if key == "errors":
             batch[key] = [tuple(error) for errors in values for error in errors]
         elif isinstance(first, torch.Tensor):
-            batch[key] = torch.stack(values)
+            # torch's default_collate stacks straight into shared memory inside a DataLoader worker,
+            # saving the copy that sending a stacked tensor to the main process would make
+            batch[key] = default_collate(values)
         elif isinstance(first, np.ndarray):
             batch[key] = torch.as_tensor(np.stack(values))
         elif isinstance(first, (bool, np.bool_)):
