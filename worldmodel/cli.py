@@ -21,7 +21,7 @@ import os
 import sys
 from importlib import resources
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 CONFIG_PACKAGE = "worldmodel.configs"
 

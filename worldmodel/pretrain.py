@@ -26,7 +26,6 @@ from typing import Any
 
 import lightning as L
 import torch
-from torch import nn
 
 from worldmodel.data.transforms import normalize_video
 from worldmodel.masks import MaskCollator, build_mask_kinds

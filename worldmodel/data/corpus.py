@@ -1132,7 +1132,7 @@ class _Renderer:
 
     # -------------------------------------------------------------- one frame
     def frame(self, f: int) -> np.ndarray:
-        track, s, k = self.track, self.scale, self.video.kitchen
+        track, s = self.track, self.scale
         canvas = self.base.copy()
         names = list(track.xy)
         # things on the cupboard shelf, then the door over them
