@@ -60,7 +60,7 @@ import torch
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from bench_train import emit, step_result, time_steps  # noqa: E402  (same measurements)
+from bench_train import add_step_arguments, emit, step_result, time_steps  # noqa: E402  (same measurements)
 
 # V-JEPA 2's pretraining mask configs (configs/train/*/pretrain-256px-16f.yaml)
 VJEPA2_MASKS = [
@@ -75,21 +75,7 @@ VJEPA2_EMA = 0.99925
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--vjepa2-src", required=True, help="a checkout of facebookresearch/vjepa2 (with app/ and src/)")
-    p.add_argument("--encoder", default="vit_tiny")
-    p.add_argument("--frames", type=int, default=16)
-    p.add_argument("--resolution", type=int, default=112)
-    p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--pred-depth", type=int, default=6)
-    p.add_argument("--pred-dim", type=int, default=192)
-    p.add_argument("--pred-heads", type=int, default=None, help="default: pred-dim / 32")
-    p.add_argument("--steps", type=int, default=20)
-    p.add_argument("--warmup", type=int, default=3)
-    p.add_argument("--masks", default="vjepa2", choices=["vjepa2"], help="the reference has no future mask")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--precision", default="32", choices=["32", "bf16"])
-    p.add_argument("--activation-checkpointing", action="store_true")
-    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
-    p.add_argument("--out", default=None, help="also write the JSON here")
+    add_step_arguments(p, ["vjepa2"], "the reference has no future mask")
     p.add_argument(
         "--compare", type=int, default=0, metavar="ROUNDS",
         help="run bench_train.py (ours) and this benchmark alternately ROUNDS times each, in fresh "

@@ -113,8 +113,8 @@ def step_result(args: argparse.Namespace, device: torch.device, times: list[floa
     return result
 
 
-def main(argv: list[str] | None = None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_step_arguments(p: argparse.ArgumentParser, masks: list[str], masks_help: str | None = None) -> None:
+    """The training-step configuration, shared with bench_reference_vjepa2.py so that both time the same step."""
     p.add_argument("--encoder", default="vit_tiny")
     p.add_argument("--frames", type=int, default=16)
     p.add_argument("--resolution", type=int, default=112)
@@ -124,12 +124,17 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--pred-heads", type=int, default=None, help="default: pred-dim / 32")
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--warmup", type=int, default=3)
-    p.add_argument("--masks", default="vjepa2", choices=["vjepa2", "vjepa2+future"])
+    p.add_argument("--masks", default=masks[0], choices=masks, help=masks_help)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--precision", default="32", choices=["32", "bf16"])
     p.add_argument("--activation-checkpointing", action="store_true")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     p.add_argument("--out", default=None, help="also write the JSON here")
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_step_arguments(p, ["vjepa2", "vjepa2+future"])
     args = p.parse_args(argv)
 
     from worldmodel.objectives import ema_update
