@@ -184,3 +184,20 @@ def test_copy_context_changes_future_targets_only():
     # future targets start from the last context frame, so they differ
     fut_ctx, fut_tgt = torch.arange(8)[None], torch.arange(8, 16)[None]
     assert not torch.allclose(plain(context, fut_ctx, None, fut_tgt, None, grid), copying(context, fut_ctx, None, fut_tgt, None, grid))
+
+
+def test_copy_context_mean_averages_the_context_at_each_position():
+    from worldmodel.models.predictor import context_mean_by_position, copy_context_mode
+
+    grid = (4, 2, 2)  # 4 steps of 2 x 2
+    context_idx = torch.tensor([[0, 1, 4, 5, 13]])  # pos 0 at steps 0, 1; pos 1 at steps 0, 1 and 3
+    context = torch.tensor([[1.0, 10.0, 3.0, 20.0, 60.0]])[..., None]  # (1, 5, 1)
+    target_idx = torch.tensor([[8, 9, 10, 12]])  # pos 0, 1, 2 (no context there), pos 0 again
+    means = context_mean_by_position(context, context_idx, None, target_idx, grid)
+    assert means[0, :, 0].tolist() == [2.0, 30.0, 0.0, 2.0]
+    # padding never counts: with the step-3 token invalid, position 1 averages steps 0 and 1 only
+    valid = torch.tensor([[True, True, True, True, False]])
+    assert context_mean_by_position(context, context_idx, valid, target_idx, grid)[0, 1, 0].item() == 15.0
+    assert [copy_context_mode(v) for v in (False, None, "none", True, "last", "mean")] == [None] * 3 + ["last"] * 2 + ["mean"]
+    with pytest.raises(ValueError, match="copy_context"):
+        copy_context_mode("first")

@@ -81,7 +81,7 @@ def disjoint_split(num_tokens: int, num_context: list[int], num_target: list[int
     return padded(contexts) + padded(targets)
 
 
-@pytest.mark.parametrize("copy_context", [False, True])
+@pytest.mark.parametrize("copy_context", [False, True, "mean"])
 def test_forward_kinds_matches_one_forward_per_kind(copy_context):
     torch.manual_seed(0)
     grid = (4, 3, 3)
@@ -133,7 +133,7 @@ def test_complex_table_rotates_like_the_real_tables(head_dim):
     assert isinstance(Rope3D(head_dim, layout="vjepa2").table(positions), tuple)
 
 
-@pytest.mark.parametrize("pred_copy_context", [False, True])
+@pytest.mark.parametrize("pred_copy_context", [False, True, "mean"])
 def test_compute_loss_matches_per_kind_calls(pred_copy_context):
     torch.manual_seed(0)
     masks = [

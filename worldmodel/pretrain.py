@@ -75,7 +75,8 @@ class JEPAPretrainer(L.LightningModule):
         encoder_kwargs: further overrides of the variant (e.g. {"depth": 6}) for small experiments.
         pred_depth, pred_dim, pred_heads: the predictor (V-JEPA 2: 12 x 384, 12 heads).
         pred_copy_context: target tokens start from the context token at the same spatial position and
-            the latest earlier time (see `Predictor`); False is V-JEPA 2's pure mask-token predictor.
+            the latest earlier time (true or "last"), or from the mean of the context tokens at that
+            position ("mean"); see `Predictor`. False is V-JEPA 2's pure mask-token predictor.
         masks: mask kinds (see `worldmodel.masks.build_mask_kinds`); default V-JEPA 2's two.
         loss: "l1" (V-JEPA 2) or "l2".
         target: "ema" (EMA target encoder, V-JEPA 2) or "sigreg" (one shared encoder, no EMA, SIGReg
@@ -103,7 +104,7 @@ class JEPAPretrainer(L.LightningModule):
         pred_depth: int = 6,
         pred_dim: int = 192,
         pred_heads: int = 6,
-        pred_copy_context: bool = False,
+        pred_copy_context: bool | str = False,
         masks: list[dict[str, Any]] | None = None,
         loss: str = "l1",
         target: str = "ema",

@@ -9,12 +9,14 @@ The token order inside the sequence does not matter (attention is permutation-eq
 positions travel with the rotary embedding), so unlike V-JEPA 2 the sequence is not sorted by
 position: the outputs are the same up to float summation order.
 
-With `copy_context=True` (worldmodel's recipe, not V-JEPA 2's) a target token starts as its mask
-token PLUS the embedded context token at the same spatial position and the latest earlier time, when
-the context has one (future-prediction masks: the last seen frame; multi-block tubes span all time
-and have none, so they are unchanged). The blocks then learn what changes rather than re-deriving a
-static scene, so "copy the last frame" is the predictor's starting point, not a baseline it has to
-discover. It adds no parameters.
+With `copy_context=True` or "last" (worldmodel's recipe, not V-JEPA 2's) a target token starts as its
+mask token PLUS the embedded context token at the same spatial position and the latest earlier time,
+when the context has one (future-prediction masks: the last seen frame; multi-block tubes span all
+time and have none, so they are unchanged). The blocks then learn what changes rather than
+re-deriving a static scene, so "copy the last frame" is the predictor's starting point, not a
+baseline it has to discover. With "mean" the added token is instead the mean of the embedded context
+tokens at the same spatial position over all context times (earlier and later): the context-mean
+baseline, which beats copy-last for targets far from the context. Neither adds parameters.
 
 `forward_kinds` runs several mask kinds at once (the training step): each kind's tokens are laid out
 on the clip's token grid instead of [context | targets] with padding, which for masks that split the
@@ -51,7 +53,7 @@ class Predictor(nn.Module):
         activation_checkpointing: bool = False,
         qkv_bias: bool = True,
         norm_eps: float = 1e-6,
-        copy_context: bool = False,
+        copy_context: bool | str = False,
     ) -> None:
         super().__init__()
         if num_mask_tokens < 1:
@@ -60,7 +62,7 @@ class Predictor(nn.Module):
         self.pred_dim = pred_dim
         self.num_mask_tokens = num_mask_tokens
         self.activation_checkpointing = activation_checkpointing
-        self.copy_context = copy_context
+        self.copy_context = copy_context_mode(copy_context)
         self.predictor_embed = nn.Linear(embed_dim, pred_dim)
         self.mask_tokens = nn.Parameter(torch.zeros(num_mask_tokens, pred_dim))  # one per mask kind
         self.rope = Rope3D(pred_dim // num_heads, layout=rope_layout)
@@ -105,9 +107,7 @@ class Predictor(nn.Module):
         context = self.predictor_embed(context)  # (B, Nc, P)
         targets = self.mask_tokens[mask_kind].expand(batch, num_target, -1)  # (B, Nt, P)
         if self.copy_context:
-            slot, has_source = latest_earlier_context(context_idx, context_valid, target_idx, grid)  # (B, Nt)
-            copied = torch.take_along_dim(context, slot[..., None], dim=1)  # (B, Nt, P)
-            targets = targets + copied * has_source[..., None]
+            targets = targets + self._copied(context, context_idx, context_valid, target_idx, grid)  # (B, Nt, P)
         x = torch.cat([context, targets.to(context.dtype)], dim=1)  # (B, Nc + Nt, P)
 
         positions = token_positions(torch.cat([context_idx, target_idx], dim=1), grid)  # (B, Nc + Nt, 3)
@@ -122,6 +122,16 @@ class Predictor(nn.Module):
         checkpointing = self.activation_checkpointing and self.training and torch.is_grad_enabled()
         x = run_blocks(self.predictor_blocks, x, self.rope.table(positions), key_padding_mask(valid), checkpointing)
         return self.predictor_proj(self.predictor_norm(x[:, num_context:]))  # (B, Nt, D)
+
+    def _copied(
+        self, context: Tensor, context_idx: Tensor, context_valid: Tensor | None, target_idx: Tensor,
+        grid: tuple[int, int, int],
+    ) -> Tensor:
+        """What `copy_context` adds to the target tokens: (B, Nt, P) from embedded context (B, Nc, P)."""
+        if self.copy_context == "mean":
+            return context_mean_by_position(context, context_idx, context_valid, target_idx, grid)
+        slot, has_source = latest_earlier_context(context_idx, context_valid, target_idx, grid)  # (B, Nt)
+        return torch.take_along_dim(context, slot[..., None], dim=1) * has_source[..., None]
 
     def forward_kinds(
         self,
@@ -167,8 +177,7 @@ class Predictor(nn.Module):
             x = self.mask_tokens[mask_kinds[j]].to(embedded[j].dtype).expand(batch, num_tokens + 1, pred_dim)
             x = x.scatter(1, ctx_slot[..., None].expand(-1, -1, pred_dim), embedded[j])  # (B, N + 1, P)
             if self.copy_context:
-                slot, has_source = latest_earlier_context(context_idx[j], context_valid[j], target_idx[j], grid)
-                copied = torch.take_along_dim(embedded[j], slot[..., None], dim=1) * has_source[..., None]  # (B, Nt, P)
+                copied = self._copied(embedded[j], context_idx[j], context_valid[j], target_idx[j], grid)  # (B, Nt, P)
                 x = x.scatter_add(1, tgt_slot[..., None].expand(-1, -1, pred_dim), copied)
             known = torch.zeros(batch, num_tokens + 1, dtype=torch.bool, device=device)
             known = known.scatter(1, ctx_slot, True).scatter(1, tgt_slot, True)  # (B, N + 1) context or target
@@ -184,6 +193,34 @@ class Predictor(nn.Module):
         )  # (B, sum Nt, P)
         out = self.predictor_proj(self.predictor_norm(targets))  # (B, sum Nt, D)
         return list(out.split([idx.shape[1] for idx in target_idx], dim=1))
+
+
+def copy_context_mode(value: bool | str | None) -> str | None:
+    """The predictor's `copy_context` option: None (off), "last" (also True) or "mean"."""
+    if value is None or value is False or value == "none":
+        return None
+    if value is True or value == "last":
+        return "last"
+    if value == "mean":
+        return "mean"
+    raise ValueError(f"worldmodel/models/predictor.py: copy_context must be false, true/'last' or 'mean', got {value!r}")
+
+
+def context_mean_by_position(
+    context: Tensor, context_idx: Tensor, context_valid: Tensor | None, target_idx: Tensor, grid: tuple[int, int, int]
+) -> Tensor:
+    """For each target token, the mean of the context tokens (B, Nc, P) at its spatial position over all
+    context times; zeros where the context has none. Returns (B, Nt, P). Vectorised, no host syncs."""
+    positions = grid[1] * grid[2]
+    batch, _, width = context.shape
+    weight = torch.ones_like(context_idx, dtype=context.dtype) if context_valid is None else context_valid.to(context.dtype)
+    spatial = context_idx.remainder(positions)  # (B, Nc)
+    sums = context.new_zeros(batch, positions, width).scatter_add(
+        1, spatial[..., None].expand(-1, -1, width), context * weight[..., None]
+    )  # (B, S, P)
+    counts = weight.new_zeros(batch, positions).scatter_add(1, spatial, weight)  # (B, S)
+    means = sums / counts.clamp(min=1)[..., None]
+    return torch.take_along_dim(means, target_idx.remainder(positions)[..., None], dim=1)  # (B, Nt, P)
 
 
 def _grid_slots(idx: Tensor, valid: Tensor | None, num_tokens: int) -> Tensor:
