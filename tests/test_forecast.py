@@ -134,7 +134,7 @@ def test_forecast_queries_the_future_positions_with_the_future_mask_token(model)
     torch.manual_seed(1)
     context = torch.randn(2, 3, 4, 32, 32)  # 2 time steps, already normalised
     with PredictorCalls(model.predictor) as rec:
-        pred = model.forecast(context, horizon=2)
+        pred = model.forecast(context, horizon=2, max_context=2)
     assert pred.shape == (2, 2 * S, D)
     (call,) = rec.calls  # 2 context + 2 future steps fill the nominal grid in one call
     assert torch.equal(call["context_idx"][0], torch.arange(0, 2 * S))
@@ -168,7 +168,7 @@ def test_rollout_slides_the_window_and_reindexes_the_context(model):
     context = torch.randn(1, 3, 4, 32, 32)
     tokens = steps(model.context_encoder(context))  # (1, 2, S, D) real steps r0, r1
     with PredictorCalls(model.predictor) as rec:
-        pred = steps(model.forecast(context, horizon=5))  # p0..p4
+        pred = steps(model.forecast(context, horizon=5, max_context=3))  # p0..p4
     assert len(rec.calls) == 4
     for call in rec.calls:  # always the nominal 4-step grid: context at 0..C-1, targets at C..3
         num_context = call["context_idx"].shape[1] // S
@@ -183,7 +183,7 @@ def test_rollout_slides_the_window_and_reindexes_the_context(model):
     # call 4: only predictions left: p1, p2, p3
     assert torch.allclose(steps(rec.calls[3]["context"]), fed[:, 1:4], atol=1e-5)
     # feedback="raw" feeds them back unchanged: same first call, different later steps
-    raw = steps(model.forecast(context, horizon=5, feedback="raw"))
+    raw = steps(model.forecast(context, horizon=5, max_context=3, feedback="raw"))
     assert torch.allclose(raw[:, :2], pred[:, :2], atol=1e-6)
     assert not torch.allclose(raw[:, 2:], pred[:, 2:], atol=1e-4)
 
@@ -193,7 +193,7 @@ def test_context_longer_than_trained_keeps_the_newest_steps(model):
     context = torch.randn(1, 3, 8, 32, 32)  # 4 steps; the model was trained with at most 3
     tokens = model.context_encoder(context)
     with PredictorCalls(model.predictor) as rec:
-        model.forecast(context, horizon=1)
+        model.forecast(context, horizon=1, max_context=3)
     (call,) = rec.calls
     assert torch.allclose(call["context"], tokens[:, S:], atol=1e-6)  # steps 1..3, re-indexed to 0..2
     assert torch.equal(call["context_idx"][0], torch.arange(3 * S))
@@ -204,6 +204,21 @@ def test_context_longer_than_trained_keeps_the_newest_steps(model):
     assert out.shape == (1, 5 * S, D)
     assert [c["context_idx"].shape[1] // S for c in rec.calls] == [2, 2, 2]
     assert all(c["grid"] == (4, 2, 2) for c in rec.calls)
+
+
+def test_default_rollout_predicts_the_longest_trained_window(model):
+    """By default each call keeps the shortest trained context (k_min = 1 here) and predicts the
+    longest window training posed (3 steps): a 5-step horizon takes 2 calls, not 4."""
+    torch.manual_seed(5)
+    context = torch.randn(1, 3, 6, 32, 32)  # 3 real steps
+    tokens = model.context_encoder(context)
+    assert model.rollout_context() == model.context_range[0] == 1
+    with PredictorCalls(model.predictor) as rec:
+        out = model.forecast(context, horizon=5)
+    assert out.shape == (1, 5 * S, D)
+    assert [(c["context_idx"].shape[1] // S, c["target_idx"].shape[1] // S) for c in rec.calls] == [(1, 3), (1, 3)]
+    assert torch.allclose(rec.calls[0]["context"], tokens[:, 2 * S:], atol=1e-6)  # the newest real step
+    assert torch.allclose(model.forecast(context, horizon=2), out[:, : 2 * S], atol=1e-6)
 
 
 def test_rollout_rejects_bad_arguments(model):

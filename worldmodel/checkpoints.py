@@ -309,6 +309,17 @@ def load_model_parts(path: str | os.PathLike, encoder: str = "target", **vjepa2_
     return loaded.parts(encoder, path)
 
 
+def load_model_roles(
+    path: str | os.PathLike, roles: tuple[str, ...] = ENCODER_ROLES, **vjepa2_options: Any
+) -> dict[str, ModelParts]:
+    """`load_model_parts` for several encoder roles from ONE read of the source: {role: ModelParts}.
+    The parts share the predictor (and the encoder where the source has one: SIGReg, one-encoder exports)."""
+    for role in roles:
+        _check_role(role)
+    loaded, resolved = _read_model(path, tuple(roles), **vjepa2_options)
+    return {role: loaded.parts(role, resolved) for role in roles}
+
+
 def _read_model(path: str | os.PathLike, roles: tuple[str, ...], **vjepa2_options: Any) -> tuple[_LoadedModel, Path]:
     path = resolve_model_path(path)
     if path.is_dir():
