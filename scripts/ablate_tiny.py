@@ -4,7 +4,8 @@ next to the random-weights baseline, and print one JSON table.
 
 Every variant is `worldmodel pretrain --config tiny` plus overrides, then `worldmodel probe` on its
 EMA target encoder (and, with --context-encoder, on its context encoder too). The random baseline
-is probed once. Each variant takes the tiny run's time (about 6-9 minutes here) plus about a minute
+is probed once. Every probe runs with --probe-repeats probe seeds (default 3) and reports their mean
+and spread. Each variant takes the tiny run's time (about 6-9 minutes here) plus about a minute
 of probing; run it on an otherwise idle machine.
 
     python scripts/ablate_tiny.py                          # every variant below
@@ -49,6 +50,7 @@ VARIANTS: dict[str, list[str]] = {
     "ema0.998_lr3e-4": BEFORE + ["--model.ema_momentum", SLOW_EMA, "--model.lr", LOW_LR],
     "temporal_masks": BEFORE + ["--model.masks", TEMPORAL_MASKS],
     "frozen_target": BEFORE + ["--model.ema_momentum", "1.0"],
+    "copy_mean": ["--model.pred_copy_context", "mean"],  # shipped, target tokens start from the context mean
 }
 
 
@@ -67,6 +69,10 @@ def probe(checkpoint: str, out: Path, extra: list[str]) -> dict:
     metrics = json.loads((out / "metrics.json").read_text())
     keep = {k: round(v, 4) for k, v in metrics.items() if k.endswith(("recall@1", "recall@5", "top1"))}
     keep["linear_action_recall@1"] = round(metrics["probes"].get("linear", {}).get("action_recall@1", float("nan")), 4)
+    if "repeats" in metrics:  # the headline keys above are means over the probe seeds
+        spread = metrics["repeats"][metrics["probe"]]
+        keep["action_recall@1_std"] = round(spread["action_recall@1"]["std"], 4)
+        keep["action_recall@1_values"] = [round(v, 4) for v in spread["action_recall@1"]["values"]]
     keep["probe_s"] = round(seconds, 1)
     return keep
 
@@ -84,8 +90,11 @@ def main() -> None:
     parser.add_argument("--variants", nargs="+", choices=sorted(VARIANTS), default=list(VARIANTS))
     parser.add_argument("--work-dir", default="runs/ablate_tiny", help="runs and probes go here")
     parser.add_argument("--context-encoder", action="store_true", help="also probe each run's context encoder")
+    parser.add_argument("--probe-repeats", type=int, default=3,
+                        help="probe seeds per encoder (worldmodel probe --repeats); recall@1 moves by several points between seeds")
     parser.add_argument("--out", help="also write the JSON here")
     args = parser.parse_args()
+    repeats = ["--repeats", str(args.probe_repeats)]
     work = Path(args.work_dir)
     work.mkdir(parents=True, exist_ok=True)
 
@@ -98,12 +107,12 @@ def main() -> None:
         ckpt = str(run_dir / "checkpoints" / "last.ckpt")
         first_ckpt = first_ckpt or ckpt
         entry = {"overrides": VARIANTS[name], "pretrain_s": round(seconds, 1), "collapse": last_collapse(run_dir),
-                 "target_encoder": probe(ckpt, work / f"{name}.probe", [])}
+                 "target_encoder": probe(ckpt, work / f"{name}.probe", repeats)}
         if args.context_encoder:
-            entry["context_encoder"] = probe(ckpt, work / f"{name}.probe_context", ["--encoder", "context"])
+            entry["context_encoder"] = probe(ckpt, work / f"{name}.probe_context", ["--encoder", "context", *repeats])
         results[name] = entry
         print(json.dumps({name: entry}), file=sys.stderr, flush=True)
-    random = probe("random", work / "random.probe", ["--config-from", first_ckpt])
+    random = probe("random", work / "random.probe", ["--config-from", first_ckpt, *repeats])
     for entry in results.values():
         for key in ("target_encoder", "context_encoder"):
             if key in entry:

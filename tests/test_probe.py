@@ -343,3 +343,26 @@ def test_bad_inputs_exit_with_a_message(tmp_path, tiny_ckpt):
         run_probe(_args(tmp_path, "--checkpoint", str(tiny_ckpt), "--videos", str(tmp_path)))
     with pytest.raises(SystemExit, match="config-from only applies"):
         run_probe(_args(tmp_path, "--checkpoint", str(tiny_ckpt), "--config-from", str(tiny_ckpt), "--corpus", str(tmp_path / "none")))
+
+
+def test_repeats_report_the_mean_of_independent_probe_seeds(tmp_path, corpus, tiny_ckpt):
+    common = (
+        "--checkpoint", str(tiny_ckpt), "--train-manifest", str(corpus / "manifest_train.csv"),
+        "--val-manifest", str(corpus / "manifest_val.csv"), "--num-clips", "2", "--num-frames", "4",
+        "--probe", "linear", "--lr", "1e-3", "3e-3", "--wd", "0.01", "--epochs", "2", "--workers", "0",
+    )  # fmt: skip
+    assert run_probe(_args(tmp_path / "rep", *common, "--repeats", "2")) == 0
+    metrics = json.loads((tmp_path / "rep" / "metrics.json").read_text())
+    spread = metrics["repeats"]
+    assert spread["seeds"] == [0, 1]
+    for key in ("label_recall@1", "label_recall@5", "label_top1"):
+        values = spread["linear"][key]["values"]
+        assert len(values) == 2 and metrics[key] == pytest.approx(sum(values) / 2)
+    # each repeat is exactly the run a user gets with that probe seed alone
+    assert run_probe(_args(tmp_path / "seed1", *common, "--seed", "1")) == 0
+    alone = json.loads((tmp_path / "seed1" / "metrics.json").read_text())
+    assert spread["linear"]["label_top1"]["values"][1] == alone["label_top1"]
+    assert spread["linear"]["label_recall@5"]["values"][1] == alone["label_recall@5"]
+    assert "probe seeds [0, 1]" in (tmp_path / "rep" / "report.md").read_text()
+    with pytest.raises(SystemExit, match="--repeats"):
+        run_probe(_args(tmp_path / "bad", *common, "--repeats", "0"))

@@ -32,6 +32,11 @@ What a run does (`worldmodel probe`, or `run_probe(args)`):
    hyper-parameters, the held-out grid, every probe kind's metrics, per-class recall, a class-prior
    baseline, timing), ``report.md``, ``per_class_recall.png``, the trained probes (``probe_<kind>.pt``)
    and the action vocabulary (``vocabulary.json``).
+7. **Repeats** (`--repeats N`). With a few hundred labelled clips, the held-out split and the heads'
+   initialisation move recall@1 by several points between probe seeds. `--repeats N` runs steps 4-5
+   N times with probe seeds SEED..SEED+N-1 on the same features (extracted once; the weights of
+   `--checkpoint random` stay those of SEED); the contract keys then hold the means, and
+   ``metrics.json["repeats"]`` the mean, sample std and values of every metric of every probe kind.
 
 Scoring (see `worldmodel.metrics`): mean-class recall@k averages over the classes present in the
 evaluated split; top-k accuracy counts every sample, and validation actions whose pair never occurs in
@@ -57,7 +62,7 @@ import os
 import sys
 import time
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
@@ -907,6 +912,19 @@ def run_protocol(
 
 
 # ============================================================================================ outputs
+def repeat_summary(per_kind_runs: Sequence[Mapping[str, Mapping[str, Any]]], seeds: Sequence[int]) -> dict[str, Any]:
+    """{kind: {metric: {"mean", "std", "values"}}} over repeats of the protocol (scalar metrics only;
+    std is the sample standard deviation), plus "seeds"."""
+    out: dict[str, Any] = {"seeds": list(seeds)}
+    for kind in per_kind_runs[0]:
+        scalars = [k for k, v in per_kind_runs[0][kind].items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
+        out[kind] = {}
+        for key in scalars:
+            values = [float(run[kind][key]) for run in per_kind_runs]
+            out[kind][key] = {"mean": float(np.mean(values)), "std": float(np.std(values, ddof=1)), "values": values}
+    return out
+
+
 def _fmt(value: Any) -> str:
     if isinstance(value, float):
         return "n/a" if math.isnan(value) else f"{value:.3f}"
@@ -967,6 +985,22 @@ def write_report(metrics: Mapping[str, Any], path: str | os.PathLike) -> Path:
         cells = [kind, f"{m['lr']:g}", f"{m['weight_decay']:g}"]
         cells += [_fmt(m[f"{o}_{s}"]) for o in outputs for s in ("recall@5", "recall@1", "top1")]
         lines.append("| " + " | ".join(cells) + " |")
+    repeats = metrics.get("repeats")
+    if repeats:
+        lines += [
+            "",
+            f"Rows above: the first probe seed ({repeats['seeds'][0]}). Over the {len(repeats['seeds'])} probe seeds "
+            f"{repeats['seeds']} (mean ± sample std; the headline keys of metrics.json hold these means):",
+            "",
+            "| probe | " + " | ".join(f"{o} R@5 | {o} R@1" for o in outputs) + " |",
+            "|---" * (1 + 2 * len(outputs)) + "|",
+        ]
+        for kind in metrics["probes"]:
+            cells = [kind] + [
+                f"{repeats[kind][f'{o}_{s}']['mean']:.3f} ± {repeats[kind][f'{o}_{s}']['std']:.3f}"
+                for o in outputs for s in ("recall@5", "recall@1")
+            ]
+            lines.append("| " + " | ".join(cells) + " |")
     b = metrics["baseline_train_prior"]
     lines.append("| class prior | - | - | " + " | ".join(_fmt(b[f"{o}_{s}"]) for o in outputs for s in ("recall@5", "recall@1", "top1")) + " |")
     lines += [
@@ -1054,7 +1088,10 @@ def add_probe_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--epochs", type=int, default=d.epochs)
     g.add_argument("--batch-size", type=int, default=d.batch_size)
     g.add_argument("--holdout", type=float, default=d.holdout_fraction, help="share of training videos held out to choose the grid's head")
-    g.add_argument("--seed", type=int, default=d.seed)
+    g.add_argument("--seed", type=int, default=d.seed, help="probe seed (and the weights of --checkpoint random)")
+    g.add_argument("--repeats", type=int, default=1,
+                   help="run the protocol N times with probe seeds SEED..SEED+N-1 on the same features; "
+                        "metrics.json's headline keys become the means, 'repeats' holds mean, std and values")
     g = parser.add_argument_group("compute")
     g.add_argument("--device", default="auto", help="cpu, cuda, ... (default: cuda when available)")
     g.add_argument("--threads", type=int, default=None, help="torch intra-op threads (feature extraction)")
@@ -1116,6 +1153,8 @@ def _run_probe(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     cfg = _config_from_args(args)
+    if args.repeats < 1:
+        raise ValueError(f"--repeats must be >= 1, got {args.repeats}")
     if args.config_from is not None and args.checkpoint != "random":
         raise ValueError("--config-from only applies to --checkpoint random (a checkpoint brings its own config)")
     task, paths = _data_description(args)
@@ -1150,13 +1189,24 @@ def _run_probe(args: argparse.Namespace) -> int:
     train_source = FeatureSource(train, world_model, cache, model_key, cfg, horizon)
     val_source = FeatureSource(val, world_model, cache, model_key, cfg, horizon)
     num_heads = probe_num_heads(cfg, enc_cfg.num_heads)
-    result = run_protocol(train, val, train_source, val_source, cfg, enc_cfg.embed_dim, num_heads)
+    # repeats: the same frozen features, the protocol (held-out split, head init, batch order) reseeded
+    seeds = [cfg.seed + i for i in range(args.repeats)]
+    results = []
+    for seed in seeds:
+        if len(seeds) > 1:
+            _log(f"repeat with probe seed {seed} ({len(results) + 1} of {len(seeds)})")
+        results.append(run_protocol(train, val, train_source, val_source, replace(cfg, seed=seed), enc_cfg.embed_dim, num_heads))
+    result = results[0]
 
     primary = cfg.probes[0]
     headline = result["per_kind"][primary]
     timing = result["timing"]
     timing["total_s"] = time.perf_counter() - started
     metrics: dict[str, Any] = {k: v for k, v in headline.items() if k not in ("per_class", "lr", "weight_decay")}
+    if len(results) > 1:
+        spread = repeat_summary([r["per_kind"] for r in results], seeds)
+        metrics.update({k: v["mean"] for k, v in spread[primary].items()})  # headline: the mean over repeats
+        metrics["repeats"] = spread
     metrics.update({
         "num_train": result["num_train"],
         "num_val": result["num_val"],
