@@ -115,6 +115,35 @@ def test_context_frames_end_anticipation_s_before_the_action_start(tmp_path, mak
         assert seen == [max(0, last - step * (3 - t)) for t in range(4)]  # 5 fps, first frame repeated before 0
 
 
+def test_training_gaps_give_one_clip_per_gap_and_score_at_the_validation_gap(tmp_path, make_video):
+    video_fps = 10.0
+    make_video(tmp_path / "videos" / "P01_01.mp4", num_frames=80, fps=video_fps, size=(64, 64))
+    starts = [2.0, 3.05, 4.5, 5.5, 6.95]
+    rows = "".join(f"P01_01,{s:.2f},{s + 0.5:.2f},{i % 3},{i % 2}\n" for i, s in enumerate(starts))
+    (tmp_path / "train.csv").write_text(HEADER + rows)
+    (tmp_path / "val.csv").write_text(HEADER + rows)
+    gaps = (0.5, 1.0, 1.5)
+    cfg = ProbeConfig(num_frames=4, fps=5.0, anticipation_s=1.0, train_anticipation_s=gaps, num_workers=0, extract_batch_size=4)
+    train, val, _ = anticipation_clip_sets(str(tmp_path / "train.csv"), str(tmp_path / "val.csv"), str(tmp_path / "videos"), cfg, 32)
+    n = len(starts)
+    assert (len(train), len(val)) == (3 * n, n)
+    assert train.sample_ids.tolist() == list(range(n)) * 3  # the gaps of one action are one sample
+    assert train.eval_rows.tolist() == list(range(n, 2 * n)) and val.eval_rows is None  # gap 1.0 scores
+    model = RecordingModel()
+    extract_features(model, train.dataset, list(range(3 * n)), batch_size=4, num_workers=0)
+    videos = torch.cat(model.videos)
+    for g, gap in enumerate(gaps):
+        for i, start in enumerate(starts):
+            last = frame_index(rearrange(videos[g * n + i, :, -1], "c h w -> h w c"))
+            assert last == max(0, math.floor((start - gap) * video_fps + 1e-9)), (gap, start)
+    _, labels = train.label_space(np.arange(3 * n))
+    assert labels["verb"].tolist() == [i % 3 for i in range(n)] * 3
+    with pytest.raises(ValueError, match="must include anticipation_s"):
+        ProbeConfig(anticipation_s=1.0, train_anticipation_s=(0.5, 1.5))
+    with pytest.raises(ValueError, match="a single training gap"):
+        ProbeConfig(train_anticipation_s=(0.5, 1.0), forecast=True)
+
+
 def test_forecast_horizon_covers_the_anticipation_gap():
     assert forecast_horizon(1.0, fps=4.0, tubelet_size=2) == 2  # 4 frames = 2 tubelets
     assert forecast_horizon(1.0, fps=8.0, tubelet_size=2) == 4  # V-JEPA 2: 1 s at 8 fps

@@ -8,7 +8,10 @@ What a run does (`worldmodel probe`, or `run_probe(args)`):
 2. **Clips.** Anticipation: for every annotated action, the `num_frames` frames at `fps` whose last
    frame is the last video frame at or before ``start - anticipation_s`` (`AnticipationDataset`: the
    context ends before the action START, the EK100 protocol, not before its end as in V-JEPA 2's
-   code). Classification (`path label` manifests): `num_clips` clips spread evenly over each video.
+   code). With `--train-anticipation-s 0.5 1.0 1.5` every training action gives one clip per gap (V-JEPA 2
+   jitters the gap in [0.25, 1.75] s while training its probe); held-out training clips are scored,
+   and validation is run, at `--anticipation-s` only. Classification (`path label` manifests):
+   `num_clips` clips spread evenly over each video.
    Frames are resized (shorter side) and centre-cropped to the encoder's `img_size`.
 3. **Features, once.** Encoder tokens (B, N, D) of every clip are computed in batches under
    `torch.no_grad` and kept in memory (and, with `--disk-cache`, in ``OUT/feature_cache/<key>.pt``,
@@ -73,7 +76,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 from worldmodel.checkpoints import CheckpointError, atomic_torch_save, atomic_write_bytes, safe_torch_load
-from worldmodel.data.annotations import ActionSegment, ActionVocabulary, read_annotations
+from worldmodel.data.annotations import ActionVocabulary, read_annotations
 from worldmodel.data.datasets import AnticipationDataset, ManifestEntry, collate_samples, read_manifest
 from worldmodel.data.transforms import RandomResizedCropVideo, ResizeCenterCropVideo
 from worldmodel.data.video import ClipSampler, VideoError, VideoInfo, read_frames, read_video_info
@@ -122,6 +125,9 @@ class ProbeConfig:
     num_frames: int = 8  # context frames (a multiple of the tubelet size)
     fps: float = 4.0  # context frame rate: 8 frames at 4 fps = 2 s of context
     anticipation_s: float = 1.0  # the context ends this long before the action starts (EK100: 1 s)
+    # gaps of the TRAINING clips: one clip per gap and action (None: anticipation_s only). Held-out
+    # scoring and validation always use anticipation_s, which must be among them.
+    train_anticipation_s: tuple[float, ...] | None = None
     img_size: int | None = None  # default: the checkpoint's
     resize: int | None = None  # shorter side before the centre crop (default: just cover img_size)
     num_clips: int = 4  # classification: clips per video (training samples / views averaged at eval)
@@ -146,6 +152,15 @@ class ProbeConfig:
 
     def __post_init__(self) -> None:
         self.probes = tuple(self.probes)
+        if self.train_anticipation_s is not None:
+            self.train_anticipation_s = tuple(float(g) for g in self.train_anticipation_s)
+            if self.anticipation_s not in self.train_anticipation_s:
+                raise ValueError(
+                    f"train_anticipation_s {list(self.train_anticipation_s)} must include anticipation_s "
+                    f"{self.anticipation_s:g}: held-out training clips are scored at that gap, as validation is"
+                )
+            if self.forecast and len(self.train_anticipation_s) > 1:
+                raise ValueError("forecast covers one anticipation gap; use it with a single training gap")
         self.lrs = tuple(float(x) for x in self.lrs)
         self.weight_decays = tuple(float(x) for x in self.weight_decays)
         bad = [k for k in self.probes if k not in PROBE_KINDS]
@@ -290,6 +305,7 @@ class ClipSet:
     fingerprint: dict[str, Any]
     train_dataset: Dataset | None = None
     class_names: dict[str, Any] = field(default_factory=dict)
+    eval_rows: np.ndarray | None = None  # items that score held-out data (None: all); the others only train
 
     def __len__(self) -> int:
         return len(self.sample_ids)
@@ -326,17 +342,23 @@ def anticipation_clip_sets(
     val_segments = read_annotations(val_csv, videos_dir=videos_dir)
     vocab = ActionVocabulary.from_annotations(train_segments, eval_segments=val_segments)
     evaluation, training, shorter = _transforms(cfg, img_size)
-    common = dict(num_frames=cfg.num_frames, fps=cfg.fps, anticipation_s=cfg.anticipation_s, decode_size=shorter, seed=cfg.seed)
-    train_ds = AnticipationDataset(train_csv, videos_dir, vocab, transform=evaluation, **common)
-    val_ds = AnticipationDataset(val_csv, videos_dir, vocab, transform=evaluation, **common)
-    train_aug = AnticipationDataset(train_csv, videos_dir, vocab, transform=training, **common) if training else None
+    common = dict(num_frames=cfg.num_frames, fps=cfg.fps, decode_size=shorter, seed=cfg.seed)
+    gaps = cfg.train_anticipation_s or (cfg.anticipation_s,)
+    train_ds = AnticipationDataset(train_csv, videos_dir, vocab, transform=evaluation, anticipation_s=gaps, **common)
+    val_ds = AnticipationDataset(val_csv, videos_dir, vocab, transform=evaluation, anticipation_s=cfg.anticipation_s, **common)
+    train_aug = (
+        AnticipationDataset(train_csv, videos_dir, vocab, transform=training, anticipation_s=gaps, **common) if training else None
+    )
 
     names = {
         "verb": {i: vocab.verb_names.get(i, str(i)) for i in range(vocab.num_verbs)},
         "noun": {i: vocab.noun_names.get(i, str(i)) for i in range(vocab.num_nouns)},
     }
 
-    def clip_set(dataset: AnticipationDataset, segments: list[ActionSegment], csv_path: str, train_ds: Dataset | None) -> ClipSet:
+    def clip_set(dataset: AnticipationDataset, csv_path: str, train_ds: Dataset | None) -> ClipSet:
+        # one item per (gap, action): item g * n + i is action i at gap g (see AnticipationDataset)
+        num_gaps = len(dataset.anticipation_gaps)
+        segments = dataset.segments * num_gaps
         verbs = torch.tensor([s.verb for s in segments])
         nouns = torch.tensor([s.noun for s in segments])
 
@@ -353,21 +375,24 @@ def anticipation_clip_sets(
             "task": "anticipation",
             "annotations": _sha256_file(csv_path),
             "videos": sorted(_file_stamp(p) for p in dataset.video_paths.values()),
-            "anticipation_s": cfg.anticipation_s,
+            "anticipation_s": list(dataset.anticipation_gaps),
             **_clip_fingerprint(cfg, img_size),
         }
+        num_actions = len(dataset.segments)
+        scored_gap = dataset.anticipation_gaps.index(cfg.anticipation_s)
         return ClipSet(
             dataset=dataset,
             video_ids=np.array([s.video_id for s in segments]),
-            sample_ids=np.arange(len(segments)),
+            sample_ids=np.tile(np.arange(num_actions), num_gaps),  # the gaps of one action are one sample
+            eval_rows=None if num_gaps == 1 else np.arange(scored_gap * num_actions, (scored_gap + 1) * num_actions),
             label_space=label_space,
             fingerprint=fingerprint,
             train_dataset=train_ds,
             class_names=names,
         )
 
-    train = clip_set(train_ds, train_ds.segments, train_csv, train_aug)
-    val = clip_set(val_ds, val_ds.segments, val_csv, None)
+    train = clip_set(train_ds, train_csv, train_aug)
+    val = clip_set(val_ds, val_csv, None)
     # validation is always labelled with the final vocabulary (all training pairs)
     val_space = val.label_space
     val.label_space = lambda rows: val_space(rows, final=vocab)
@@ -837,6 +862,8 @@ def run_protocol(
     settings = head_grid(cfg)
     all_rows = np.arange(len(train))
     fit, holdout = split_by_video(train.video_ids, cfg.holdout_fraction, cfg.seed)
+    if train.eval_rows is not None:  # several anticipation gaps: all train, the validation gap scores
+        holdout = holdout[np.isin(holdout, train.eval_rows)]
     _log(
         f"hyper-parameters: {len(settings)} heads ({', '.join(cfg.probes)}; lr {list(cfg.lrs)} x wd "
         f"{list(cfg.weight_decays)}) on {len(fit)} items of {len(np.unique(train.video_ids[fit]))} training videos, "
@@ -972,6 +999,8 @@ def write_report(metrics: Mapping[str, Any], path: str | os.PathLike) -> Path:
         + ", ".join(f"{k}: `{v}`" for k, v in metrics["data"].items()) + ")",
         f"- clips: {metrics['config']['num_frames']} frames at {metrics['config']['fps']:g} fps, "
         f"{metrics['img_size']} px" + (f", ending {metrics['config']['anticipation_s']:g} s before the action start"
+                                       + (f" (training clips: {metrics['config']['train_anticipation_s']} s)"
+                                          if metrics["config"].get("train_anticipation_s") else "")
                                        if metrics["task"] == "anticipation" else f", {metrics['config']['num_clips']} clips per video"),
         f"- forecast tokens appended: {metrics['forecast']}",
         f"- loss: {metrics['config']['loss']}, {metrics['config']['epochs']} epochs, batch {metrics['config']['batch_size']}",
@@ -1071,6 +1100,9 @@ def add_probe_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--num-frames", type=int, default=d.num_frames, help=f"context frames (default {d.num_frames})")
     g.add_argument("--fps", type=float, default=d.fps, help=f"context frame rate (default {d.fps:g})")
     g.add_argument("--anticipation-s", type=float, default=d.anticipation_s, help="gap between the context end and the action start")
+    g.add_argument("--train-anticipation-s", type=float, nargs="+", default=None, metavar="S",
+                   help="gaps of the training clips, one clip per gap and action (V-JEPA 2 jitters it in "
+                        "[0.25, 1.75] s); must include --anticipation-s, which held-out scoring and validation use")
     g.add_argument("--img-size", type=int, default=None, help="crop size (default: the checkpoint's img_size)")
     g.add_argument("--resize", type=int, default=None, help="shorter side before the centre crop (default: just cover the crop)")
     g.add_argument("--num-clips", type=int, default=d.num_clips, help="classification: clips per video (averaged at evaluation)")
@@ -1130,7 +1162,8 @@ def _config_from_args(args: argparse.Namespace) -> ProbeConfig:
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     return ProbeConfig(
-        num_frames=args.num_frames, fps=args.fps, anticipation_s=args.anticipation_s, img_size=args.img_size,
+        num_frames=args.num_frames, fps=args.fps, anticipation_s=args.anticipation_s,
+        train_anticipation_s=tuple(args.train_anticipation_s) if args.train_anticipation_s else None, img_size=args.img_size,
         resize=args.resize, num_clips=args.num_clips, probes=tuple(args.probe), probe_depth=args.probe_depth,
         probe_heads=args.probe_heads, loss=args.loss, lrs=tuple(args.lr), weight_decays=tuple(args.wd),
         epochs=args.epochs, batch_size=args.batch_size, holdout_fraction=args.holdout, seed=args.seed,

@@ -372,7 +372,12 @@ class AnticipationDataset(Dataset):
     so a missing video is an error at construction and an undecodable one an error when read.
 
     Items add ``verb``, ``noun``, ``action`` (= ``label``; -1 for a pair unseen in training),
-    ``start_s`` (action start), ``end_s`` (time of the context's last frame) and ``video_id``.
+    ``start_s`` (action start), ``end_s`` (time of the context's last frame), ``anticipation_s`` and
+    ``video_id``.
+
+    Several gaps (``anticipation_s`` a sequence, e.g. (0.5, 1.0, 1.5) for training a probe the way
+    V-JEPA 2 jitters it) give one item per (gap, row): item ``g * len(segments) + i`` is row i with gap
+    ``anticipation_gaps[g]``.
     """
 
     MAX_LISTED = 10
@@ -384,17 +389,19 @@ class AnticipationDataset(Dataset):
         vocabulary: ActionVocabulary,
         num_frames: int = 32,
         fps: float = 8.0,
-        anticipation_s: float = 1.0,
+        anticipation_s: float | Sequence[float] = 1.0,
         transform: VideoTransform | None = None,
         seed: int = 0,
         decode_size: int | tuple[int, int] | None = None,
     ) -> None:
-        if anticipation_s < 0:
-            raise ValueError(f"anticipation_s must be >= 0, got {anticipation_s}")
+        gaps = (anticipation_s,) if isinstance(anticipation_s, (int, float)) else tuple(anticipation_s)
+        if not gaps or any(not (float(g) >= 0 and math.isfinite(float(g))) for g in gaps):
+            raise ValueError(f"anticipation_s must be one or more finite gaps >= 0 seconds, got {anticipation_s}")
         self.annotations_csv = str(annotations_csv)
         self.videos_dir = str(videos_dir)
         self.vocabulary = vocabulary
-        self.anticipation_s = float(anticipation_s)
+        self.anticipation_gaps: tuple[float, ...] = tuple(float(g) for g in gaps)
+        self.anticipation_s = self.anticipation_gaps[0]
         self.transform = transform
         self.seed = int(seed)
         self.decode_size = decode_size
@@ -423,7 +430,14 @@ class AnticipationDataset(Dataset):
         self._infos: dict[str, VideoInfo] = {}  # per process (each worker probes its own)
 
     def __len__(self) -> int:
-        return len(self.segments)
+        return len(self.segments) * len(self.anticipation_gaps)
+
+    def item(self, index: int) -> tuple[ActionSegment, float]:
+        """(annotated action, anticipation gap) of item ``index``."""
+        if not 0 <= index < len(self):
+            raise IndexError(f"index {index} out of range for {len(self)} items ({len(self.segments)} annotated actions)")
+        gap, row = divmod(index, len(self.segments))
+        return self.segments[row], self.anticipation_gaps[gap]
 
     def _info(self, video_id: str) -> VideoInfo:
         if video_id not in self._infos:
@@ -432,15 +446,13 @@ class AnticipationDataset(Dataset):
 
     def context_indices(self, index: int) -> np.ndarray:
         """Source frame indices (T,) of item ``index``'s context clip."""
-        segment = self.segments[index]
-        end_s = max(segment.start_s - self.anticipation_s, 0.0)
+        segment, gap = self.item(index)
+        end_s = max(segment.start_s - gap, 0.0)
         return self.clip_sampler.indices_ending_at(self._info(segment.video_id), end_s)
 
     def __getitem__(self, key: int | tuple[int, int]) -> dict:
         epoch, index = _split_key(key)
-        if not 0 <= index < len(self.segments):
-            raise IndexError(f"index {index} out of range for {len(self.segments)} annotated actions")
-        segment = self.segments[index]
+        segment, gap = self.item(index)
         rng = np.random.default_rng([self.seed, epoch, index])
         info = self._info(segment.video_id)
         indices = self.context_indices(index)  # (T,)
@@ -458,6 +470,7 @@ class AnticipationDataset(Dataset):
             "action": action,
             "start_s": segment.start_s,
             "end_s": float(indices[-1]) / info.fps,
+            "anticipation_s": gap,
             "video_id": segment.video_id,
         }
 
