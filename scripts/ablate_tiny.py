@@ -51,6 +51,7 @@ VARIANTS: dict[str, list[str]] = {
     "temporal_masks": BEFORE + ["--model.masks", TEMPORAL_MASKS],
     "frozen_target": BEFORE + ["--model.ema_momentum", "1.0"],
     "copy_mean": ["--model.pred_copy_context", "mean"],  # shipped, target tokens start from the context mean
+    "shipped_sigreg": ["--model.target", "sigreg"],  # shipped, one shared encoder + SIGReg instead of the EMA target
 }
 
 

@@ -296,7 +296,8 @@ class WorldModel(nn.Module):
 
     @property
     def max_context(self) -> int:
-        """Default number of context steps a rollout call keeps (the longest trained context)."""
+        """The longest context the FutureMask drew in training: how much context a clip to forecast from
+        gets by default (each rollout call then keeps `rollout_context()` steps of it)."""
         return self.context_range[1]
 
     def rollout_context(self, window: int | None = None, max_context: int | None = None) -> int:
@@ -378,8 +379,8 @@ class WorldModel(nn.Module):
 
         context: video (B, C, T, H, W) or (C, T, H, W), uint8 or normalised float, T a multiple of
         tubelet_size. window / max_context: see `rollout_plan` (defaults: fill the nominal grid / the
-        shortest trained context, so each call predicts the longest trained window). encoder: which encoder feeds the predictor ("context", as in
-        training). The predictor's mask token is the FutureMask's kind (`self.mask_kind`), kind 0 for a
+        shortest trained context, so each call predicts the longest trained window). encoder: which
+        encoder feeds the predictor ("context", as in training). The predictor's mask token is the FutureMask's kind (`self.mask_kind`), kind 0 for a
         checkpoint trained without a FutureMask (its predictor never learned to forecast).
         """
         video = self._as_input(context)
