@@ -52,6 +52,7 @@ VARIANTS: dict[str, list[str]] = {
     "frozen_target": BEFORE + ["--model.ema_momentum", "1.0"],
     "copy_mean": ["--model.pred_copy_context", "mean"],  # shipped, target tokens start from the context mean
     "shipped_sigreg": ["--model.target", "sigreg"],  # shipped, one shared encoder + SIGReg instead of the EMA target
+    "shipped_ema0.99": ["--model.ema_momentum", "{kind: linear, start: 0.99, end: 1.0}"],  # a target that follows faster
 }
 
 
