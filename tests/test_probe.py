@@ -87,17 +87,22 @@ class RecordingModel:
 
 
 # ---------------------------------------------------------------------------------------------- timing
+def _one_video_clip_sets(tmp_path, make_video, starts, num_frames, video_fps, cfg):
+    """One video P01_01 and train = val annotations with actions at `starts` (s): anticipation ClipSets."""
+    make_video(tmp_path / "videos" / "P01_01.mp4", num_frames=num_frames, fps=video_fps, size=(64, 64))
+    rows = "".join(f"P01_01,{s:.2f},{s + 0.5:.2f},{i % 3},{i % 2}\n" for i, s in enumerate(starts))
+    (tmp_path / "train.csv").write_text(HEADER + rows)
+    (tmp_path / "val.csv").write_text(HEADER + rows)
+    return anticipation_clip_sets(str(tmp_path / "train.csv"), str(tmp_path / "val.csv"), str(tmp_path / "videos"), cfg, 32)
+
+
 def test_context_frames_end_anticipation_s_before_the_action_start(tmp_path, make_video):
     """End to end through the probe's data path (annotations -> AnticipationDataset -> transform ->
     batches -> encoder input): the last context frame is the last one at or before start - anticipation_s."""
     video_fps = 10.0
-    make_video(tmp_path / "videos" / "P01_01.mp4", num_frames=70, fps=video_fps, size=(64, 64))
     starts = [2.0, 3.05, 0.3, 5.5, 6.95]
-    rows = "".join(f"P01_01,{s:.2f},{s + 0.5:.2f},{i % 3},{i % 2}\n" for i, s in enumerate(starts))
-    (tmp_path / "train.csv").write_text(HEADER + rows)
-    (tmp_path / "val.csv").write_text(HEADER + rows)
     cfg = ProbeConfig(num_frames=4, fps=5.0, anticipation_s=1.0, num_workers=1, extract_batch_size=2)
-    train, _, _ = anticipation_clip_sets(str(tmp_path / "train.csv"), str(tmp_path / "val.csv"), str(tmp_path / "videos"), cfg, 32)
+    train, _, _ = _one_video_clip_sets(tmp_path, make_video, starts, 70, video_fps, cfg)
 
     model = RecordingModel()
     features = extract_features(model, train.dataset, list(range(len(starts))), batch_size=2, num_workers=1)
@@ -117,14 +122,10 @@ def test_context_frames_end_anticipation_s_before_the_action_start(tmp_path, mak
 
 def test_training_gaps_give_one_clip_per_gap_and_score_at_the_validation_gap(tmp_path, make_video):
     video_fps = 10.0
-    make_video(tmp_path / "videos" / "P01_01.mp4", num_frames=80, fps=video_fps, size=(64, 64))
     starts = [2.0, 3.05, 4.5, 5.5, 6.95]
-    rows = "".join(f"P01_01,{s:.2f},{s + 0.5:.2f},{i % 3},{i % 2}\n" for i, s in enumerate(starts))
-    (tmp_path / "train.csv").write_text(HEADER + rows)
-    (tmp_path / "val.csv").write_text(HEADER + rows)
     gaps = (0.5, 1.0, 1.5)
     cfg = ProbeConfig(num_frames=4, fps=5.0, anticipation_s=1.0, train_anticipation_s=gaps, num_workers=0, extract_batch_size=4)
-    train, val, _ = anticipation_clip_sets(str(tmp_path / "train.csv"), str(tmp_path / "val.csv"), str(tmp_path / "videos"), cfg, 32)
+    train, val, _ = _one_video_clip_sets(tmp_path, make_video, starts, 80, video_fps, cfg)
     n = len(starts)
     assert (len(train), len(val)) == (3 * n, n)
     assert train.sample_ids.tolist() == list(range(n)) * 3  # the gaps of one action are one sample
