@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -198,6 +200,42 @@ def test_copy_context_mean_averages_the_context_at_each_position():
     # padding never counts: with the step-3 token invalid, position 1 averages steps 0 and 1 only
     valid = torch.tensor([[True, True, True, True, False]])
     assert context_mean_by_position(context, context_idx, valid, target_idx, grid)[0, 1, 0].item() == 15.0
-    assert [copy_context_mode(v) for v in (False, None, "none", True, "last", "mean")] == [None] * 3 + ["last"] * 2 + ["mean"]
+    assert [copy_context_mode(v) for v in (False, None, "none", True, "last", "mean", "blend")] == (
+        [None] * 3 + ["last"] * 2 + ["mean", "blend"]
+    )
     with pytest.raises(ValueError, match="copy_context"):
         copy_context_mode("first")
+
+
+def test_copy_context_blend_mixes_last_and_mean_by_a_learned_gate_per_offset():
+    grid = (4, 1, 2)  # 4 steps of 1 x 2
+    model = Predictor(embed_dim=8, pred_dim=8, depth=1, num_heads=1, num_mask_tokens=2, copy_context="blend")
+    assert model.copy_gate.shape == (2, 2, 8) and not model.copy_gate.any()  # zero init: gate 0.5
+    with torch.no_grad():
+        model.copy_gate[1, 0] = torch.tensor([0.0, 1.0, -1.0, 2.0]).repeat(2)  # a
+        model.copy_gate[1, 1] = torch.tensor([0.5, -1.0, 0.0, 1.0]).repeat(2)  # b
+    context = torch.tensor([[[1.0, 2.0, 3.0, 4.0], [0.0, 0.0, 0.0, 0.0], [5.0, 2.0, -3.0, 0.0]]]).repeat(1, 1, 2)  # (1, 3, P)
+    context_idx = torch.tensor([[0, 1, 2]])  # pos 0 at steps 0 and 1; pos 1 at step 0
+    target_idx = torch.tensor([[4, 6, 7, 5]])  # pos 0 at step 2 / 3, pos 1 at step 3, pos 1 at step 2
+    copied = model._copied(context, context_idx, None, target_idx, grid, mask_kind=1)  # (1, 4, P)
+    a, b = model.copy_gate[1].detach()
+    mean0, last0, last1 = (context[0, 0] + context[0, 2]) / 2, context[0, 2], context[0, 1]
+    for k, (last, mean, dt) in enumerate([(last0, mean0, 1), (last0, mean0, 2), (last1, last1, 3), (last1, last1, 2)]):
+        gate = torch.sigmoid(a + b * math.log(dt))
+        torch.testing.assert_close(copied[0, k], last + gate * (mean - last))
+    # the other kind's gate is still 0.5: halfway between last and mean
+    half = model._copied(context, context_idx, None, target_idx, grid, mask_kind=0)
+    torch.testing.assert_close(half[0, 0], (last0 + mean0) / 2)
+    # no earlier context at the position (a target before the context): the mean, as "mean" does
+    early = model._copied(context[:, 1:2], torch.tensor([[3]]), None, torch.tensor([[1]]), grid, mask_kind=1)
+    torch.testing.assert_close(early[0, 0], context[0, 1])
+    # the training path (all kinds on the grid) equals the per-kind calls, and the gate gets gradients
+    torch.manual_seed(0)
+    big = Predictor(embed_dim=8, pred_dim=12, depth=1, num_heads=2, num_mask_tokens=2, copy_context="blend")
+    with torch.no_grad():
+        big.copy_gate.normal_()
+    ctx, cidx, tidx = torch.randn(2, 4, 8), torch.arange(4).expand(2, -1), torch.arange(4, 8).expand(2, -1)
+    single = big(ctx, cidx, None, tidx, None, grid, mask_kind=1)
+    torch.testing.assert_close(big.forward_kinds([ctx], [cidx], [None], [tidx], [None], grid, [1])[0], single)
+    single.sum().backward()
+    assert big.copy_gate.grad[1].abs().sum() > 0 and big.copy_gate.grad[0].abs().sum() == 0

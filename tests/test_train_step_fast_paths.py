@@ -133,7 +133,7 @@ def test_complex_table_rotates_like_the_real_tables(head_dim):
     assert isinstance(Rope3D(head_dim, layout="vjepa2").table(positions), tuple)
 
 
-@pytest.mark.parametrize("pred_copy_context", [False, True, "mean"])
+@pytest.mark.parametrize("pred_copy_context", [False, True, "mean", "blend"])
 def test_compute_loss_matches_per_kind_calls(pred_copy_context):
     torch.manual_seed(0)
     masks = [
@@ -147,6 +147,8 @@ def test_compute_loss_matches_per_kind_calls(pred_copy_context):
     ).train()
     with torch.no_grad():
         module.predictor.mask_tokens.normal_()
+        if pred_copy_context == "blend":
+            module.predictor.copy_gate.normal_()
     clips = torch.randint(0, 256, (4, 3, 8, 64, 64), dtype=torch.uint8)
     batch = module.mask_collator()([{"video": clips[i], "label": -1, "index": i, "epoch": 0, "errors": []} for i in range(4)])
     assert all(m.context_count == int(m.context_valid.sum()) for m in batch["masks"])
@@ -177,3 +179,17 @@ def test_mask_batch_counts_are_optional():
     m = MaskBatch(0, torch.zeros(2, 3, dtype=torch.long), torch.ones(2, 3, dtype=torch.bool),
                   torch.zeros(2, 1, dtype=torch.long), torch.ones(2, 1, dtype=torch.bool), (1, 2, 2))
     assert m.context_count is None and m.to("cpu").context_count is None
+
+
+def test_biases_norms_mask_tokens_and_copy_gate_are_not_weight_decayed():
+    module = JEPAPretrainer(
+        encoder="vit_tiny", img_size=32, num_frames=4, encoder_kwargs={"depth": 1}, pred_depth=1, pred_dim=96,
+        pred_heads=3, pred_copy_context="blend", collapse_every=0,
+    )
+    groups = {group["wd_scale"]: {id(p) for p in group["params"]} for group in module.configure_optimizers().param_groups}
+    predictor = module.predictor
+    for param in (predictor.copy_gate, predictor.mask_tokens, predictor.predictor_norm.weight, predictor.predictor_proj.bias):
+        assert id(param) in groups[0.0]
+    for param in (predictor.predictor_proj.weight, module.encoder.blocks[0].mlp.fc1.weight):
+        assert id(param) in groups[1.0]
+    assert len(groups[0.0]) + len(groups[1.0]) == sum(p.requires_grad for p in module.parameters())

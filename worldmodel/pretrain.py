@@ -76,7 +76,8 @@ class JEPAPretrainer(L.LightningModule):
         pred_depth, pred_dim, pred_heads: the predictor (V-JEPA 2: 12 x 384, 12 heads).
         pred_copy_context: target tokens start from the context token at the same spatial position and
             the latest earlier time (true or "last"), or from the mean of the context tokens at that
-            position ("mean"); see `Predictor`. False is V-JEPA 2's pure mask-token predictor.
+            position ("mean"), or from a learned per-offset mix of the two ("blend"); see `Predictor`.
+            False is V-JEPA 2's pure mask-token predictor.
         masks: mask kinds (see `worldmodel.masks.build_mask_kinds`); default V-JEPA 2's two.
         loss: "l1" (V-JEPA 2) or "l2".
         target: "ema" (EMA target encoder, V-JEPA 2) or "sigreg" (one shared encoder, no EMA, SIGReg
@@ -286,8 +287,8 @@ class JEPAPretrainer(L.LightningModule):
         for name, param in self.named_parameters():
             if not param.requires_grad:
                 continue
-            # biases, norms and mask tokens are not weight-decayed
-            if param.ndim <= 1 or "mask_token" in name:
+            # biases, norms, mask tokens and the predictor's copy gate are not weight-decayed
+            if param.ndim <= 1 or "mask_token" in name or "copy_gate" in name:
                 no_decay.append(param)
             else:
                 decay.append(param)

@@ -17,6 +17,12 @@ re-deriving a static scene, so "copy the last frame" is the predictor's starting
 baseline it has to discover. With "mean" the added token is instead the mean of the embedded context
 tokens at the same spatial position over all context times (earlier and later): the context-mean
 baseline, which beats copy-last for targets far from the context. Neither adds parameters.
+"blend" starts from a learned mix of the two: last + g * (mean - last), where the gate
+g = sigmoid(a + b * log(dt)) is per channel and per mask kind (a, b: the `copy_gate` parameter, zero at
+init, so g = 0.5) and dt >= 1 is how many time steps the target lies after the copied context token.
+So near targets can lean on the last frame and far ones on the mean, and the gate extrapolates
+smoothly to offsets that training never posed (forecasts past the clip length). Targets with no
+earlier context token at their position start from the mean, as in "mean".
 
 `forward_kinds` runs several mask kinds at once (the training step): each kind's tokens are laid out
 on the clip's token grid instead of [context | targets] with padding, which for masks that split the
@@ -71,11 +77,15 @@ class Predictor(nn.Module):
         )
         self.predictor_norm = nn.LayerNorm(pred_dim, eps=norm_eps)
         self.predictor_proj = nn.Linear(pred_dim, embed_dim)
+        if self.copy_context == "blend":  # (kind, [a, b], P): gate sigmoid(a + b * log(dt)), see the module docstring
+            self.copy_gate = nn.Parameter(torch.zeros(num_mask_tokens, 2, pred_dim))
         self.init_weights()
 
     def init_weights(self) -> None:
         init_linear_or_conv(self.predictor_embed)
         nn.init.zeros_(self.mask_tokens)
+        if self.copy_context == "blend":
+            nn.init.zeros_(self.copy_gate)
         for layer_id, block in enumerate(self.predictor_blocks, start=1):
             block.init_weights(layer_id)
         init_layer_norm(self.predictor_norm)
@@ -107,7 +117,7 @@ class Predictor(nn.Module):
         context = self.predictor_embed(context)  # (B, Nc, P)
         targets = self.mask_tokens[mask_kind].expand(batch, num_target, -1)  # (B, Nt, P)
         if self.copy_context:
-            targets = targets + self._copied(context, context_idx, context_valid, target_idx, grid)  # (B, Nt, P)
+            targets = targets + self._copied(context, context_idx, context_valid, target_idx, grid, mask_kind)  # (B, Nt, P)
         x = torch.cat([context, targets.to(context.dtype)], dim=1)  # (B, Nc + Nt, P)
 
         positions = token_positions(torch.cat([context_idx, target_idx], dim=1), grid)  # (B, Nc + Nt, 3)
@@ -125,13 +135,22 @@ class Predictor(nn.Module):
 
     def _copied(
         self, context: Tensor, context_idx: Tensor, context_valid: Tensor | None, target_idx: Tensor,
-        grid: tuple[int, int, int],
+        grid: tuple[int, int, int], mask_kind: int,
     ) -> Tensor:
         """What `copy_context` adds to the target tokens: (B, Nt, P) from embedded context (B, Nc, P)."""
         if self.copy_context == "mean":
             return context_mean_by_position(context, context_idx, context_valid, target_idx, grid)
-        slot, has_source = latest_earlier_context(context_idx, context_valid, target_idx, grid)  # (B, Nt)
-        return torch.take_along_dim(context, slot[..., None], dim=1) * has_source[..., None]
+        slot, source_time = _latest_earlier(context_idx, context_valid, target_idx, grid)  # (B, Nt) each
+        has_source = source_time >= 0
+        last = torch.take_along_dim(context, slot[..., None], dim=1) * has_source[..., None]  # (B, Nt, P)
+        if self.copy_context == "last":
+            return last
+        mean = context_mean_by_position(context, context_idx, context_valid, target_idx, grid)  # (B, Nt, P)
+        target_time = target_idx.div(grid[1] * grid[2], rounding_mode="floor")
+        log_dt = (target_time - source_time).clamp(min=1).to(context.dtype).log()  # (B, Nt)
+        a, b = self.copy_gate[mask_kind].to(context.dtype)  # (P,) each
+        gate = torch.sigmoid(a + b * log_dt[..., None])  # (B, Nt, P)
+        return torch.where(has_source[..., None], last + gate * (mean - last), mean)
 
     def forward_kinds(
         self,
@@ -177,7 +196,7 @@ class Predictor(nn.Module):
             x = self.mask_tokens[mask_kinds[j]].to(embedded[j].dtype).expand(batch, num_tokens + 1, pred_dim)
             x = x.scatter(1, ctx_slot[..., None].expand(-1, -1, pred_dim), embedded[j])  # (B, N + 1, P)
             if self.copy_context:
-                copied = self._copied(embedded[j], context_idx[j], context_valid[j], target_idx[j], grid)  # (B, Nt, P)
+                copied = self._copied(embedded[j], context_idx[j], context_valid[j], target_idx[j], grid, mask_kinds[j])  # (B, Nt, P)
                 x = x.scatter_add(1, tgt_slot[..., None].expand(-1, -1, pred_dim), copied)
             known = torch.zeros(batch, num_tokens + 1, dtype=torch.bool, device=device)
             known = known.scatter(1, ctx_slot, True).scatter(1, tgt_slot, True)  # (B, N + 1) context or target
@@ -196,14 +215,16 @@ class Predictor(nn.Module):
 
 
 def copy_context_mode(value: bool | str | None) -> str | None:
-    """The predictor's `copy_context` option: None (off), "last" (also True) or "mean"."""
+    """The predictor's `copy_context` option: None (off), "last" (also True), "mean" or "blend"."""
     if value is None or value is False or value == "none":
         return None
     if value is True or value == "last":
         return "last"
-    if value == "mean":
-        return "mean"
-    raise ValueError(f"worldmodel/models/predictor.py: copy_context must be false, true/'last' or 'mean', got {value!r}")
+    if value in ("mean", "blend"):
+        return value
+    raise ValueError(
+        f"worldmodel/models/predictor.py: copy_context must be false, true/'last', 'mean' or 'blend', got {value!r}"
+    )
 
 
 def context_mean_by_position(
@@ -236,6 +257,14 @@ def latest_earlier_context(
     Returns (slot (B, Nt) long, has_source (B, Nt) bool); slot is 0 where there is no such context token.
     Vectorised over (B, Nt, Nc), no host syncs.
     """
+    slot, source_time = _latest_earlier(context_idx, context_valid, target_idx, grid)
+    return slot, source_time >= 0
+
+
+def _latest_earlier(
+    context_idx: Tensor, context_valid: Tensor | None, target_idx: Tensor, grid: tuple[int, int, int]
+) -> tuple[Tensor, Tensor]:
+    """`latest_earlier_context`, with the time step of the source token instead of has_source (-1: none)."""
     tokens_per_step = grid[1] * grid[2]
     ctx_t, ctx_s = context_idx.div(tokens_per_step, rounding_mode="floor"), context_idx.remainder(tokens_per_step)
     tgt_t, tgt_s = target_idx.div(tokens_per_step, rounding_mode="floor"), target_idx.remainder(tokens_per_step)
@@ -244,4 +273,4 @@ def latest_earlier_context(
         match = match & context_valid[:, None, :]
     score = torch.where(match, ctx_t[:, None, :], torch.full_like(match, -1, dtype=ctx_t.dtype))
     best, slot = score.max(dim=2)  # (B, Nt)
-    return slot, best >= 0
+    return slot, best
