@@ -27,6 +27,7 @@ from worldmodel.forecast import (
     load_latents,
     rollout_plan,
     run_forecast,
+    summarize_quality,
     to_context_space,
 )
 from worldmodel.objectives import target_features
@@ -154,7 +155,7 @@ def test_forecast_queries_the_future_positions_with_the_future_mask_token(model)
 def test_short_horizon_is_a_prefix_of_a_long_rollout(model):
     torch.manual_seed(2)
     context = torch.randn(1, 3, 4, 32, 32)
-    long = model.forecast(context, horizon=6)  # 6 steps: beyond the 2-step window, 4 predictor calls
+    long = model.forecast(context, horizon=6)  # 6 steps: beyond the default 4-step window, 2 predictor calls
     assert long.shape == (1, 6 * S, D) and torch.isfinite(long).all()
     assert torch.allclose(model.forecast(context, horizon=1), long[:, :S], atol=1e-6)
     assert torch.allclose(model.forecast(context, horizon=3), long[:, : 3 * S], atol=1e-6)
@@ -206,19 +207,28 @@ def test_context_longer_than_trained_keeps_the_newest_steps(model):
     assert all(c["grid"] == (4, 2, 2) for c in rec.calls)
 
 
-def test_default_rollout_predicts_the_longest_trained_window(model):
-    """By default each call keeps the shortest trained context (k_min = 1 here) and predicts the
-    longest window training posed (3 steps): a 5-step horizon takes 2 calls, not 4."""
+def test_default_rollout_keeps_the_longest_trained_context_and_queries_a_clip_length_ahead(model):
+    """By default each call keeps the longest trained context (k_max = 3 here) and queries t_nominal = 4
+    future steps, past the nominal grid: a 4-step horizon takes one call, a 5-step one two."""
     torch.manual_seed(5)
     context = torch.randn(1, 3, 6, 32, 32)  # 3 real steps
     tokens = model.context_encoder(context)
-    assert model.rollout_context() == model.context_range[0] == 1
+    assert model.rollout_context() == model.context_range[1] == 3 and model.rollout_window() == model.nominal_steps == 4
     with PredictorCalls(model.predictor) as rec:
         out = model.forecast(context, horizon=5)
     assert out.shape == (1, 5 * S, D)
-    assert [(c["context_idx"].shape[1] // S, c["target_idx"].shape[1] // S) for c in rec.calls] == [(1, 3), (1, 3)]
-    assert torch.allclose(rec.calls[0]["context"], tokens[:, 2 * S:], atol=1e-6)  # the newest real step
+    assert [(c["context_idx"].shape[1] // S, c["target_idx"].shape[1] // S) for c in rec.calls] == [(3, 4), (3, 4)]
+    first = rec.calls[0]
+    assert torch.allclose(first["context"], tokens, atol=1e-6)  # every real step, at times 0..2
+    assert torch.equal(first["target_idx"][0], torch.arange(3 * S, 7 * S)) and first["grid"] == (7, 2, 2)
+    # the second call's context: the newest three of the four predictions of the first, fed back
+    fed = to_context_space(steps(out), steps(tokens)[:, -1])
+    assert torch.allclose(steps(rec.calls[1]["context"]), fed[:, 1:4], atol=1e-5)
     assert torch.allclose(model.forecast(context, horizon=2), out[:, : 2 * S], atol=1e-6)
+    # the previous default, the shortest trained context and the longest trained window, on request
+    with PredictorCalls(model.predictor) as rec:
+        model.forecast(context, horizon=5, max_context=1)
+    assert [(c["context_idx"].shape[1] // S, c["target_idx"].shape[1] // S) for c in rec.calls] == [(1, 3), (1, 3)]
 
 
 def test_rollout_rejects_bad_arguments(model):
@@ -325,3 +335,30 @@ def test_eval_names_a_video_too_short_for_context_and_horizon(checkpoint, video_
     report = json.loads((tmp_path / "eval" / "forecast_eval.json").read_text())
     assert report["num_clips"] == 1 and len(report["skipped"]) == 1
     assert report["skipped"][0]["path"].endswith("short.mp4")
+
+
+def test_paired_comparison_separates_a_consistent_lead_from_noise():
+    # 4 clips x 2 steps. Clips differ a lot in difficulty (shared by all methods); the model is always
+    # 0.01 better than copy_last in L1, and better than the mean on half the clips at step 2 only by luck.
+    difficulty = torch.tensor([[0.1, 0.2], [0.5, 0.6], [0.3, 0.1], [0.9, 0.7]], dtype=torch.float64)
+    model_l1 = difficulty
+    per_clip = {
+        "model": {"l1": model_l1, "cosine": 1 - model_l1},
+        "copy_last": {"l1": model_l1 + 0.01, "cosine": 1 - model_l1 - 0.01},
+        "context_mean": {"l1": model_l1 + torch.tensor([[0.02, 0.03], [0.02, -0.03], [0.02, 0.03], [0.02, -0.02]], dtype=torch.float64),
+                         "cosine": 1 - model_l1 - 0.02},
+    }
+    report = summarize_quality(per_clip)
+    copy_l1 = report["paired"]["copy_last"]["l1"]
+    assert copy_l1["advantage"] == pytest.approx([0.01, 0.01]) and copy_l1["advantage_sem"] == pytest.approx([0, 0], abs=1e-12)
+    assert copy_l1["model_better_share"] == [1.0, 1.0]
+    mean_l1 = report["paired"]["context_mean"]["l1"]
+    diffs = torch.tensor([0.03, -0.03, 0.03, -0.02], dtype=torch.float64)
+    assert mean_l1["advantage"] == pytest.approx([0.02, diffs.mean().item()])
+    assert mean_l1["advantage_sem"][1] == pytest.approx(diffs.std().item() / 2)
+    assert mean_l1["model_better_share"] == [1.0, 0.5]
+    # on the means the model "wins" everywhere, but step 2 against the mean is luck
+    beats = report["model_beats_baselines"]
+    assert beats["every_step"] and not beats["every_step_clearly"]
+    # the per-method standard errors are dominated by the clips' difficulty, the paired ones are not
+    assert report["model"]["l1_sem"][0] > 10 * report["paired"]["context_mean"]["l1"]["advantage_sem"][0]

@@ -27,16 +27,20 @@ Long horizons roll out autoregressively (`rollout_plan` lists the calls):
 
 - each call keeps the newest C = min(available steps, max_context) steps of context, dropping the
   oldest, and RE-INDEXES them to time steps 0..C-1, so the newest context step sits right before the
-  first target, where it sat in training. max_context defaults to the SHORTEST context the
-  FutureMask drew in training (k_min of its `context_range`; 1 without a FutureMask), so that each
-  call predicts the longest future window training posed and as few predictions as possible are fed
-  back (on the tiny run, chosen on the training videos: L1 at steps 2-4 of 0.334 / 0.357 / 0.413
-  against 0.378 / 0.432 / 0.472 with k_max context and one step per call; the first step is the
-  same). With an explicit window it is min(k_max, t_nominal - window) (at least 1), so that the call
-  still fits the nominal grid; `max_context` sets it outright;
-- each call predicts a window of W future steps; by default W = t_nominal - C, which fills the model's
-  nominal grid (num_frames / tubelet_size steps) exactly as a training sample with C context steps
-  did. The window never depends on the horizon: a shorter horizon keeps a prefix of the same call, so
+  first target, where it sat in training. By default max_context is the LONGEST context the
+  FutureMask drew in training (k_max of its `context_range`; t_nominal - 1 without a FutureMask);
+- each call predicts a window of W future steps, by default W = t_nominal (num_frames / tubelet_size):
+  one call places mask tokens at times C..C + t_nominal - 1, past the nominal grid where C + W >
+  t_nominal (the rotary positions extrapolate, as in V-JEPA 2's anticipation probe, which queries a
+  slot 1 s past the clip). So a horizon up to t_nominal needs no fed-back predictions at all. On the
+  tiny run this default was chosen on the TRAINING videos: L1 at steps 1-4 of 0.294 / 0.332 / 0.349 /
+  0.360, against 0.286 / 0.337 / 0.360 / 0.411 with the shortest trained context and the longest
+  trained window (the previous default), and 0.294 / 0.360 / 0.407 / 0.450 with k_max context and one
+  step per call (with the previous tiny predictor, `pred_copy_context: true`, the ranking was the same);
+- an explicit `max_context` alone gives W = max(1, t_nominal - C), which fills the nominal grid
+  exactly as a training sample with C context steps did; an explicit `window` alone keeps
+  C = min(k_max, t_nominal - W) (at least 1) so that the call still fits the nominal grid;
+- the window never depends on the horizon: a shorter horizon keeps a prefix of the same call, so
   `forecast(x, h)` equals `forecast(x, H)[:, : h * h_grid * w_grid]` for every h <= H;
 - the kept predictions are appended to the context as if they were encoder outputs and the window
   slides on. Predictions are in the layer-normed target space, while the encoder's outputs carry the
@@ -302,13 +306,20 @@ class WorldModel(nn.Module):
 
     def rollout_context(self, window: int | None = None, max_context: int | None = None) -> int:
         """Context steps a rollout call keeps: `max_context` if given; with an explicit `window` the longest
-        trained context that still fits the nominal grid with it; by default the shortest trained context
-        (the call then predicts the longest future window that training posed; see the module docstring)."""
+        trained context that still fits the nominal grid with it; by default the longest trained context
+        (see the module docstring)."""
         if max_context is not None:
             return max_context
         if window is None:
-            return self.context_range[0]
+            return self.max_context
         return max(1, min(self.max_context, self.nominal_steps - window))
+
+    def rollout_window(self, window: int | None = None, max_context: int | None = None) -> int | None:
+        """Future steps a rollout call queries: `window` if given; None (fill the nominal grid, see
+        `rollout_plan`) with an explicit `max_context` alone; by default t_nominal steps, past the grid."""
+        if window is not None or max_context is not None:
+            return window
+        return self.nominal_steps
 
     @property
     def clip_timing(self) -> ClipTiming | None:
@@ -378,8 +389,8 @@ class WorldModel(nn.Module):
         """Latents of the next `horizon` tubelets after the context clip: (B, horizon * h * w, D).
 
         context: video (B, C, T, H, W) or (C, T, H, W), uint8 or normalised float, T a multiple of
-        tubelet_size. window / max_context: see `rollout_plan` (defaults: fill the nominal grid / the
-        shortest trained context, so each call predicts the longest trained window). encoder: which
+        tubelet_size. window / max_context: see the module docstring (defaults: t_nominal future steps per
+        call / the longest trained context). encoder: which
         encoder feeds the predictor ("context", as in training). The predictor's mask token is the FutureMask's kind (`self.mask_kind`), kind 0 for a
         checkpoint trained without a FutureMask (its predictor never learned to forecast).
         """
@@ -412,7 +423,10 @@ class WorldModel(nn.Module):
             )
         history = rearrange(context_tokens, "b (t s) d -> b t s d", s=positions)  # (B, k, S, D)
         reference = history[:, -1]  # (B, S, D) last real step: scale of fed-back predictions
-        plan = rollout_plan(history.shape[1], horizon, self.nominal_steps, self.rollout_context(window, max_context), window)
+        plan = rollout_plan(
+            history.shape[1], horizon, self.nominal_steps, self.rollout_context(window, max_context),
+            self.rollout_window(window, max_context),
+        )
         predicted = []
         for call in plan:
             context = history[:, -call.context_steps :]  # newest C steps, re-indexed to times 0..C-1
@@ -627,7 +641,16 @@ def forecast_quality(
 
 
 def summarize_quality(per_clip: dict[str, dict[str, Tensor]]) -> dict[str, Any]:
-    """{method: {metric: (num_clips, H)}} -> per-step means and standard errors, and the verdict."""
+    """{method: {metric: (num_clips, H)}} -> per-step means and standard errors, the verdict, and the
+    paired comparison of the model with each baseline.
+
+    "paired"[baseline][metric] holds, per step, the model's mean advantage over the baseline on the same
+    clips (baseline L1 - model L1, or model cosine - baseline cosine: positive when the model is better),
+    its standard error over clips, and the share of clips where the model is better. Differences between
+    methods are far less noisy than the methods' own standard errors suggest (the clips' difficulty is
+    shared), so the advantage and its error are what tell a real lead from luck;
+    "model_beats_baselines"["every_step_clearly"] asks for an advantage above twice its error everywhere.
+    """
     summary: dict[str, Any] = {}
     for method in METHODS:
         summary[method] = {}
@@ -645,7 +668,24 @@ def summarize_quality(per_clip: dict[str, dict[str, Tensor]]) -> dict[str, Any]:
             steps &= better(model, np.array(summary[baseline][metric]))
         beats[metric] = steps.tolist()
     beats["every_step"] = bool(all(beats["cosine"]) and all(beats["l1"]))
+    paired: dict[str, Any] = {}
+    clearly = True
+    for baseline in ("copy_last", "context_mean"):
+        paired[baseline] = {}
+        for metric, sign in (("cosine", 1.0), ("l1", -1.0)):
+            diff = sign * (per_clip["model"][metric].double() - per_clip[baseline][metric].double())  # (N, H)
+            num = diff.shape[0]
+            sem = diff.std(dim=0, correction=1) / math.sqrt(num) if num > 1 else torch.full((diff.shape[1],), math.inf)
+            advantage = diff.mean(dim=0)
+            paired[baseline][metric] = {
+                "advantage": advantage.tolist(),
+                "advantage_sem": sem.tolist(),
+                "model_better_share": (diff > 0).double().mean(dim=0).tolist(),
+            }
+            clearly &= bool((advantage > 2 * sem).all())
+    beats["every_step_clearly"] = clearly
     summary["model_beats_baselines"] = beats
+    summary["paired"] = paired
     return summary
 
 
@@ -775,7 +815,7 @@ def evaluate_forecast(
         "mask_kind": model.mask_kind,
         "predictor_input_encoder": model.context_encoder_role,
         "rollout": {
-            "window": window,
+            "window": model.rollout_window(window, max_context),
             "max_context": model.rollout_context(window, max_context),
             "nominal_steps": model.nominal_steps,
             "feedback": feedback,
@@ -844,9 +884,17 @@ def format_quality_table(report: dict[str, Any]) -> str:
     lines = ["step  " + "  ".join(f"{m + ' ' + k:>20s}" for k in METRICS for m in METHODS)]
     for i, step in enumerate(report["steps"]):
         lines.append(f"{step:4d}  " + "  ".join(f"{report[m][k][i]:20.4f}" for k in METRICS for m in METHODS))
+    paired = report.get("paired")
+    if paired:
+        lines.append("model's L1 advantage, paired over the same clips (baseline - model, +- standard error):")
+        for baseline in ("copy_last", "context_mean"):
+            cells = [f"{a:+.4f} +- {e:.4f}" for a, e in zip(paired[baseline]["l1"]["advantage"], paired[baseline]["l1"]["advantage_sem"])]
+            lines.append(f"  vs {baseline:<12s} " + "   ".join(cells))
     beats = report["model_beats_baselines"]
     lines.append(f"model beats both baselines at every step: {'yes' if beats['every_step'] else 'no'} "
                  f"(cosine: {beats['cosine']}, l1: {beats['l1']})")
+    if "every_step_clearly" in beats:
+        lines.append(f"... by more than twice the paired standard error at every step: {'yes' if beats['every_step_clearly'] else 'no'}")
     return "\n".join(lines)
 
 
@@ -872,10 +920,11 @@ def add_forecast_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--skip-bad", action="store_true",
                         help="--eval: skip videos too short or unreadable (listed in the JSON) instead of failing")
     parser.add_argument("--window", type=int, default=None,
-                        help="future tubelets per predictor call (default: fill the model's nominal grid)")
+                        help="future tubelets per predictor call (default: the clip length the model trained on, "
+                             "or, with --max-context alone, what fills its nominal grid)")
     parser.add_argument("--max-context", type=int, default=None,
-                        help="context tubelets kept per predictor call (default: the shortest trained context, "
-                             "or with --window the longest that fits the nominal grid)")
+                        help="context tubelets kept per predictor call (default: the longest trained context, "
+                             "or with --window alone the longest that fits the nominal grid)")
     parser.add_argument("--feedback", choices=FEEDBACK_MODES, default="rescale",
                         help="how predictions are fed back in long rollouts")
     parser.add_argument("--batch-size", type=int, default=8, help="clips per forward pass (--eval)")
@@ -935,7 +984,7 @@ def forecast_videos(
         "start_s": start_s,
         "mask_kind": model.mask_kind,
         "predictor_input_encoder": model.context_encoder_role,
-        "rollout": {"window": window, "max_context": model.rollout_context(window, max_context),
+        "rollout": {"window": model.rollout_window(window, max_context), "max_context": model.rollout_context(window, max_context),
                     "nominal_steps": model.nominal_steps, "feedback": feedback},
     }
     if per_video and len(per_video) == len(videos):
