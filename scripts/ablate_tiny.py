@@ -9,7 +9,7 @@ and spread. Each variant takes the tiny run's time (about 6-9 minutes here) plus
 of probing; run it on an otherwise idle machine.
 
     python scripts/ablate_tiny.py                          # every variant below
-    python scripts/ablate_tiny.py --variants default lr3e-4 --out ablation.json
+    python scripts/ablate_tiny.py --variants shipped copy_last --out ablation.json
 """
 
 from __future__ import annotations
@@ -40,19 +40,23 @@ HIGH_LR = "{kind: warmup_constant_cooldown, base: 1.0e-3, start: 1.0e-4, final: 
 
 # The recipe the tiny config shipped before this study (V-JEPA 2's masks, lr 1e-3, EMA 0.99 -> 0.999);
 # every variant but "shipped" is this recipe with one or more changes.
-BEFORE = ["--model.masks", V_JEPA2_MASKS, "--model.lr", HIGH_LR,
-          "--model.ema_momentum", "{kind: linear, start: 0.99, end: 0.999}"]
+# Target tokens started from a copy of the last context frame in every row measured before the tiny
+# config took `pred_copy_context: blend`; COPY_LAST keeps those rows as they were measured.
+COPY_LAST = ["--model.pred_copy_context", "true"]
+BEFORE = COPY_LAST + ["--model.masks", V_JEPA2_MASKS, "--model.lr", HIGH_LR,
+                      "--model.ema_momentum", "{kind: linear, start: 0.99, end: 0.999}"]
 VARIANTS: dict[str, list[str]] = {
     "shipped": [],  # the tiny config as it ships now
+    "copy_last": COPY_LAST,  # the tiny config until blend: targets start from the last context frame
     "before": BEFORE,
     "sigreg": BEFORE + ["--model.target", "sigreg"],
     "ema0.998": BEFORE + ["--model.ema_momentum", SLOW_EMA],
     "ema0.998_lr3e-4": BEFORE + ["--model.ema_momentum", SLOW_EMA, "--model.lr", LOW_LR],
     "temporal_masks": BEFORE + ["--model.masks", TEMPORAL_MASKS],
     "frozen_target": BEFORE + ["--model.ema_momentum", "1.0"],
-    "copy_mean": ["--model.pred_copy_context", "mean"],  # shipped, target tokens start from the context mean
-    "shipped_sigreg": ["--model.target", "sigreg"],  # shipped, one shared encoder + SIGReg instead of the EMA target
-    "shipped_ema0.99": ["--model.ema_momentum", "{kind: linear, start: 0.99, end: 1.0}"],  # a target that follows faster
+    "copy_mean": ["--model.pred_copy_context", "mean"],  # target tokens start from the context mean
+    "copy_last_sigreg": COPY_LAST + ["--model.target", "sigreg"],  # one shared encoder + SIGReg, no EMA target
+    "copy_last_ema0.99": COPY_LAST + ["--model.ema_momentum", "{kind: linear, start: 0.99, end: 1.0}"],  # a target that follows faster
 }
 
 
