@@ -298,6 +298,7 @@ def test_eval_writes_json_and_plot_measured_honestly(checkpoint, model, video_fo
     beats = report["model_beats_baselines"]
     assert isinstance(beats["every_step"], bool) and len(beats["cosine"]) == len(beats["l1"]) == 2
     assert [c["path"] for c in report["clips"]].count(str(folder / "v000.mp4")) == 2  # round-robin
+    assert report["paired"]["error_over"] == "3 videos" and isinstance(beats["every_step_clearly"], bool)
 
     # recompute one clip by hand: same frames, same target encoder, same normalisation for all three
     clip = report["clips"][1]
@@ -362,3 +363,10 @@ def test_paired_comparison_separates_a_consistent_lead_from_noise():
     assert beats["every_step"] and not beats["every_step_clearly"]
     # the per-method standard errors are dominated by the clips' difficulty, the paired ones are not
     assert report["model"]["l1_sem"][0] > 10 * report["paired"]["context_mean"]["l1"]["advantage_sem"][0]
+    # clips cut from the same video are not independent: with their videos given, the paired errors
+    # are taken over the videos' mean differences
+    by_video = summarize_quality(per_clip, groups=["a.mp4", "a.mp4", "b.mp4", "b.mp4"])
+    assert by_video["paired"]["error_over"] == "2 videos" and report["paired"]["error_over"] == "clips"
+    video_means = torch.stack([diffs[:2].mean(), diffs[2:].mean()])
+    assert by_video["paired"]["context_mean"]["l1"]["advantage"][1] == pytest.approx(diffs.mean().item())
+    assert by_video["paired"]["context_mean"]["l1"]["advantage_sem"][1] == pytest.approx(video_means.std().item() / 2**0.5)

@@ -640,7 +640,22 @@ def forecast_quality(
     return out
 
 
-def summarize_quality(per_clip: dict[str, dict[str, Tensor]]) -> dict[str, Any]:
+def _standard_error(values: Tensor, groups: Sequence[str] | None = None) -> Tensor:
+    """Standard error of the mean of values (N, H) over N, per column; with `groups` (one label per row,
+    e.g. the clip's video) rows of one group are averaged first and the error is taken over groups, as
+    clips cut from one video are not independent. inf with fewer than two (groups of) rows."""
+    if groups is not None and len(set(groups)) < len(groups):
+        labels = {label: k for k, label in enumerate(dict.fromkeys(groups))}
+        index = torch.tensor([labels[g] for g in groups])
+        sums = torch.zeros(len(labels), values.shape[1], dtype=values.dtype).index_add_(0, index, values)
+        values = sums / torch.bincount(index, minlength=len(labels)).to(values.dtype)[:, None]
+    num = values.shape[0]
+    if num < 2:
+        return torch.full((values.shape[1],), math.inf, dtype=values.dtype)
+    return values.std(dim=0, correction=1) / math.sqrt(num)
+
+
+def summarize_quality(per_clip: dict[str, dict[str, Tensor]], groups: Sequence[str] | None = None) -> dict[str, Any]:
     """{method: {metric: (num_clips, H)}} -> per-step means and standard errors, the verdict, and the
     paired comparison of the model with each baseline.
 
@@ -650,6 +665,8 @@ def summarize_quality(per_clip: dict[str, dict[str, Tensor]]) -> dict[str, Any]:
     methods are far less noisy than the methods' own standard errors suggest (the clips' difficulty is
     shared), so the advantage and its error are what tell a real lead from luck;
     "model_beats_baselines"["every_step_clearly"] asks for an advantage above twice its error everywhere.
+    groups: one label per clip (its video); when some label repeats, the paired errors are taken over
+    the groups' mean differences ("paired_error_over": "videos"), not over clips.
     """
     summary: dict[str, Any] = {}
     for method in METHODS:
@@ -674,8 +691,7 @@ def summarize_quality(per_clip: dict[str, dict[str, Tensor]]) -> dict[str, Any]:
         paired[baseline] = {}
         for metric, sign in (("cosine", 1.0), ("l1", -1.0)):
             diff = sign * (per_clip["model"][metric].double() - per_clip[baseline][metric].double())  # (N, H)
-            num = diff.shape[0]
-            sem = diff.std(dim=0, correction=1) / math.sqrt(num) if num > 1 else torch.full((diff.shape[1],), math.inf)
+            sem = _standard_error(diff, groups)
             advantage = diff.mean(dim=0)
             paired[baseline][metric] = {
                 "advantage": advantage.tolist(),
@@ -685,7 +701,8 @@ def summarize_quality(per_clip: dict[str, dict[str, Tensor]]) -> dict[str, Any]:
             clearly &= bool((advantage > 2 * sem).all())
     beats["every_step_clearly"] = clearly
     summary["model_beats_baselines"] = beats
-    summary["paired"] = paired
+    grouped = groups is not None and len(set(groups)) < len(groups)
+    summary["paired"] = {"error_over": f"{len(set(groups))} videos" if grouped else "clips", **paired}
     return summary
 
 
@@ -780,6 +797,7 @@ def evaluate_forecast(
     if not clips:
         raise ForecastError(f"{manifest}: no clip could be evaluated (all videos skipped: {skipped[:3]})")
     per_clip: dict[str, dict[str, list[Tensor]]] = {m: {k: [] for k in METRICS} for m in METHODS}
+    clip_videos: list[str] = []  # the video of each row of per_clip, for the paired errors
     # --context-s on videos of different frame rates gives different context lengths: batch equal lengths
     order = sorted(range(len(videos)), key=lambda i: videos[i].shape[1])
     start = 0
@@ -794,6 +812,7 @@ def evaluate_forecast(
         for method in METHODS:
             for metric in METRICS:
                 per_clip[method][metric].append(result[method][metric])
+        clip_videos.extend(clips[i]["path"] for i in group)
         for j, i in enumerate(group):
             clips[i]["quality"] = {
                 m: {k: result[m][k][j].tolist() for k in METRICS} for m in METHODS
@@ -829,7 +848,7 @@ def evaluate_forecast(
             "cosine": "cosine similarity per token, mean over a step's tokens, then over clips (higher is better)",
             "l1": "mean |prediction - target| over D and a step's tokens, then over clips (lower is better)",
         },
-        **summarize_quality(stacked),
+        **summarize_quality(stacked, groups=clip_videos),
         "skipped": skipped,
         "clips": clips,
     }
@@ -886,7 +905,8 @@ def format_quality_table(report: dict[str, Any]) -> str:
         lines.append(f"{step:4d}  " + "  ".join(f"{report[m][k][i]:20.4f}" for k in METRICS for m in METHODS))
     paired = report.get("paired")
     if paired:
-        lines.append("model's L1 advantage, paired over the same clips (baseline - model, +- standard error):")
+        lines.append("model's L1 advantage, paired over the same clips (baseline - model, +- standard error over "
+                     f"{paired.get('error_over', 'clips')}):")
         for baseline in ("copy_last", "context_mean"):
             cells = [f"{a:+.4f} +- {e:.4f}" for a, e in zip(paired[baseline]["l1"]["advantage"], paired[baseline]["l1"]["advantage_sem"])]
             lines.append(f"  vs {baseline:<12s} " + "   ".join(cells))
