@@ -22,7 +22,11 @@ g = sigmoid(a + b * log(dt)) is per channel and per mask kind (a, b: the `copy_g
 init, so g = 0.5) and dt >= 1 is how many time steps the target lies after the copied context token.
 So near targets can lean on the last frame and far ones on the mean, and the gate extrapolates
 smoothly to offsets that training never posed (forecasts past the clip length). Targets with no
-earlier context token at their position start from the mean, as in "mean".
+earlier context token at their position start from the mean, as in "mean". The gate's logits move
+about as fast as any parameter under Adam (about the learning rate per step): in the tiny run's 400
+steps it stays near 0.5 (0.47-0.52), an even mix. Scaled up 20x to learn faster, the future kind's
+gate went to about 0.25 (its near targets favour the last frame) and the forecast 3-4 steps ahead got
+worse (L1 0.353 / 0.350 against 0.346 / 0.343), so it is left at the plain scale.
 
 `forward_kinds` runs several mask kinds at once (the training step): each kind's tokens are laid out
 on the clip's token grid instead of [context | targets] with padding, which for masks that split the
