@@ -390,8 +390,8 @@ class WorldModel(nn.Module):
 
         context: video (B, C, T, H, W) or (C, T, H, W), uint8 or normalised float, T a multiple of
         tubelet_size. window / max_context: see the module docstring (defaults: t_nominal future steps per
-        call / the longest trained context). encoder: which
-        encoder feeds the predictor ("context", as in training). The predictor's mask token is the FutureMask's kind (`self.mask_kind`), kind 0 for a
+        call / the longest trained context). encoder: which encoder feeds the predictor ("context", as in
+        training). The predictor's mask token is the FutureMask's kind (`self.mask_kind`), kind 0 for a
         checkpoint trained without a FutureMask (its predictor never learned to forecast).
         """
         video = self._as_input(context)
@@ -644,7 +644,7 @@ def _standard_error(values: Tensor, groups: Sequence[str] | None = None) -> Tens
     """Standard error of the mean of values (N, H) over N, per column; with `groups` (one label per row,
     e.g. the clip's video) rows of one group are averaged first and the error is taken over groups, as
     clips cut from one video are not independent. inf with fewer than two (groups of) rows."""
-    if groups is not None and len(set(groups)) < len(groups):
+    if groups is not None:
         labels = {label: k for k, label in enumerate(dict.fromkeys(groups))}
         index = torch.tensor([labels[g] for g in groups])
         sums = torch.zeros(len(labels), values.shape[1], dtype=values.dtype).index_add_(0, index, values)
@@ -666,8 +666,9 @@ def summarize_quality(per_clip: dict[str, dict[str, Tensor]], groups: Sequence[s
     shared), so the advantage and its error are what tell a real lead from luck;
     "model_beats_baselines"["every_step_clearly"] asks for an advantage above twice its error everywhere.
     groups: one label per clip (its video); when some label repeats, the paired errors are taken over
-    the groups' mean differences ("paired_error_over": "videos"), not over clips.
+    the groups' mean differences, not over clips (["paired"]["error_over"] says which: "N videos" or "clips").
     """
+    grouped = groups is not None and len(set(groups)) < len(groups)
     summary: dict[str, Any] = {}
     for method in METHODS:
         summary[method] = {}
@@ -691,7 +692,7 @@ def summarize_quality(per_clip: dict[str, dict[str, Tensor]], groups: Sequence[s
         paired[baseline] = {}
         for metric, sign in (("cosine", 1.0), ("l1", -1.0)):
             diff = sign * (per_clip["model"][metric].double() - per_clip[baseline][metric].double())  # (N, H)
-            sem = _standard_error(diff, groups)
+            sem = _standard_error(diff, groups if grouped else None)
             advantage = diff.mean(dim=0)
             paired[baseline][metric] = {
                 "advantage": advantage.tolist(),
@@ -701,7 +702,6 @@ def summarize_quality(per_clip: dict[str, dict[str, Tensor]], groups: Sequence[s
             clearly &= bool((advantage > 2 * sem).all())
     beats["every_step_clearly"] = clearly
     summary["model_beats_baselines"] = beats
-    grouped = groups is not None and len(set(groups)) < len(groups)
     summary["paired"] = {"error_over": f"{len(set(groups))} videos" if grouped else "clips", **paired}
     return summary
 
