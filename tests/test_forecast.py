@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 
 import numpy as np
 import pytest
@@ -370,3 +371,8 @@ def test_paired_comparison_separates_a_consistent_lead_from_noise():
     video_means = torch.stack([diffs[:2].mean(), diffs[2:].mean()])
     assert by_video["paired"]["context_mean"]["l1"]["advantage"][1] == pytest.approx(diffs.mean().item())
     assert by_video["paired"]["context_mean"]["l1"]["advantage_sem"][1] == pytest.approx(video_means.std().item() / 2**0.5)
+    # and so are each method's own errors
+    model_means = torch.stack([model_l1[:2, 0].mean(), model_l1[2:, 0].mean()])
+    assert by_video["model"]["l1_sem"][0] == pytest.approx(model_means.std().item() / 2**0.5)
+    one = summarize_quality({m: {k: v[:1] for k, v in d.items()} for m, d in per_clip.items()})
+    assert one["model"]["l1_sem"] == [math.inf, math.inf]  # one clip: no error estimate, not zero

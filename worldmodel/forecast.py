@@ -665,8 +665,9 @@ def summarize_quality(per_clip: dict[str, dict[str, Tensor]], groups: Sequence[s
     methods are far less noisy than the methods' own standard errors suggest (the clips' difficulty is
     shared), so the advantage and its error are what tell a real lead from luck;
     "model_beats_baselines"["every_step_clearly"] asks for an advantage above twice its error everywhere.
-    groups: one label per clip (its video); when some label repeats, the paired errors are taken over
-    the groups' mean differences, not over clips (["paired"]["error_over"] says which: "N videos" or "clips").
+    groups: one label per clip (its video); when some label repeats, every standard error (the methods'
+    own and the paired ones) is taken over the groups' means, not over clips (["paired"]["error_over"]
+    says which: "N videos" or "clips"); with fewer than two it is inf.
     """
     grouped = groups is not None and len(set(groups)) < len(groups)
     summary: dict[str, Any] = {}
@@ -674,10 +675,8 @@ def summarize_quality(per_clip: dict[str, dict[str, Tensor]], groups: Sequence[s
         summary[method] = {}
         for metric in METRICS:
             values = per_clip[method][metric].double()  # (N, H)
-            num = values.shape[0]
-            sem = values.std(dim=0, correction=1) / math.sqrt(num) if num > 1 else torch.zeros(values.shape[1])
             summary[method][metric] = values.mean(dim=0).tolist()
-            summary[method][f"{metric}_sem"] = sem.tolist()
+            summary[method][f"{metric}_sem"] = _standard_error(values, groups if grouped else None).tolist()
     beats: dict[str, Any] = {}
     for metric, better in (("cosine", np.greater), ("l1", np.less)):
         model = np.array(summary["model"][metric])
@@ -872,7 +871,8 @@ def plot_quality(report: dict[str, Any], path: str | os.PathLike) -> Path:
         ax = fig.add_subplot(1, 2, ax_i + 1)
         for method in METHODS:
             colour, marker, name = styles[method]
-            ax.errorbar(steps, report[method][metric], yerr=report[method][f"{metric}_sem"], color=colour,
+            errors = [e if math.isfinite(e) else 0.0 for e in report[method][f"{metric}_sem"]]  # inf: one clip
+            ax.errorbar(steps, report[method][metric], yerr=errors, color=colour,
                         marker=marker, capsize=3, label=name)
         ax.set_xlabel(f"horizon (tubelets of {report['tubelet_size']} frames, "
                       f"~{report['seconds_per_step']:.2g} s each)")
