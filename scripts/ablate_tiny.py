@@ -113,7 +113,7 @@ def main() -> None:
         ckpt = str(run_dir / "checkpoints" / "last.ckpt")
         first_ckpt = first_ckpt or ckpt
         entry = {"overrides": VARIANTS[name], "pretrain_s": round(seconds, 1), "collapse": last_collapse(run_dir),
-                 "target_encoder": probe(ckpt, work / f"{name}.probe", repeats)}
+                 "target_encoder": probe(ckpt, work / f"{name}.probe", ["--encoder", "target", *repeats])}
         if args.context_encoder:
             entry["context_encoder"] = probe(ckpt, work / f"{name}.probe_context", ["--encoder", "context", *repeats])
         results[name] = entry

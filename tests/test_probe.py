@@ -81,7 +81,7 @@ class RecordingModel:
         self.videos: list[torch.Tensor] = []
         self.target_encoder = SimpleNamespace(grid=lambda shape: (shape[2] // 2, shape[3] // 16, shape[4] // 16))
 
-    def encode(self, video: torch.Tensor) -> torch.Tensor:
+    def encode(self, video: torch.Tensor, encoder: str | None = None) -> torch.Tensor:
         self.videos.append(video.clone())
         return video.float().mean(dim=(1, 3, 4))[:, :, None]  # (B, T, 1): one "token" per frame
 
@@ -339,6 +339,9 @@ def test_random_checkpoint_end_to_end_writes_the_contract(tmp_path, corpus, tiny
     num_val = len((corpus / "annotations" / "val.csv").read_text().strip().splitlines()) - 1
     assert (metrics["num_train"], metrics["num_val"]) == (num_train, num_val)
     assert metrics["checkpoint"].startswith("random(seed=0")
+    # random weights: target and context encoders are one set of weights, so auto has nothing to choose
+    assert metrics["encoder"] == "target" and metrics["encoder_requested"] == "auto"
+    assert list(metrics["encoder_selection"][0]["held_out_key"]) == ["target"]
     assert metrics["probe"] == "attentive" and set(metrics["probes"]) == {"attentive", "linear"}
     assert metrics["forecast"] == {"horizon_tubelets": 2, "tokens": "all"}
     timing = metrics["timing"]
@@ -396,3 +399,37 @@ def test_repeats_report_the_mean_of_independent_probe_seeds(tmp_path, corpus, ti
     assert "probe seeds [0, 1]" in (tmp_path / "rep" / "report.md").read_text()
     with pytest.raises(SystemExit, match="--repeats"):
         run_probe(_args(tmp_path / "bad", *common, "--repeats", "0"))
+
+
+def test_auto_encoder_is_chosen_on_held_out_training_videos(tmp_path, corpus, tiny_ckpt):
+    """--encoder auto (the default) probes both encoders on the held-out TRAINING videos, keeps the better
+    one and is then exactly the run with that encoder given explicitly; validation never decides."""
+    ckpt = torch.load(tiny_ckpt, weights_only=True)
+    generator = torch.Generator().manual_seed(1)
+    for name, tensor in ckpt["state_dict"].items():  # a target encoder that moved away from the context encoder
+        if name.startswith("target_encoder.") and tensor.is_floating_point():
+            tensor.add_(0.5 * torch.randn(tensor.shape, generator=generator))
+    moved = tmp_path / "moved.ckpt"
+    atomic_torch_save(ckpt, moved)
+    common = (
+        "--checkpoint", str(moved), "--train-manifest", str(corpus / "manifest_train.csv"),
+        "--val-manifest", str(corpus / "manifest_val.csv"), "--num-clips", "2", "--num-frames", "4",
+        "--probe", "linear", "--lr", "1e-3", "3e-3", "--wd", "0.01", "--epochs", "2", "--workers", "0",
+    )  # fmt: skip
+    assert run_probe(_args(tmp_path / "auto", *common, "--repeats", "2")) == 0
+    metrics = json.loads((tmp_path / "auto" / "metrics.json").read_text())
+    assert metrics["encoder_requested"] == "auto"
+    for selection in metrics["encoder_selection"]:
+        keys = selection["held_out_key"]
+        assert set(keys) == {"target", "context"}
+        assert selection["chosen"] == max(keys, key=lambda name: tuple(keys[name]))
+    assert metrics["encoder"] == metrics["encoder_selection"][0]["chosen"]
+    assert {row["encoder"] for row in metrics["hp_search"]} == {"target", "context"}
+    assert "chosen by auto over context and target" in (tmp_path / "auto" / "report.md").read_text()
+    assert torch.load(tmp_path / "auto" / "probe_linear.pt", weights_only=True)["encoder"] == metrics["encoder"]
+    chosen = metrics["encoder"]
+    assert run_probe(_args(tmp_path / "explicit", *common, "--encoder", chosen)) == 0
+    explicit = json.loads((tmp_path / "explicit" / "metrics.json").read_text())
+    assert explicit["encoder"] == chosen and explicit["encoder_requested"] == chosen
+    assert metrics["repeats"]["linear"]["label_top1"]["values"][0] == explicit["label_top1"]
+    assert metrics["repeats"]["linear"]["label_recall@5"]["values"][0] == explicit["label_recall@5"]

@@ -2,9 +2,14 @@
 
 What a run does (`worldmodel probe`, or `run_probe(args)`):
 
-1. **Frozen model.** A `worldmodel.forecast.WorldModel` from a pretraining checkpoint (its EMA target
-   encoder by default), or the same architecture with seeded random weights (`--checkpoint random`:
-   `JEPAPretrainer()`'s default hyper-parameters, or those of `--config-from CKPT`).
+1. **Frozen model.** A `worldmodel.forecast.WorldModel` from a pretraining checkpoint, or the same
+   architecture with seeded random weights (`--checkpoint random`: `JEPAPretrainer()`'s default
+   hyper-parameters, or those of `--config-from CKPT`). Which encoder: `--encoder target` (the EMA
+   target, what V-JEPA 2 probes), `context`, or `auto` (the default): both are probed in step 4 and
+   the one whose best head scores higher on the held-out TRAINING videos is kept, a choice made like
+   the learning rate's. Early in training the EMA target is still close to its random initialisation
+   and the context encoder is the better one; after a long run it is usually the target. When the two
+   have identical weights (random weights, one shared encoder) there is nothing to choose.
 2. **Clips.** Anticipation: for every annotated action, the `num_frames` frames at `fps` whose last
    frame is the last video frame at or before ``start - anticipation_s`` (`AnticipationDataset`: the
    context ends before the action START, the EK100 protocol, not before its end as in V-JEPA 2's
@@ -490,8 +495,11 @@ def extract_features(
     horizon: int | None = None,
     keep: str = "all",
     log_every_s: float = 30.0,
+    encoder: str | None = None,
 ) -> Features:
-    """Encode the items `keys` of `dataset` with the frozen (target) encoder: Features of (len(keys), L, D).
+    """Encode the items `keys` of `dataset` with the frozen encoder: Features of (len(keys), L, D).
+
+    encoder: "target" or "context" (default: the world model's own choice).
 
     horizon: also append the forecast latents of the next `horizon` tubelets (`forecast_tokens`).
     """
@@ -501,7 +509,7 @@ def extract_features(
     start, last_log, done = time.perf_counter(), time.perf_counter(), 0
     for batch in clip_batches(dataset, keys, batch_size, num_workers):
         video = batch["video"].to(device)  # (B, C, T, H, W) uint8
-        encoded = world_model.encode(video)  # (B, N, D)
+        encoded = world_model.encode(video, encoder=encoder)  # (B, N, D)
         parts, types = [encoded], [torch.zeros(encoded.shape[1], dtype=torch.long)]
         if horizon is not None:
             _, grid_h, grid_w = world_model.target_encoder.grid(video.shape)
@@ -574,9 +582,11 @@ class FeatureSource:
         model_key: Mapping[str, Any],
         cfg: ProbeConfig,
         horizon: int | None,
+        encoder: str | None = None,
     ) -> None:
         self.clips = clips
         self.world_model = world_model
+        self.encoder = encoder
         self.cache = cache
         self.cfg = cfg
         self.horizon = horizon
@@ -590,7 +600,7 @@ class FeatureSource:
         start = time.perf_counter()
         features = extract_features(
             self.world_model, dataset, keys, self.cfg.extract_batch_size, self.cfg.num_workers, self.horizon,
-            self.cfg.forecast_tokens,
+            self.cfg.forecast_tokens, encoder=self.encoder,
         )
         self.extract_s += time.perf_counter() - start
         return features
@@ -850,14 +860,19 @@ def _flat(metrics: Mapping[str, Any]) -> dict[str, Any]:
 def run_protocol(
     train: ClipSet,
     val: ClipSet,
-    train_source: FeatureSource,
-    val_source: FeatureSource,
+    sources: Mapping[str, tuple[FeatureSource, FeatureSource]],
     cfg: ProbeConfig,
     embed_dim: int,
     num_heads: int,
 ) -> dict[str, Any]:
     """Choose hyper-parameters on held-out training videos, retrain the choice on all training data,
-    evaluate once on validation. Returns the metrics dict (without paths) and the trained probes."""
+    evaluate once on validation. Returns the metrics dict (without paths) and the trained probes.
+
+    sources: {encoder name: (training features, validation features)}. With several encoders (`--encoder
+    auto`) the grid is searched on each, and the encoder whose best head of the first probe kind scores
+    highest on the held-out training videos is the one retrained and evaluated; the others' validation
+    features are never computed.
+    """
     timing: dict[str, Any] = {}
     settings = head_grid(cfg)
     all_rows = np.arange(len(train))
@@ -868,11 +883,35 @@ def run_protocol(
         f"hyper-parameters: {len(settings)} heads ({', '.join(cfg.probes)}; lr {list(cfg.lrs)} x wd "
         f"{list(cfg.weight_decays)}) on {len(fit)} items of {len(np.unique(train.video_ids[fit]))} training videos, "
         f"scored on {len(holdout)} items of {len(np.unique(train.video_ids[holdout]))} held-out training videos"
+        + (f", for each of the {' and '.join(sources)} encoders" if len(sources) > 1 else "")
     )
     fit_outputs, fit_labels = train.label_space(fit)
     search_start = time.perf_counter()
-    search = train_heads(settings, train_source, fit, fit_labels, fit_outputs, cfg, embed_dim, num_heads, "search")
+    searches = {
+        name: train_heads(settings, train_source, fit, fit_labels, fit_outputs, cfg, embed_dim, num_heads, "search")
+        for name, (train_source, _) in sources.items()
+    }
     timing["hp_search_s"] = time.perf_counter() - search_start
+    grid_rows = []
+    for name, search in searches.items():
+        train_eval = sources[name][0].evaluation()
+        for setting, probe, diverged in zip(settings, search.probes, search.diverged):
+            metrics = evaluate_heads(probe, train_eval, holdout, fit_labels, train.sample_ids, cfg)
+            key = [-1.0, -1.0, -1.0] if diverged else list(_selection_key(metrics, list(fit_outputs)))
+            grid_rows.append({"encoder": name, "head": setting.name, "kind": setting.kind, "lr": setting.lr,
+                              "weight_decay": setting.weight_decay, "diverged": diverged, "selection_key": key,
+                              **_flat(metrics)})  # fmt: skip
+    primary = cfg.probes[0]
+    best_key = {
+        name: max(tuple(r["selection_key"]) for r in grid_rows if r["encoder"] == name and r["kind"] == primary)
+        for name in sources
+    }
+    encoder = max(sources, key=lambda name: best_key[name])  # first of equals wins
+    if len(sources) > 1:
+        _log("encoder chosen on held-out training videos: " + encoder + " ("
+             + ", ".join(f"{name} {list(key)}" for name, key in best_key.items()) + ")")
+    train_source, val_source = sources[encoder]
+    search = searches[encoder]
     timing["train_features_s"] = train_source.extract_s
     timing["train_features_from"] = train_source.source
     timing["first_epoch_s"] = search.epoch_s[0]
@@ -888,16 +927,10 @@ def run_protocol(
             f"({timing['first_over_later']:.0f}x faster)"
         )
 
-    train_eval = train_source.evaluation()
-    grid_rows = []
-    for setting, probe, diverged in zip(settings, search.probes, search.diverged):
-        metrics = evaluate_heads(probe, train_eval, holdout, fit_labels, train.sample_ids, cfg)
-        key = [-1.0, -1.0, -1.0] if diverged else list(_selection_key(metrics, list(fit_outputs)))
-        grid_rows.append({"head": setting.name, "kind": setting.kind, "lr": setting.lr, "weight_decay": setting.weight_decay,
-                          "diverged": diverged, "selection_key": key, **_flat(metrics)})  # fmt: skip
     chosen: dict[str, HeadSetting] = {}
+    encoder_rows = [r for r in grid_rows if r["encoder"] == encoder]
     for kind in cfg.probes:
-        rows = [(r, s) for r, s in zip(grid_rows, settings) if s.kind == kind]
+        rows = [(r, s) for r, s in zip(encoder_rows, settings) if s.kind == kind]
         best_row, best = max(rows, key=lambda rs: tuple(rs[0]["selection_key"]))  # first of equals wins
         chosen[kind] = best
         best_row["chosen"] = True
@@ -924,6 +957,8 @@ def run_protocol(
     timing["evaluation_s"] = time.perf_counter() - eval_start
     baseline = prior_baseline(labels, val_labels, outputs, val.sample_ids)
     return {
+        "encoder": encoder,
+        "encoder_selection": {name: list(key) for name, key in best_key.items()},
         "outputs": outputs,
         "per_kind": per_kind,
         "hp_search": grid_rows,
@@ -988,13 +1023,27 @@ def plot_per_class_recall(per_class: Mapping[str, list[dict]], path: str | os.Pa
     return path
 
 
+def _encoder_note(metrics: Mapping[str, Any]) -> str:
+    """Which encoder was probed, and how it was chosen (`--encoder auto`)."""
+    if metrics.get("encoder_requested", metrics["encoder"]) != "auto":
+        return str(metrics["encoder"])
+    selections = metrics.get("encoder_selection") or []
+    compared = sorted({name for sel in selections for name in sel["held_out_key"]})
+    if len(compared) < 2:
+        return f"{metrics['encoder']}; auto, but target and context weights are identical"
+    chosen = [sel["chosen"] for sel in selections]
+    by_seed = "" if len(set(chosen)) == 1 else " (per probe seed: " + ", ".join(
+        f"{sel['seed']}: {sel['chosen']}" for sel in selections) + "; the rows below are the mean over seeds)"
+    return f"{metrics['encoder']}, chosen by auto over {' and '.join(compared)} on held-out training videos{by_seed}"
+
+
 def write_report(metrics: Mapping[str, Any], path: str | os.PathLike) -> Path:
     """A markdown summary of a probe run."""
     outputs = list(metrics["outputs"])
     lines = [
         f"# Probe report: {metrics['task']}",
         "",
-        f"- checkpoint: `{metrics['checkpoint']}` (encoder: {metrics['encoder']})",
+        f"- checkpoint: `{metrics['checkpoint']}` (encoder: {_encoder_note(metrics)})",
         f"- data: {metrics['num_train']} training / {metrics['num_val']} validation samples ("
         + ", ".join(f"{k}: `{v}`" for k, v in metrics["data"].items()) + ")",
         f"- clips: {metrics['config']['num_frames']} frames at {metrics['config']['fps']:g} fps, "
@@ -1087,7 +1136,9 @@ def add_probe_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--checkpoint", required=True, help="pretraining checkpoint (.ckpt), or 'random' for seeded random weights")
     g.add_argument("--config-from", default=None, metavar="CKPT",
                    help="with --checkpoint random: take the architecture from this checkpoint (default: JEPAPretrainer() defaults)")
-    g.add_argument("--encoder", choices=("target", "context"), default="target", help="which encoder to probe (default: the EMA target)")
+    g.add_argument("--encoder", choices=("auto", "target", "context"), default="auto",
+                   help="which encoder to probe: the EMA target, the context encoder, or (default) auto: the one whose "
+                        "probe scores best on held-out TRAINING videos, chosen like the learning rate")
     g = parser.add_argument_group("data (no data options: the built-in corpus)")
     g.add_argument("--train-annotations", default=None, metavar="CSV", help="EPIC-KITCHENS-100 style training annotations")
     g.add_argument("--val-annotations", default=None, metavar="CSV", help="EPIC-KITCHENS-100 style validation annotations")
@@ -1196,8 +1247,9 @@ def _run_probe(args: argparse.Namespace) -> int:
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
 
-    world_model = build_world_model(args.checkpoint, args.encoder, args.config_from, cfg.seed).to(cfg.device)
-    encoder = world_model.target_encoder if args.encoder == "target" else world_model.context_encoder
+    first = "context" if args.encoder == "context" else "target"
+    world_model = build_world_model(args.checkpoint, first, args.config_from, cfg.seed).to(cfg.device)
+    encoder = world_model.target_encoder if first == "target" else world_model.context_encoder
     enc_cfg = encoder.cfg
     img_size = cfg.img_size or world_model.config.get("img_size") or enc_cfg.img_size
     if not isinstance(img_size, int):
@@ -1207,9 +1259,13 @@ def _run_probe(args: argparse.Namespace) -> int:
     if img_size % enc_cfg.patch_size:
         raise ValueError(f"--img-size {img_size} is not a multiple of the checkpoint's patch size {enc_cfg.patch_size}")
     horizon = forecast_horizon(cfg.anticipation_s, cfg.fps, enc_cfg.tubelet_size) if cfg.forecast else None
-    hashed = [encoder] + ([world_model.context_encoder, world_model.predictor] if cfg.forecast else [])
-    model_key = {"weights": weights_hash(hashed), "encoder": args.encoder}
-    _log(f"model: {world_model.source} ({args.encoder} encoder, width {enc_cfg.embed_dim}, depth {enc_cfg.depth}); "
+    extra = [world_model.context_encoder, world_model.predictor] if cfg.forecast else []
+    modules = {"target": world_model.target_encoder, "context": world_model.context_encoder}
+    model_keys = {name: {"weights": weights_hash([modules[name]] + extra), "encoder": name}
+                  for name in (("target", "context") if args.encoder == "auto" else (args.encoder,))}
+    if args.encoder == "auto" and weights_hash([modules["target"]]) == weights_hash([modules["context"]]):
+        del model_keys["context"]  # one encoder (random weights, SIGReg, or a target that never moved): nothing to choose
+    _log(f"model: {world_model.source} ({' or '.join(model_keys)} encoder, width {enc_cfg.embed_dim}, depth {enc_cfg.depth}); "
          f"clips {cfg.num_frames} frames at {cfg.fps:g} fps, {img_size} px" + (f"; forecast horizon {horizon} tubelets" if horizon else ""))  # fmt: skip
 
     vocab = None
@@ -1219,8 +1275,10 @@ def _run_probe(args: argparse.Namespace) -> int:
         train, val = classification_clip_sets(paths["train_manifest"], paths["val_manifest"], cfg, img_size)
     _log(f"{task}: {len(train)} training items, {len(val)} validation items")
     cache = FeatureCache(out_dir / "feature_cache" if args.disk_cache else None)
-    train_source = FeatureSource(train, world_model, cache, model_key, cfg, horizon)
-    val_source = FeatureSource(val, world_model, cache, model_key, cfg, horizon)
+    sources = {
+        name: (FeatureSource(train, world_model, cache, key, cfg, horizon, name), FeatureSource(val, world_model, cache, key, cfg, horizon, name))
+        for name, key in model_keys.items()
+    }
     num_heads = probe_num_heads(cfg, enc_cfg.num_heads)
     # repeats: the same frozen features, the protocol (held-out split, head init, batch order) reseeded
     seeds = [cfg.seed + i for i in range(args.repeats)]
@@ -1228,8 +1286,9 @@ def _run_probe(args: argparse.Namespace) -> int:
     for seed in seeds:
         if len(seeds) > 1:
             _log(f"repeat with probe seed {seed} ({len(results) + 1} of {len(seeds)})")
-        results.append(run_protocol(train, val, train_source, val_source, replace(cfg, seed=seed), enc_cfg.embed_dim, num_heads))
+        results.append(run_protocol(train, val, sources, replace(cfg, seed=seed), enc_cfg.embed_dim, num_heads))
     result = results[0]
+    train_source = sources[result["encoder"]][0]
 
     primary = cfg.probes[0]
     headline = result["per_kind"][primary]
@@ -1248,8 +1307,11 @@ def _run_probe(args: argparse.Namespace) -> int:
         "task": task,
         "probe": primary,
         "checkpoint": str(world_model.source),
-        "encoder": args.encoder,
-        "weights_sha256": model_key["weights"],
+        "encoder": result["encoder"],
+        "encoder_requested": args.encoder,
+        "encoder_selection": [{"seed": seed, "chosen": r["encoder"], "held_out_key": r["encoder_selection"]}
+                              for seed, r in zip(seeds, results)],
+        "weights_sha256": model_keys[result["encoder"]]["weights"],
         "data": paths,
         "img_size": img_size,
         "probe_heads": num_heads,
@@ -1271,7 +1333,7 @@ def _run_probe(args: argparse.Namespace) -> int:
     plot_per_class_recall(headline["per_class"], out_dir / "per_class_recall.png")
     for kind, probe in result["probes"].items():
         atomic_torch_save(
-            {"state_dict": probe.state_dict(), "kind": kind, "outputs": result["outputs"], "config": asdict(cfg),
+            {"state_dict": probe.state_dict(), "kind": kind, "encoder": result["encoder"], "outputs": result["outputs"], "config": asdict(cfg),
              "chosen": result["chosen"][kind], "token_types": train_source.token_types()},
             out_dir / f"probe_{kind}.pt",
         )  # fmt: skip
