@@ -326,7 +326,7 @@ def test_eval_names_a_video_too_short_for_context_and_horizon(checkpoint, video_
     write_video(folder / "short.mp4", moving_squares(8, (40, 40), seed=9))
     (folder / "manifest.csv").write_text("v000.mp4\nshort.mp4\n")
     args = ["--eval", folder / "manifest.csv", "--checkpoint", checkpoint, "--out", tmp_path / "eval",
-            "--horizon", 2, "--context-frames", 4, "--device", "cpu"]
+            "--horizon", 2, "--context-frames", 4, "--device", "cpu", "--clips", 2]
     assert cli(args) == 2
     err = capsys.readouterr().err
     # 4 context + 4 future frames, every 2nd frame: 15 source frames, the video has 8
@@ -376,3 +376,12 @@ def test_paired_comparison_separates_a_consistent_lead_from_noise():
     assert by_video["model"]["l1_sem"][0] == pytest.approx(model_means.std().item() / 2**0.5)
     one = summarize_quality({m: {k: v[:1] for k, v in d.items()} for m, d in per_clip.items()})
     assert one["model"]["l1_sem"] == [math.inf, math.inf]  # one clip: no error estimate, not zero
+
+
+def test_eval_default_spreads_enough_clips_for_paired_errors():
+    from worldmodel.forecast import DEFAULT_EVAL_CLIPS, _clips_per_video
+
+    few = _clips_per_video(18, None)  # the built-in corpus's validation videos
+    assert sum(few) == DEFAULT_EVAL_CLIPS and max(few) - min(few) <= 1 and min(few) >= 3
+    assert _clips_per_video(200, None) == [1] * 200  # never fewer than one per video
+    assert _clips_per_video(3, 7) == [3, 2, 2]

@@ -706,10 +706,14 @@ def summarize_quality(per_clip: dict[str, dict[str, Tensor]], groups: Sequence[s
 
 
 # ---------------------------------------------------------------------------------------------- eval
+DEFAULT_EVAL_CLIPS = 64  # --eval's default: the paired errors need a few dozen clips to separate the methods
+
+
 def _clips_per_video(num_videos: int, num_clips: int | None) -> list[int]:
-    """Round-robin: every video gets num_clips // V clips, the first num_clips % V one more."""
+    """Round-robin: every video gets num_clips // V clips, the first num_clips % V one more.
+    num_clips None: max(V, DEFAULT_EVAL_CLIPS), so at least one clip per video."""
     if num_clips is None:
-        return [1] * num_videos
+        num_clips = max(num_videos, DEFAULT_EVAL_CLIPS)
     if num_clips < 1:
         raise ForecastError(f"--clips must be >= 1, got {num_clips}")
     base, extra = divmod(num_clips, num_videos)
@@ -755,8 +759,9 @@ def evaluate_forecast(
 ) -> dict[str, Any]:
     """Forecast quality over the clips of a manifest: a JSON-ready report (see `write_eval_report`).
 
-    num_clips: clips in all, spread round-robin over the videos and evenly within each (default: one
-    centred clip per video). A video too short for context + horizon, or unreadable, raises
+    num_clips: clips in all, spread round-robin over the videos and evenly within each (one clip: centred);
+    default max(number of videos, DEFAULT_EVAL_CLIPS): with one clip per video a manifest of 18 videos
+    could not tell the methods apart. A video too short for context + horizon, or unreadable, raises
     ForecastError unless `skip_bad`, which records it under "skipped".
     """
     from worldmodel.data.datasets import read_manifest
@@ -936,7 +941,9 @@ def add_forecast_arguments(parser: argparse.ArgumentParser) -> None:
     rate = parser.add_mutually_exclusive_group()
     rate.add_argument("--fps", type=float, default=None, help="sample frames at this rate (default: as in training)")
     rate.add_argument("--frame-step", type=int, default=None, help="sample every N-th frame (default: as in training)")
-    parser.add_argument("--clips", type=int, default=None, help="clips to evaluate in all (--eval; default one per video)")
+    parser.add_argument("--clips", type=int, default=None,
+                        help=f"clips to evaluate in all, spread round-robin over the videos (--eval; default: "
+                             f"{DEFAULT_EVAL_CLIPS}, or one per video if there are more videos)")
     parser.add_argument("--skip-bad", action="store_true",
                         help="--eval: skip videos too short or unreadable (listed in the JSON) instead of failing")
     parser.add_argument("--window", type=int, default=None,
