@@ -1033,7 +1033,7 @@ def _encoder_note(metrics: Mapping[str, Any]) -> str:
         return f"{metrics['encoder']}; auto, but target and context weights are identical"
     chosen = [sel["chosen"] for sel in selections]
     by_seed = "" if len(set(chosen)) == 1 else " (per probe seed: " + ", ".join(
-        f"{sel['seed']}: {sel['chosen']}" for sel in selections) + "; the rows below are the mean over seeds)"
+        f"{sel['seed']}: {sel['chosen']}" for sel in selections) + "; each seed is scored with the encoder it chose)"
     return f"{metrics['encoder']}, chosen by auto over {' and '.join(compared)} on held-out training videos{by_seed}"
 
 
@@ -1089,12 +1089,12 @@ def write_report(metrics: Mapping[str, Any], path: str | os.PathLike) -> Path:
         "",
         "## Hyper-parameter grid (held-out training videos)",
         "",
-        "| head | key (mean R@5, mean R@1, mean top1) | chosen |",
-        "|---|---|---|",
+        "| encoder | head | key (mean R@5, mean R@1, mean top1) | chosen |",
+        "|---|---|---|---|",
     ]
     for row in metrics["hp_search"]:
         key = ", ".join(f"{v:.3f}" for v in row["selection_key"])
-        lines.append(f"| {row['head']} | {key} | {'yes' if row.get('chosen') else ''} |")
+        lines.append(f"| {row.get('encoder', metrics['encoder'])} | {row['head']} | {key} | {'yes' if row.get('chosen') else ''} |")
     t = metrics["timing"]
     lines += [
         "",
