@@ -378,12 +378,17 @@ def test_bad_inputs_exit_with_a_message(tmp_path, tiny_ckpt):
         run_probe(_args(tmp_path, "--checkpoint", str(tiny_ckpt), "--config-from", str(tiny_ckpt), "--corpus", str(tmp_path / "none")))
 
 
-def test_repeats_report_the_mean_of_independent_probe_seeds(tmp_path, corpus, tiny_ckpt):
-    common = (
-        "--checkpoint", str(tiny_ckpt), "--train-manifest", str(corpus / "manifest_train.csv"),
+def _quick_linear_probe_args(checkpoint: Path, corpus: Path) -> tuple[str, ...]:
+    """A fast classification probe on the tiny corpus: linear heads, a 2-learning-rate grid, 2 epochs."""
+    return (
+        "--checkpoint", str(checkpoint), "--train-manifest", str(corpus / "manifest_train.csv"),
         "--val-manifest", str(corpus / "manifest_val.csv"), "--num-clips", "2", "--num-frames", "4",
         "--probe", "linear", "--lr", "1e-3", "3e-3", "--wd", "0.01", "--epochs", "2", "--workers", "0",
     )  # fmt: skip
+
+
+def test_repeats_report_the_mean_of_independent_probe_seeds(tmp_path, corpus, tiny_ckpt):
+    common = _quick_linear_probe_args(tiny_ckpt, corpus)
     assert run_probe(_args(tmp_path / "rep", *common, "--repeats", "2")) == 0
     metrics = json.loads((tmp_path / "rep" / "metrics.json").read_text())
     spread = metrics["repeats"]
@@ -411,11 +416,7 @@ def test_auto_encoder_is_chosen_on_held_out_training_videos(tmp_path, corpus, ti
             tensor.add_(0.5 * torch.randn(tensor.shape, generator=generator))
     moved = tmp_path / "moved.ckpt"
     atomic_torch_save(ckpt, moved)
-    common = (
-        "--checkpoint", str(moved), "--train-manifest", str(corpus / "manifest_train.csv"),
-        "--val-manifest", str(corpus / "manifest_val.csv"), "--num-clips", "2", "--num-frames", "4",
-        "--probe", "linear", "--lr", "1e-3", "3e-3", "--wd", "0.01", "--epochs", "2", "--workers", "0",
-    )  # fmt: skip
+    common = _quick_linear_probe_args(moved, corpus)
     assert run_probe(_args(tmp_path / "auto", *common, "--repeats", "2")) == 0
     metrics = json.loads((tmp_path / "auto" / "metrics.json").read_text())
     assert metrics["encoder_requested"] == "auto"

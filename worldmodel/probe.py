@@ -1249,8 +1249,8 @@ def _run_probe(args: argparse.Namespace) -> int:
 
     first = "context" if args.encoder == "context" else "target"
     world_model = build_world_model(args.checkpoint, first, args.config_from, cfg.seed).to(cfg.device)
-    encoder = world_model.target_encoder if first == "target" else world_model.context_encoder
-    enc_cfg = encoder.cfg
+    modules = {"target": world_model.target_encoder, "context": world_model.context_encoder}
+    enc_cfg = modules[first].cfg
     img_size = cfg.img_size or world_model.config.get("img_size") or enc_cfg.img_size
     if not isinstance(img_size, int):
         img_size = int(img_size[0])
@@ -1260,10 +1260,10 @@ def _run_probe(args: argparse.Namespace) -> int:
         raise ValueError(f"--img-size {img_size} is not a multiple of the checkpoint's patch size {enc_cfg.patch_size}")
     horizon = forecast_horizon(cfg.anticipation_s, cfg.fps, enc_cfg.tubelet_size) if cfg.forecast else None
     extra = [world_model.context_encoder, world_model.predictor] if cfg.forecast else []
-    modules = {"target": world_model.target_encoder, "context": world_model.context_encoder}
     model_keys = {name: {"weights": weights_hash([modules[name]] + extra), "encoder": name}
                   for name in (("target", "context") if args.encoder == "auto" else (args.encoder,))}
-    if args.encoder == "auto" and weights_hash([modules["target"]]) == weights_hash([modules["context"]]):
+    # the same extra modules follow each encoder in its hash, so equal hashes mean equal encoder weights
+    if args.encoder == "auto" and model_keys["target"]["weights"] == model_keys["context"]["weights"]:
         del model_keys["context"]  # one encoder (random weights, SIGReg, or a target that never moved): nothing to choose
     _log(f"model: {world_model.source} ({' or '.join(model_keys)} encoder, width {enc_cfg.embed_dim}, depth {enc_cfg.depth}); "
          f"clips {cfg.num_frames} frames at {cfg.fps:g} fps, {img_size} px" + (f"; forecast horizon {horizon} tubelets" if horizon else ""))  # fmt: skip
