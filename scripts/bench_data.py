@@ -10,11 +10,15 @@ pixels and 0, 1 and 2 DataLoader workers, it measures
   for 0 workers, where the loader then decodes too), one decoding thread each: the limit the loader
   can reach.
 
-Loader and raw runs alternate in --rounds rounds and the medians are reported, so that load from other
-processes on a shared machine hits both alike. `paired_item_vs_raw` (0 workers) times every clip both
-ways back to back in one process: raw decode time / dataset item time, the least noisy measure of what
-the loader adds per clip (sampling, crop, resize, flip). Prints one JSON object (also written to
---out). Target: loader >= 90% of raw.
+Both sides decode exactly the same --clips clips in every measurement (the loader's first keys), and
+each is timed from its start: the DataLoader from creating its iterator (forking its workers), the
+raw decoders from forking as many processes, each given the batches the DataLoader gives the worker
+of the same rank. Loader and raw alternate over --rounds rounds, the order swapped every round, so
+that a drift in the load from other processes on a shared machine hits both alike; each rate is the
+clips over the summed time of all rounds. `paired_item_vs_raw` (0 workers) times every clip both
+ways back to back in one process: raw decode time / dataset item time, the least noisy measure of
+what the loader adds per clip (sampling, crop, resize, flip). Prints one JSON object (also written
+to --out). Target: loader >= 90% of raw.
 
     python scripts/bench_data.py                       # generates 16 videos of 10 s, 256x256, 30 fps
     python scripts/bench_data.py --videos-dir DIR      # your own videos instead
@@ -90,22 +94,18 @@ def generate_videos(out_dir: Path, num_videos: int, seconds: float, size: int, f
 
 
 def loader_rate(manifest: str, sampler: ClipSampler, crop: int, workers: int, keys: list, batch_size: int,
-                decode_size, seconds: float) -> float:
-    """Clips/s out of the DataLoader, timed from the first batch (worker start-up excluded)."""
+                decode_size) -> float:
+    """Clips/s out of the DataLoader over exactly `keys`, timed from creating the iterator (worker
+    start-up included, as the raw side includes starting its processes) to the last batch."""
     transform = RandomResizedCropVideo(crop)
     dataset = ClipDataset([manifest], sampler, transform=transform, seed=SEED, decode_size=decode_size)
     loader = DataLoader(dataset, batch_size=batch_size, sampler=keys, num_workers=workers,
                         collate_fn=collate_samples, prefetch_factor=2 if workers else None)
-    iterator = iter(loader)
-    next(iterator)  # warm-up
     start, clips = time.perf_counter(), 0
-    for batch in iterator:
+    for batch in loader:
         clips += batch["video"].shape[0]
-        if time.perf_counter() - start >= seconds:
-            break
-    rate = clips / (time.perf_counter() - start)
-    del iterator
-    return rate
+    assert clips == len(keys)
+    return clips / (time.perf_counter() - start)
 
 
 def paired_overhead(manifest: str, sampler: ClipSampler, crop: int, keys: list, jobs: list, decode_size) -> float:
@@ -130,45 +130,40 @@ def paired_overhead(manifest: str, sampler: ClipSampler, crop: int, keys: list, 
     return round(raw_s / item_s, 3)
 
 
-def _raw_worker(args) -> tuple[int, float]:
-    """Decode clips (open + get_batch + to numpy) round-robin over `jobs` for `seconds`; (clips, elapsed)."""
+def _decode_jobs(args) -> int:
+    """Decode clips (open + get_batch + to numpy, one thread), the way the dataset reads them."""
     import decord
 
-    jobs, decode_size, seconds, barrier_wait = args
+    jobs, decode_size = args
     height, width = decode_size if decode_size else (-1, -1)
-
-    def decode(path, indices):
-        reader = decord.VideoReader(path, width=width, height=height, num_threads=1)
-        return reader.get_batch(np.unique(indices)).asnumpy()
-
-    decode(*jobs[0])  # warm-up
-    time.sleep(max(0.0, barrier_wait - time.time()))
-    start, clips = time.perf_counter(), 0
-    while time.perf_counter() - start < seconds:
-        decode(*jobs[clips % len(jobs)])
-        clips += 1
-    return clips, time.perf_counter() - start
+    for path, indices in jobs:
+        decord.VideoReader(path, width=width, height=height, num_threads=1).get_batch(np.unique(indices)).asnumpy()
+    return len(jobs)
 
 
-def raw_rate(jobs: list, processes: int, decode_size, seconds: float) -> float:
-    """Clips/s of `processes` parallel decord decoders (each one thread) on the same clips.
+def raw_rate(jobs: list, processes: int, batch_size: int, decode_size) -> float:
+    """Clips/s of decord alone on exactly the loader's clips, in the loader's processes.
 
-    processes=0 decodes in this process, as a loader without workers does (same process, same thread).
+    processes=0 decodes in this process, as a loader without workers does. Otherwise `processes`
+    forked processes decode the batches the DataLoader would give each worker (batch b to worker
+    b % processes), timed from starting them to the last one finishing.
     """
+    start = time.perf_counter()
     if processes == 0:
-        clips, elapsed = _raw_worker((jobs, decode_size, seconds, 0.0))
-        return clips / elapsed
-    shards = [jobs[p::processes] for p in range(processes)]
-    go = time.time() + 0.5  # all processes start timing together
-    with mp.get_context("fork").Pool(processes) as pool:
-        results = pool.map(_raw_worker, [(shard, decode_size, seconds, go) for shard in shards])
-    return sum(clips / elapsed for clips, elapsed in results)
+        clips = _decode_jobs((jobs, decode_size))
+    else:
+        batches = [jobs[b : b + batch_size] for b in range(0, len(jobs), batch_size)]
+        shards = [[job for batch in batches[p::processes] for job in batch] for p in range(processes)]
+        with mp.get_context("fork").Pool(processes) as pool:
+            clips = sum(pool.map(_decode_jobs, [(shard, decode_size) for shard in shards]))
+    return clips / (time.perf_counter() - start)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--videos-dir", help="benchmark these videos (searched recursively) instead of generated ones")
-    parser.add_argument("--seconds", type=float, default=6.0, help="length of each measurement (default 6)")
+    parser.add_argument("--clips", type=int, default=64,
+                        help="clips per measurement, a multiple of --batch-size (default 64)")
     parser.add_argument("--out", help="also write the JSON here")
     parser.add_argument("--num-videos", type=int, default=16)
     parser.add_argument("--video-seconds", type=float, default=10.0)
@@ -177,10 +172,13 @@ def main() -> None:
     parser.add_argument("--crops", type=int, nargs="+", default=[112, 224])
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--rounds", type=int, default=3, help="interleaved loader / raw rounds (median reported)")
+    parser.add_argument("--rounds", type=int, default=4,
+                        help="loader / raw rounds, in the order loader-raw, raw-loader, ... (default 4)")
     parser.add_argument("--decode-size", type=int, nargs=2, metavar=("H", "W"),
                         help="decode at this size in decord (cheaper for large sources); default native")
     args = parser.parse_args()
+    if args.clips < args.batch_size or args.clips % args.batch_size:
+        parser.error(f"--clips must be a positive multiple of --batch-size ({args.batch_size}), got {args.clips}")
     torch.set_num_threads(1)  # the main process decodes with 0 workers: one thread, like the raw decoder
 
     with tempfile.TemporaryDirectory(prefix="wm_bench_") as tmp:
@@ -204,27 +202,34 @@ def main() -> None:
         decode_size = tuple(args.decode_size) if args.decode_size else None
         infos = [read_video_info(p) for p in paths]
         # the loader's keys, and the very clips they sample (same generator as ClipDataset's)
-        keys = [(i // len(paths), i % len(paths)) for i in range(100_000)]
+        keys = [(i // len(paths), i % len(paths)) for i in range(args.clips)]
         jobs = []
-        for epoch, index in keys[:4 * len(paths)]:
+        for epoch, index in keys:
             rng = np.random.default_rng([SEED, epoch, index])
             jobs.append((paths[index], sampler.indices(infos[index], mode="random", rng=rng)[0]))
 
         results = []
         for crop in args.crops:
-            paired = paired_overhead(str(manifest), sampler, crop, keys[: 3 * len(paths)], jobs, decode_size)
+            paired = paired_overhead(str(manifest), sampler, crop, keys, jobs, decode_size)
             for workers in args.workers:
                 loader, raw = [], []
-                for _ in range(args.rounds):  # interleaved, so that load from other processes hits both alike
-                    loader.append(loader_rate(str(manifest), sampler, crop, workers, keys, args.batch_size,
-                                              decode_size, args.seconds / args.rounds))
-                    raw.append(raw_rate(jobs, workers, decode_size, args.seconds / args.rounds))
+                for r in range(args.rounds):
+                    # alternate which side goes first, so that a drift in the machine's load hits both alike
+                    for side in ("loader", "raw") if r % 2 == 0 else ("raw", "loader"):
+                        if side == "loader":
+                            loader.append(loader_rate(str(manifest), sampler, crop, workers, keys, args.batch_size,
+                                                      decode_size))
+                        else:
+                            raw.append(raw_rate(jobs, workers, args.batch_size, decode_size))
+                # every round decodes the same clips: the overall rate is clips over the summed time
+                loader_rate_all = len(loader) / sum(1 / x for x in loader)
+                raw_rate_all = len(raw) / sum(1 / x for x in raw)
                 results.append({
                     "crop": crop, "workers": workers,
-                    "loader_clips_per_s": round(float(np.median(loader)), 2),
-                    "raw_decode_clips_per_s": round(float(np.median(raw)), 2),
-                    "loader_vs_raw": round(float(np.median(loader) / np.median(raw)), 3),
-                    # each loader round against the raw round right after it (same load conditions)
+                    "loader_clips_per_s": round(loader_rate_all, 2),
+                    "raw_decode_clips_per_s": round(raw_rate_all, 2),
+                    "loader_vs_raw": round(loader_rate_all / raw_rate_all, 3),
+                    # each loader round against the raw round next to it (same load conditions)
                     "loader_vs_raw_paired_rounds": round(float(np.median(np.divide(loader, raw))), 3),
                     "rounds": {"loader": [round(x, 2) for x in loader], "raw": [round(x, 2) for x in raw]},
                     "paired_item_vs_raw": paired if workers == 0 else None,
@@ -238,9 +243,11 @@ def main() -> None:
                  "decode_size": decode_size, "decode_threads": 1},
         "videos": generated or {"dir": args.videos_dir, "num_videos": len(paths)},
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "torch": torch.__version__},
-        "seconds_per_measurement": args.seconds,
+        "clips_per_measurement": args.clips,
+        "rounds": args.rounds,
         "results": results,
-        "note": "medians of interleaved rounds; paired_item_vs_raw times each clip both ways back to back",
+        "note": ("both sides decode the same clips in every round, start-up included; rates are clips over the "
+                 "summed time of all rounds; paired_item_vs_raw times each clip both ways back to back"),
         "target": "loader_vs_raw >= 0.9",
         "meets_target": all(r["loader_vs_raw"] >= 0.9 for r in results),
     }

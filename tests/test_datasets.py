@@ -28,7 +28,7 @@ from worldmodel.data.datasets import (
     collate_samples,
     read_manifest,
 )
-from worldmodel.data.transforms import RandomResizedCropVideo, ResizeCenterCropVideo
+from worldmodel.data.transforms import RandomResizedCropVideo, ResizeCenterCropVideo, video_from_frames
 from worldmodel.data.video import ClipSampler
 
 
@@ -218,6 +218,8 @@ def test_two_workers_give_the_same_batches(tmp_path, make_video):
     for a, b in zip(single, multi):
         assert torch.equal(a["index"], b["index"]) and torch.equal(a["epoch"], torch.full((2,), 2))
         assert torch.equal(a["video"], b["video"]) and a["path"] == b["path"] and a["errors"] == b["errors"]
+        # stacked in the worker's shared memory as decoded, (B, T, H, W, C), and sent without a reorder
+        assert b["video"].is_contiguous(memory_format=torch.channels_last_3d)
     assert any(batch["errors"] for batch in single)  # the missing file was met and replaced
 
 
@@ -324,6 +326,17 @@ def test_collate_samples():
     assert batch["label"].tolist() == [0, 1, 2] and batch["label"].dtype == torch.long
     assert batch["end_s"].tolist() == [0.0, 0.5, 1.0]
     assert batch["video_id"] == ["v0", "v1", "v2"] and len(batch["errors"]) == 3
+
+
+def test_collate_keeps_the_decoders_channels_last_layout():
+    frames = [torch.randint(0, 256, (2, 4, 5, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(i))
+              for i in range(3)]
+    planar = torch.stack([f.permute(3, 0, 1, 2).contiguous() for f in frames])  # (B, C, T, H, W)
+    batch = collate_samples([{"video": video_from_frames(f)} for f in frames])["video"]
+    assert torch.equal(batch, planar) and batch.is_contiguous(memory_format=torch.channels_last_3d)
+    # one planar clip among them: still the same values, stacked the ordinary way
+    mixed = collate_samples([{"video": video_from_frames(frames[0])}, {"video": planar[1]}, {"video": planar[2]}])
+    assert torch.equal(mixed["video"], planar) and mixed["video"].is_contiguous()
 
 
 # ---------------------------------------------------------------------------------------------- anticipation

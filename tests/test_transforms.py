@@ -14,6 +14,7 @@ from worldmodel.data.transforms import (
     IMAGENET_STD,
     RandomResizedCropVideo,
     ResizeCenterCropVideo,
+    is_channels_last_video,
     normalize_video,
     resize_frames,
 )
@@ -33,7 +34,8 @@ def coordinate_clip(num_frames: int = 6, height: int = 120, width: int = 160) ->
 def test_random_crop_shapes_and_dtype():
     clip = coordinate_clip()
     out = RandomResizedCropVideo((48, 64))(clip, np.random.default_rng(0))
-    assert out.shape == (3, 6, 48, 64) and out.dtype == torch.uint8 and out.is_contiguous()
+    assert out.shape == (3, 6, 48, 64) and out.dtype == torch.uint8
+    assert is_channels_last_video(out) and not out.is_contiguous()  # (T, H, W, C) memory, as decoded
 
 
 def test_identical_frames_stay_identical():

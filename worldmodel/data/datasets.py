@@ -29,6 +29,7 @@ from einops import rearrange
 from torch.utils.data import Dataset, Sampler, default_collate
 
 from worldmodel.data.annotations import ActionSegment, ActionVocabulary, find_video, read_annotations
+from worldmodel.data.transforms import is_channels_last_video, video_from_frames
 from worldmodel.data.video import (
     VIDEO_EXTENSIONS,
     ClipSampler,
@@ -258,10 +259,10 @@ def _split_key(key: int | tuple[int, int]) -> tuple[int, int]:
 
 
 def _to_video(frames: torch.Tensor, transform: VideoTransform | None, rng: np.random.Generator) -> torch.Tensor:
-    """uint8 (T, H, W, C) -> uint8 (C, T, H, W), through the transform when there is one."""
+    """uint8 (T, H, W, C) -> uint8 (C, T, H, W) (channels last), through the transform when there is one."""
     if transform is not None:
         return transform(frames, rng)
-    return rearrange(frames, "t h w c -> c t h w").contiguous()
+    return video_from_frames(frames)
 
 
 class ClipDataset(Dataset):
@@ -625,7 +626,13 @@ def collate_samples(samples: list[dict]) -> dict:
         elif isinstance(first, torch.Tensor):
             # torch's default_collate stacks straight into shared memory inside a DataLoader worker,
             # saving the copy that sending a stacked tensor to the main process would make
-            batch[key] = default_collate(values)
+            if all(is_channels_last_video(v) for v in values):
+                # clips in (T, H, W, C) memory: stack them as they lie, (B, T, H, W, C), and view the
+                # result as (B, C, T, H, W) (torch.channels_last_3d) instead of reordering every clip
+                stacked = default_collate([rearrange(v, "c t h w -> t h w c") for v in values])
+                batch[key] = rearrange(stacked, "b t h w c -> b c t h w")
+            else:
+                batch[key] = default_collate(values)
         elif isinstance(first, np.ndarray):
             batch[key] = torch.as_tensor(np.stack(values))
         elif isinstance(first, (bool, np.bool_)):
