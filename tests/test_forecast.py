@@ -20,11 +20,14 @@ from worldmodel.checkpoints import atomic_torch_save, load_model_parts
 from worldmodel.data.transforms import ResizeCenterCropVideo, normalize_video
 from worldmodel.data.video import read_frames
 from worldmodel.forecast import (
+    ANCHOR_GRID,
     ClipTiming,
+    ForecastAnchor,
     ForecastError,
     RolloutCall,
     WorldModel,
     add_forecast_arguments,
+    anchor_candidates,
     load_latents,
     rollout_plan,
     run_forecast,
@@ -385,3 +388,65 @@ def test_eval_default_spreads_enough_clips_for_paired_errors():
     assert sum(few) == DEFAULT_EVAL_CLIPS and max(few) - min(few) <= 1 and min(few) >= 3
     assert _clips_per_video(200, None) == [1] * 200  # never fewer than one per video
     assert _clips_per_video(3, 7) == [3, 2, 2]
+
+
+# ---------------------------------------------------------------------------------------------- anchor
+def test_anchored_forecast_mixes_the_predictor_with_the_context_frames_alone(model):
+    video = torch.randint(0, 256, (2, 3, 4, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(5))
+    anchor = ForecastAnchor(weights=[[0.5, 0.25, 0.25], [0.0, 1.0, 0.0]], model_sha256=model.weights_sha256(),
+                            rollout=model.rollout_settings(), fit={})
+    pred = steps(model.forecast(video, 3))  # (2, 3, S, D)
+    alone = steps(target_features(model.target_encoder(normalize_video(video))))  # (2, 2, S, D): no future frames
+    last, mean = alone[:, -1], alone.mean(dim=1)
+    got = steps(model.forecast(video, 3, anchor=anchor))
+    assert torch.allclose(got[:, 0], 0.5 * pred[:, 0] + 0.25 * last + 0.25 * mean, atol=1e-5)
+    assert torch.allclose(got[:, 1], last, atol=1e-6)
+    assert torch.allclose(got[:, 2], last, atol=1e-6)  # past the fitted steps: the last row
+    assert not torch.allclose(got[:, 0], pred[:, 0], atol=1e-3)  # the mix is visible
+
+
+def test_anchor_candidates_cover_the_simplex_predictor_first():
+    candidates = anchor_candidates(4)
+    assert candidates.shape == (15, 3) and torch.allclose(candidates.sum(1), torch.ones(15, dtype=torch.float64))
+    assert candidates[0].tolist() == [1.0, 0.0, 0.0] and (candidates >= 0).all()
+    assert len({tuple(row) for row in candidates.tolist()}) == 15
+
+
+def test_fit_anchor_cli_then_eval_with_it(checkpoint, model, video_folder, tmp_path, capsys):
+    folder = video_folder(n=4, num_frames=24, size=(40, 40))
+    common = ["--checkpoint", checkpoint, "--horizon", 2, "--context-frames", 4, "--device", "cpu"]
+    assert cli(["--fit-anchor", folder / "manifest.csv", "--clips", 8, "--out", tmp_path / "anchor", *common]) == 0
+    path = tmp_path / "anchor" / "forecast_anchor.json"
+    anchor = ForecastAnchor.load(path)
+    assert len(anchor.weights) == 2 and anchor.fit["num_clips"] == 8 and anchor.fit["num_videos"] == 4
+    for row in anchor.weights:
+        assert abs(sum(row) - 1) < 1e-6 and all(abs(w * ANCHOR_GRID - round(w * ANCHOR_GRID)) < 1e-6 for w in row)
+    fit = anchor.fit["l1"]
+    for i in range(2):  # each source alone is a candidate: the fitted mix is never worse on the fit clips
+        assert fit["anchored"][i] <= min(fit["predictor"][i], fit["copy_last"][i], fit["context_mean"][i]) + 1e-9
+
+    plain, anchored = tmp_path / "plain", tmp_path / "anchored"
+    assert cli(["--eval", folder / "manifest.csv", "--clips", 4, "--out", plain, *common]) == 0
+    assert cli(["--eval", folder / "manifest.csv", "--clips", 4, "--out", anchored, "--anchor", path, *common]) == 0
+    before = json.loads((plain / "forecast_eval.json").read_text())
+    after = json.loads((anchored / "forecast_eval.json").read_text())
+    assert before["methods"] == ["model", "copy_last", "context_mean"] and before["anchor"] is None
+    assert after["methods"] == ["model", "predictor", "copy_last", "context_mean"]
+    assert after["anchor"]["weights"] == anchor.weights
+    # the predictor's own numbers are the un-anchored model's, and the baselines do not change
+    assert np.allclose(after["predictor"]["l1"], before["model"]["l1"], atol=1e-6)
+    assert np.allclose(after["context_mean"]["l1"], before["context_mean"]["l1"], atol=1e-6)
+    assert "anchored forecast" in capsys.readouterr().out
+
+    # an anchor belongs to one model and one rollout
+    assert cli(["--eval", folder / "manifest.csv", "--clips", 4, "--out", anchored, "--anchor", path,
+                "--window", 1, *common]) == 2
+    assert "other rollout settings" in capsys.readouterr().err
+    other = dict(json.loads(path.read_text()), model_sha256="0" * 64)
+    (tmp_path / "other.json").write_text(json.dumps(other))
+    assert cli(["--eval", folder / "manifest.csv", "--out", anchored, "--anchor", tmp_path / "other.json", *common]) == 2
+    err = capsys.readouterr().err
+    assert "other.json was fit for another model" in err and "--fit-anchor" in err
+    (tmp_path / "bad.json").write_text("{not json")
+    assert cli(["--eval", folder / "manifest.csv", "--out", anchored, "--anchor", tmp_path / "bad.json", *common]) == 2
+    assert "bad.json: not a forecast anchor" in capsys.readouterr().err

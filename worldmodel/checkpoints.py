@@ -24,6 +24,7 @@ Models for inference (`load_model_parts` -> `ModelParts`: encoder, predictor, co
 from __future__ import annotations
 
 import argparse
+import hashlib
 import inspect
 import io
 import json
@@ -37,7 +38,7 @@ import uuid
 import zipfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
 from lightning.pytorch.callbacks import Callback
@@ -1005,3 +1006,14 @@ def _summary(out_dir: Path) -> str:
         f"tubelet {config['tubelet_size']}, rope {config['rope_layout']}; encoders: {encoders}), predictor "
         f"{pred['depth']} x {pred['dim']} with {config['num_mask_tokens']} mask tokens ({pred['positions']} positions)"
     )
+
+
+def weights_hash(modules: Sequence[nn.Module]) -> str:
+    """sha256 over the names, shapes and bytes of the modules' tensors (weights and buffers)."""
+    digest = hashlib.sha256()
+    for module in modules:
+        for name, tensor in module.state_dict().items():
+            t = tensor.detach().cpu().contiguous().reshape(-1)
+            digest.update(f"{name}:{tuple(tensor.shape)}:{t.dtype};".encode())
+            digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return digest.hexdigest()

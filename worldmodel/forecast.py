@@ -60,23 +60,43 @@ full-clip pass, whose context tokens have attended to the future frames: this ca
 so a model that beats them does so honestly. Metrics: cosine similarity and L1 (mean |diff| over
 D, like the training loss), averaged over the h * w tokens of a step, then over clips.
 
+Anchoring
+---------
+On held-out videos the predictor's far steps can be worse than simply keeping the scene's average
+(the tiny run: its steps 3-4 lose to the context mean, while on its training videos they win). Its
+own `pred_copy_context: blend` gate learns that trade-off from the training poses, which mostly ask
+for near targets. An anchor (`ForecastAnchor`, `worldmodel forecast --fit-anchor TRAIN_MANIFEST`)
+learns it where the forecast is used: per horizon step, weights (w_p, w_l, w_m) >= 0 summing to 1,
+and the forecast becomes
+
+    w_p * predictor + w_l * (last context step) + w_m * (context mean)
+
+where the last two are the target encoder's layer-normed features of the CONTEXT FRAMES ALONE (what a
+forecast has; the baselines of `forecast_quality` use the full clip, which has seen the future). The
+weights are the point of a 1/20 simplex grid with the lowest mean L1 over clips of the fit manifest:
+fit them on training videos and evaluate on others. An anchor records the model (`weights_sha256`)
+and the rollout settings it was fit for; using it with another is an error. `--eval --anchor` reports
+the anchored forecast as "model" and the predictor's own as "predictor".
+
 Command line (wired by `worldmodel.cli`):
 
     worldmodel forecast --checkpoint CKPT --video A.mp4 [B.mp4 ...] --out latents.safetensors \
         [--start S] [--context-frames N | --context-s S] [--fps F | --frame-step N] [--horizon H]
-    worldmodel forecast --eval MANIFEST --checkpoint CKPT --out DIR [--clips N] [--horizon H]
+    worldmodel forecast --eval MANIFEST --checkpoint CKPT --out DIR [--clips N] [--horizon H] [--anchor JSON]
+    worldmodel forecast --fit-anchor TRAIN_MANIFEST --checkpoint CKPT --out DIR [--clips N]
 """
 
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import math
 import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -84,7 +104,7 @@ import torch.nn.functional as F
 from einops import rearrange, repeat
 from torch import Tensor, nn
 
-from worldmodel.checkpoints import CheckpointError, atomic_write_bytes, load_model_roles
+from worldmodel.checkpoints import CheckpointError, atomic_write_bytes, load_model_roles, weights_hash
 from worldmodel.data.transforms import ResizeCenterCropVideo, normalize_video
 from worldmodel.data.video import ClipSampler, VideoError, read_frames, read_video_info
 from worldmodel.masks import FutureMask, build_mask_kinds
@@ -98,6 +118,83 @@ DEFAULT_HORIZON = 4
 
 class ForecastError(RuntimeError):
     """A forecast that cannot be made as asked; the message names the file and what to change."""
+
+
+ANCHOR_FORMAT = "worldmodel.forecast_anchor/1"
+ANCHOR_SOURCES = ("predictor", "copy_last", "context_mean")
+ANCHOR_GRID = 20  # anchor weights are fit on the simplex in steps of 1 / ANCHOR_GRID
+
+
+@dataclass
+class ForecastAnchor:
+    """Per-step weights that anchor the predictor's forecast to the context (see the module docstring).
+
+    weights[i] = (predictor, copy_last, context_mean) for horizon step i + 1, non-negative, summing to 1;
+    steps past the last fitted one use the last row. `model_sha256` names the model it was fit for
+    (`WorldModel.weights_sha256`), `rollout` the rollout settings of the fit, `fit` what it was fit on.
+    """
+
+    weights: list[list[float]]
+    model_sha256: str
+    rollout: dict[str, Any]
+    fit: dict[str, Any]
+    source: str | None = None  # the file it was loaded from, for messages (not saved)
+
+    def step_weights(self, horizon: int) -> Tensor:
+        """(horizon, 3) float32 weights of (predictor, last context step, context mean) per step."""
+        return torch.tensor(self.step_weights_of(self.as_dict(), horizon), dtype=torch.float32)
+
+    @staticmethod
+    def step_weights_of(anchor: dict[str, Any], horizon: int) -> list[list[float]]:
+        """The rows of an anchor's JSON form for steps 1..horizon (past the last fitted step: the last row)."""
+        weights = anchor["weights"]
+        return [weights[min(i, len(weights) - 1)] for i in range(horizon)]
+
+    def apply(self, pred: Tensor, context_targets: Tensor) -> Tensor:
+        """pred (B, H, S, D) raw predictions, context_targets (B, k, S, D) the target features of the context
+        frames alone -> the anchored forecast (B, H, S, D)."""
+        w = self.step_weights(pred.shape[1]).to(pred.device, pred.dtype)[:, :, None, None]  # (H, 3, 1, 1)
+        last = context_targets[:, -1:].to(pred.dtype)  # (B, 1, S, D)
+        mean = context_targets.mean(dim=1, keepdim=True).to(pred.dtype)
+        return w[:, 0] * pred + w[:, 1] * last + w[:, 2] * mean
+
+    def check(self, model: WorldModel, rollout: dict[str, Any]) -> None:
+        """ForecastError unless the anchor was fit for this model and these rollout settings."""
+        where = f"anchor {self.source}" if self.source else "the anchor"
+        if self.model_sha256 != model.weights_sha256():
+            raise ForecastError(
+                f"{where} was fit for another model (weights sha256 {self.model_sha256[:12]}..., this one "
+                f"{model.weights_sha256()[:12]}...; fit on {self.fit.get('checkpoint')}). Fit one for this "
+                "checkpoint with `worldmodel forecast --fit-anchor TRAIN_MANIFEST`."
+            )
+        mismatch = [f"{k} {self.rollout.get(k)} (fit) != {rollout.get(k)}" for k in ("window", "max_context", "feedback")
+                    if self.rollout.get(k) != rollout.get(k)]
+        if mismatch:
+            raise ForecastError(f"{where} was fit with other rollout settings: {', '.join(mismatch)}")
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"format": ANCHOR_FORMAT, "sources": list(ANCHOR_SOURCES), "weights": self.weights,
+                "model_sha256": self.model_sha256, "rollout": self.rollout, "fit": self.fit}
+
+    def save(self, path: str | os.PathLike) -> Path:
+        return atomic_write_bytes(json.dumps(self.as_dict(), indent=2).encode(), Path(path))
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> ForecastAnchor:
+        try:
+            data = json.loads(Path(path).read_text())
+        except FileNotFoundError:
+            raise ForecastError(f"anchor file {path} does not exist") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise ForecastError(f"{path}: not a forecast anchor (not JSON: {err})") from None
+        if not isinstance(data, dict) or data.get("format") != ANCHOR_FORMAT:
+            raise ForecastError(f"{path}: not a forecast anchor (format is not {ANCHOR_FORMAT!r})")
+        weights = data.get("weights")
+        if (not isinstance(weights, list) or not weights
+                or any(len(row) != 3 or min(row) < 0 or abs(sum(row) - 1) > 1e-6 for row in weights)):
+            raise ForecastError(f"{path}: weights must be rows of 3 non-negative numbers summing to 1, got {weights}")
+        return cls(weights=[[float(x) for x in row] for row in weights], model_sha256=str(data["model_sha256"]),
+                   rollout=dict(data.get("rollout") or {}), fit=dict(data.get("fit") or {}), source=os.fspath(path))
 
 
 # ---------------------------------------------------------------------------------------------- rollout
@@ -330,6 +427,15 @@ class WorldModel(nn.Module):
     def device(self) -> torch.device:
         return next(self.parameters()).device
 
+    def weights_sha256(self) -> str:
+        """sha256 of the three parts' weights: what a forecast anchor was fit for."""
+        return weights_hash([self.context_encoder, self.target_encoder, self.predictor])
+
+    def rollout_settings(self, window: int | None = None, max_context: int | None = None,
+                         feedback: str = "rescale") -> dict[str, Any]:
+        return {"window": self.rollout_window(window, max_context), "max_context": self.rollout_context(window, max_context),
+                "nominal_steps": self.nominal_steps, "feedback": feedback}
+
     def eval_transform(self) -> ResizeCenterCropVideo:
         """uint8 (T, H, W, C) frames -> uint8 (C, T, S, S) at the model's img_size (resize + centre crop)."""
         return ResizeCenterCropVideo(self.img_size)
@@ -385,6 +491,7 @@ class WorldModel(nn.Module):
         max_context: int | None = None,
         encoder: str = "context",
         feedback: str = "rescale",
+        anchor: ForecastAnchor | None = None,
     ) -> Tensor:
         """Latents of the next `horizon` tubelets after the context clip: (B, horizon * h * w, D).
 
@@ -392,12 +499,19 @@ class WorldModel(nn.Module):
         tubelet_size. window / max_context: see the module docstring (defaults: t_nominal future steps per
         call / the longest trained context). encoder: which encoder feeds the predictor ("context", as in
         training). The predictor's mask token is the FutureMask's kind (`self.mask_kind`), kind 0 for a
-        checkpoint trained without a FutureMask (its predictor never learned to forecast).
+        checkpoint trained without a FutureMask (its predictor never learned to forecast). anchor: mix
+        each step with the context's own target features (see "Anchoring" in the module docstring).
         """
         video = self._as_input(context)
         hw = self._spatial_grid(video.shape)
         tokens = self._encoder(encoder)(video)  # (B, k*h*w, D)
-        return self.predict(tokens, hw, horizon, window, max_context=max_context, feedback=feedback)
+        pred = self.predict(tokens, hw, horizon, window, max_context=max_context, feedback=feedback)
+        if anchor is None:
+            return pred
+        positions = hw[0] * hw[1]
+        context_targets = rearrange(self.target_features(video), "b (t s) d -> b t s d", s=positions)
+        anchored = anchor.apply(rearrange(pred, "b (t s) d -> b t s d", s=positions), context_targets)
+        return rearrange(anchored, "b t s d -> b (t s) d")
 
     @torch.no_grad()
     def predict(
@@ -603,13 +717,15 @@ def forecast_quality(
     clip: Tensor,
     context_steps: int,
     horizon: int,
+    anchor: ForecastAnchor | None = None,
     **forecast_kwargs: Any,
 ) -> dict[str, dict[str, Tensor]]:
     """Per-clip, per-step forecast quality of the model and the two baselines.
 
     clip: uint8 or normalised float (B, C, T, H, W) holding `context_steps` + `horizon` tubelets
     (context first). Returns {method: {"cosine": (B, H), "l1": (B, H)}} on the CPU, methods in
-    METHODS; all three are compared with the same targets (see the module docstring).
+    METHODS; all are compared with the same targets (see the module docstring). With an anchor, "model"
+    is the anchored forecast and "predictor" the predictor's own, before the anchor.
     """
     video = model._as_input(clip)
     tubelet = model.tubelet_size
@@ -624,12 +740,18 @@ def forecast_quality(
     targets_all = rearrange(model.target_features(video), "b (t s) d -> b t s d", s=positions)  # (B, k+H, S, D)
     targets = targets_all[:, context_steps:]  # (B, H, S, D)
     context_targets = targets_all[:, :context_steps]  # (B, k, S, D)
-    pred = model.forecast(video[:, :, : context_steps * tubelet], horizon, **forecast_kwargs)
+    context = video[:, :, : context_steps * tubelet]
+    pred = rearrange(model.forecast(context, horizon, **forecast_kwargs), "b (t s) d -> b t s d", s=positions)
     guesses = {
-        "model": rearrange(pred, "b (t s) d -> b t s d", s=positions),
+        "model": pred,
         "copy_last": repeat(context_targets[:, -1], "b s d -> b t s d", t=horizon),
         "context_mean": repeat(context_targets.mean(dim=1), "b s d -> b t s d", t=horizon),
     }
+    if anchor is not None:
+        # the anchor mixes in the target features of the context frames ALONE (what a forecast has); the
+        # baselines above keep the full-clip ones, which have seen the future frames
+        alone = rearrange(model.target_features(context), "b (t s) d -> b t s d", s=positions)
+        guesses = {"model": anchor.apply(pred, alone), "predictor": pred, **{k: v for k, v in guesses.items() if k != "model"}}
     out = {}
     for method, guess in guesses.items():
         guess, target = guess.float(), targets.float()
@@ -670,8 +792,8 @@ def summarize_quality(per_clip: dict[str, dict[str, Tensor]], groups: Sequence[s
     says which: "N videos" or "clips"); with fewer than two it is inf.
     """
     grouped = groups is not None and len(set(groups)) < len(groups)
-    summary: dict[str, Any] = {}
-    for method in METHODS:
+    summary: dict[str, Any] = {"methods": list(per_clip)}
+    for method in per_clip:
         summary[method] = {}
         for metric in METRICS:
             values = per_clip[method][metric].double()  # (N, H)
@@ -742,6 +864,65 @@ def _eval_clip_indices(
     return sampler.indices(info, mode=mode, num_clips=count), num_context, info.fps
 
 
+@dataclass
+class _EvalClips:
+    videos: list[Tensor]  # uint8 (C, T, S, S) each
+    clips: list[dict[str, Any]]
+    skipped: list[dict[str, str]]
+    context_lengths: set[int]
+
+    def batches(self, batch_size: int) -> Iterator[list[int]]:
+        """Index groups of at most batch_size clips of one length (--context-s on videos of different frame
+        rates gives different context lengths)."""
+        order = sorted(range(len(self.videos)), key=lambda i: self.videos[i].shape[1])
+        start = 0
+        while start < len(order):
+            length = self.videos[order[start]].shape[1]
+            group = [i for i in order[start : start + batch_size] if self.videos[i].shape[1] == length]
+            yield group
+            start += len(group)
+
+
+def _read_eval_clips(
+    model: WorldModel, manifest: str | os.PathLike, horizon: int, num_clips: int | None,
+    context_frames: int | None, context_s: float | None, timing: ClipTiming, skip_bad: bool,
+) -> _EvalClips:
+    """Decode the context + future frames of `num_clips` clips spread over a manifest's videos."""
+    from worldmodel.data.datasets import read_manifest
+
+    try:
+        entries = read_manifest(manifest)
+    except (ValueError, FileNotFoundError) as err:
+        raise ForecastError(str(err)) from err
+    transform = model.eval_transform()
+    out = _EvalClips([], [], [], set())
+    for entry, count in zip(entries, _clips_per_video(len(entries), num_clips)):
+        if count == 0:
+            continue
+        try:
+            indices, num_context, video_fps = _eval_clip_indices(
+                entry.path, model, timing, context_frames, context_s, horizon, count
+            )
+            frames = read_frames(entry.path, np.concatenate(indices))  # (count * T, H, W, 3)
+        except (ForecastError, VideoError) as err:
+            if not skip_bad:
+                raise ForecastError(str(err)) from err
+            out.skipped.append({"path": entry.path, "reason": str(err)})
+            continue
+        out.context_lengths.add(num_context)
+        for k, idx in enumerate(indices):
+            out.videos.append(transform(frames[k * len(idx) : (k + 1) * len(idx)]))  # (C, T, S, S)
+            out.clips.append({
+                "path": entry.path,
+                "context_frame_indices": idx[:num_context].tolist(),
+                "future_frame_indices": idx[num_context:].tolist(),
+                "seconds_per_step": model.tubelet_size / timing.sample_rate(video_fps),
+            })
+    if not out.clips:
+        raise ForecastError(f"{manifest}: no clip could be evaluated (all videos skipped: {out.skipped[:3]})")
+    return out
+
+
 def evaluate_forecast(
     model: WorldModel,
     manifest: str | os.PathLike,
@@ -756,74 +937,52 @@ def evaluate_forecast(
     window: int | None = None,
     max_context: int | None = None,
     feedback: str = "rescale",
+    anchor: ForecastAnchor | None = None,
 ) -> dict[str, Any]:
     """Forecast quality over the clips of a manifest: a JSON-ready report (see `write_eval_report`).
 
     num_clips: clips in all, spread round-robin over the videos and evenly within each (one clip: centred);
     default max(number of videos, DEFAULT_EVAL_CLIPS): with one clip per video a manifest of 18 videos
     could not tell the methods apart. A video too short for context + horizon, or unreadable, raises
-    ForecastError unless `skip_bad`, which records it under "skipped".
+    ForecastError unless `skip_bad`, which records it under "skipped". anchor: "model" is the anchored
+    forecast, "predictor" the predictor's own (the anchor must have been fit for this model and rollout).
     """
-    from worldmodel.data.datasets import read_manifest
-
-    try:
-        entries = read_manifest(manifest)
-    except (ValueError, FileNotFoundError) as err:
-        raise ForecastError(str(err)) from err
     timing = timing or resolve_timing(model)
-    transform = model.eval_transform()
-    clips: list[dict[str, Any]] = []
-    videos: list[Tensor] = []
-    skipped: list[dict[str, str]] = []
-    context_lengths = set()
-    for entry, count in zip(entries, _clips_per_video(len(entries), num_clips)):
-        if count == 0:
-            continue
-        try:
-            indices, num_context, video_fps = _eval_clip_indices(
-                entry.path, model, timing, context_frames, context_s, horizon, count
-            )
-            frames = read_frames(entry.path, np.concatenate(indices))  # (count * T, H, W, 3)
-        except (ForecastError, VideoError) as err:
-            if not skip_bad:
-                raise ForecastError(str(err)) from err
-            skipped.append({"path": entry.path, "reason": str(err)})
-            continue
-        context_lengths.add(num_context)
-        for k, idx in enumerate(indices):
-            videos.append(transform(frames[k * len(idx) : (k + 1) * len(idx)]))  # (C, T, S, S)
-            clips.append({
-                "path": entry.path,
-                "context_frame_indices": idx[:num_context].tolist(),
-                "future_frame_indices": idx[num_context:].tolist(),
-                "seconds_per_step": model.tubelet_size / timing.sample_rate(video_fps),
-            })
-    if not clips:
-        raise ForecastError(f"{manifest}: no clip could be evaluated (all videos skipped: {skipped[:3]})")
-    per_clip: dict[str, dict[str, list[Tensor]]] = {m: {k: [] for k in METRICS} for m in METHODS}
+    rollout = model.rollout_settings(window, max_context, feedback)
+    if anchor is not None:
+        anchor.check(model, rollout)
+    data = _read_eval_clips(model, manifest, horizon, num_clips, context_frames, context_s, timing, skip_bad)
+    clips = data.clips
+    per_clip: dict[str, dict[str, list[Tensor]]] = {}
     clip_videos: list[str] = []  # the video of each row of per_clip, for the paired errors
-    # --context-s on videos of different frame rates gives different context lengths: batch equal lengths
-    order = sorted(range(len(videos)), key=lambda i: videos[i].shape[1])
-    start = 0
-    while start < len(order):
-        length = videos[order[start]].shape[1]
-        group = [i for i in order[start : start + batch_size] if videos[i].shape[1] == length]
-        batch = torch.stack([videos[i] for i in group])  # (b, C, T, S, S) uint8
-        context_steps = length // model.tubelet_size - horizon
+    for group in data.batches(batch_size):
+        batch = torch.stack([data.videos[i] for i in group])  # (b, C, T, S, S) uint8
+        context_steps = batch.shape[2] // model.tubelet_size - horizon
         result = forecast_quality(
-            model, batch, context_steps, horizon, window=window, max_context=max_context, feedback=feedback
+            model, batch, context_steps, horizon, anchor=anchor, window=window, max_context=max_context,
+            feedback=feedback,
         )
-        for method in METHODS:
+        for method, metrics in result.items():
             for metric in METRICS:
-                per_clip[method][metric].append(result[method][metric])
+                per_clip.setdefault(method, {k: [] for k in METRICS})[metric].append(metrics[metric])
         clip_videos.extend(clips[i]["path"] for i in group)
         for j, i in enumerate(group):
-            clips[i]["quality"] = {
-                m: {k: result[m][k][j].tolist() for k in METRICS} for m in METHODS
-            }
-        start += len(group)
+            clips[i]["quality"] = {m: {k: result[m][k][j].tolist() for k in METRICS} for m in result}
     stacked = {m: {k: torch.cat(v) for k, v in metrics.items()} for m, metrics in per_clip.items()}
     spatial = model._spatial_grid((1, 3, model.tubelet_size, *_pair(model.img_size)))
+    definitions = {
+        "targets": "target-encoder tokens of the whole clip (context + future frames), layer-normed as in "
+                   "training, at the future positions",
+        "model": "predicted latents (context encoder -> predictor with the future mask token, rollout)",
+        "copy_last": "target features of the last context step, repeated",
+        "context_mean": "per spatial position, the mean of the context steps' target features",
+        "cosine": "cosine similarity per token, mean over a step's tokens, then over clips (higher is better)",
+        "l1": "mean |prediction - target| over D and a step's tokens, then over clips (lower is better)",
+    }
+    if anchor is not None:
+        definitions["model"] = ("the anchored forecast: per step, weights['anchor'] of (predictor, last context step, "
+                                "context mean), the last two from the target features of the context frames alone")
+        definitions["predictor"] = "the predictor's latents before the anchor"
     report = {
         "checkpoint": model.source,
         "manifest": os.fspath(manifest),
@@ -831,32 +990,91 @@ def evaluate_forecast(
         "horizon": horizon,
         "steps": list(range(1, horizon + 1)),
         "seconds_per_step": float(np.mean([c["seconds_per_step"] for c in clips])),
-        "context_frames": sorted(context_lengths),
+        "context_frames": sorted(data.context_lengths),
         "timing": timing.as_dict(),
         "tubelet_size": model.tubelet_size,
         "grid_hw": list(spatial),
         "mask_kind": model.mask_kind,
         "predictor_input_encoder": model.context_encoder_role,
-        "rollout": {
-            "window": model.rollout_window(window, max_context),
-            "max_context": model.rollout_context(window, max_context),
-            "nominal_steps": model.nominal_steps,
-            "feedback": feedback,
-        },
-        "definitions": {
-            "targets": "target-encoder tokens of the whole clip (context + future frames), layer-normed as in "
-                       "training, at the future positions",
-            "model": "predicted latents (context encoder -> predictor with the future mask token, rollout)",
-            "copy_last": "target features of the last context step, repeated",
-            "context_mean": "per spatial position, the mean of the context steps' target features",
-            "cosine": "cosine similarity per token, mean over a step's tokens, then over clips (higher is better)",
-            "l1": "mean |prediction - target| over D and a step's tokens, then over clips (lower is better)",
-        },
+        "rollout": rollout,
+        "anchor": anchor.as_dict() if anchor is not None else None,
+        "definitions": definitions,
         **summarize_quality(stacked, groups=clip_videos),
-        "skipped": skipped,
+        "skipped": data.skipped,
         "clips": clips,
     }
     return report
+
+
+def anchor_candidates(grid: int = ANCHOR_GRID) -> Tensor:
+    """(G, 3) weights on the simplex in steps of 1 / grid, the predictor's own forecast first."""
+    rows = [(p, c, grid - p - c) for p in range(grid, -1, -1) for c in range(grid - p + 1)]
+    return torch.tensor(rows, dtype=torch.float64) / grid
+
+
+_EVAL_OPTIONS = inspect.signature(evaluate_forecast).parameters  # the clip and rollout options shared by the fit
+
+
+@torch.no_grad()
+def fit_forecast_anchor(
+    model: WorldModel, manifest: str | os.PathLike, horizon: int = DEFAULT_HORIZON, *, grid: int = ANCHOR_GRID,
+    **options: Any,
+) -> ForecastAnchor:
+    """Fit the anchor's weights on a manifest's clips (use TRAINING videos; evaluate on others).
+
+    options: the clip and rollout options of `evaluate_forecast` (num_clips, context_frames, context_s,
+    timing, batch_size, skip_bad, window, max_context, feedback), with the same defaults.
+
+    For every horizon step, the weights of (predictor, last context step, context mean) on the simplex
+    grid (steps of 1 / grid) with the lowest mean L1 to the real future's target features over the
+    clips, the same L1 as `--eval`'s. The pure predictor is a candidate, so on the fit clips the anchor
+    is never worse than any of the three alone; ties keep the larger predictor weight.
+    """
+    unknown = set(options) - (set(_EVAL_OPTIONS) - {"model", "manifest", "horizon", "anchor"})
+    if unknown:
+        raise TypeError(f"fit_forecast_anchor: unknown options {sorted(unknown)}")
+    opt = {name: options.get(name, param.default) for name, param in _EVAL_OPTIONS.items() if name in options or
+           param.default is not inspect.Parameter.empty}
+    window, max_context, feedback, batch_size = opt["window"], opt["max_context"], opt["feedback"], opt["batch_size"]
+    timing = opt["timing"] or resolve_timing(model)
+    rollout = model.rollout_settings(window, max_context, feedback)
+    data = _read_eval_clips(model, manifest, horizon, opt["num_clips"], opt["context_frames"], opt["context_s"],
+                            timing, opt["skip_bad"])
+    candidates = anchor_candidates(grid)  # (G, 3)
+    totals = torch.zeros(horizon, len(candidates), dtype=torch.float64)
+    for group in data.batches(batch_size):
+        video = model._as_input(torch.stack([data.videos[i] for i in group]))
+        steps = video.shape[2] // model.tubelet_size - horizon
+        positions = math.prod(model._spatial_grid(video.shape))
+        context = video[:, :, : steps * model.tubelet_size]
+        targets = rearrange(model.target_features(video), "b (t s) d -> b t s d", s=positions)[:, steps:]
+        alone = rearrange(model.target_features(context), "b (t s) d -> b t s d", s=positions)
+        pred = rearrange(
+            model.forecast(context, horizon, window=window, max_context=max_context, feedback=feedback),
+            "b (t s) d -> b t s d", s=positions,
+        )
+        sources = [pred.float(), alone[:, -1:].float(), alone.mean(dim=1, keepdim=True).float()]
+        for g, (wp, wl, wm) in enumerate(candidates.tolist()):
+            mixed = wp * sources[0] + wl * sources[1] + wm * sources[2]
+            totals[:, g] += (mixed - targets.float()).abs().mean(dim=-1).mean(dim=-1).sum(dim=0).double().cpu()
+    l1 = totals / len(data.clips)  # (H, G)
+    best = l1.argmin(dim=1)  # first minimum: candidates run from the pure predictor down
+    vertices = {name: int(torch.nonzero((candidates == torch.eye(3, dtype=candidates.dtype)[k]).all(dim=1))[0])
+                for k, name in enumerate(ANCHOR_SOURCES)}
+    fit = {
+        "checkpoint": model.source,
+        "manifest": os.fspath(manifest),
+        "num_clips": len(data.clips),
+        "num_videos": len({c["path"] for c in data.clips}),
+        "context_frames": sorted(data.context_lengths),
+        "timing": timing.as_dict(),
+        "grid": grid,
+        "l1": {**{name: l1[:, g].tolist() for name, g in vertices.items()},
+               "anchored": l1.gather(1, best[:, None])[:, 0].tolist()},
+        "skipped": data.skipped,
+    }
+    weights = [[round(float(x), 6) for x in candidates[b]] for b in best.tolist()]
+    return ForecastAnchor(weights=weights, model_sha256=model.weights_sha256(), rollout=rollout, fit=fit)
 
 
 def _pair(size: int | Sequence[int]) -> tuple[int, int]:
@@ -869,12 +1087,14 @@ def plot_quality(report: dict[str, Any], path: str | os.PathLike) -> Path:
 
     fig = Figure(figsize=(9, 3.6), dpi=100)
     steps = report["steps"]
-    styles = {"model": ("C0", "o", "model"), "copy_last": ("C1", "s", "copy last context step"),
+    anchored = bool(report.get("anchor"))
+    styles = {"model": ("C0", "o", "model (anchored)" if anchored else "model"),
+              "predictor": ("C3", "D", "predictor alone"), "copy_last": ("C1", "s", "copy last context step"),
               "context_mean": ("C2", "^", "context mean")}
     for ax_i, (metric, label) in enumerate((("cosine", "cosine similarity (higher is better)"),
                                             ("l1", "L1 (lower is better)"))):
         ax = fig.add_subplot(1, 2, ax_i + 1)
-        for method in METHODS:
+        for method in report.get("methods", METHODS):
             colour, marker, name = styles[method]
             errors = [e if math.isfinite(e) else 0.0 for e in report[method][f"{metric}_sem"]]  # inf: one clip
             ax.errorbar(steps, report[method][metric], yerr=errors, color=colour,
@@ -905,9 +1125,10 @@ def write_eval_report(report: dict[str, Any], out_dir: str | os.PathLike) -> tup
 
 
 def format_quality_table(report: dict[str, Any]) -> str:
-    lines = ["step  " + "  ".join(f"{m + ' ' + k:>20s}" for k in METRICS for m in METHODS)]
+    methods = report.get("methods", METHODS)
+    lines = ["step  " + "  ".join(f"{m + ' ' + k:>20s}" for k in METRICS for m in methods)]
     for i, step in enumerate(report["steps"]):
-        lines.append(f"{step:4d}  " + "  ".join(f"{report[m][k][i]:20.4f}" for k in METRICS for m in METHODS))
+        lines.append(f"{step:4d}  " + "  ".join(f"{report[m][k][i]:20.4f}" for k in METRICS for m in methods))
     paired = report.get("paired")
     if paired:
         lines.append("model's L1 advantage, paired over the same clips (baseline - model, +- standard error over "
@@ -915,6 +1136,10 @@ def format_quality_table(report: dict[str, Any]) -> str:
         for baseline in ("copy_last", "context_mean"):
             cells = [f"{a:+.4f} +- {e:.4f}" for a, e in zip(paired[baseline]["l1"]["advantage"], paired[baseline]["l1"]["advantage_sem"])]
             lines.append(f"  vs {baseline:<12s} " + "   ".join(cells))
+    if report.get("anchor"):
+        weights = "   ".join(f"{step}: {w[0]:.2f}/{w[1]:.2f}/{w[2]:.2f}" for step, w in
+                               zip(report["steps"], ForecastAnchor.step_weights_of(report["anchor"], len(report["steps"]))))
+        lines.append(f"model = anchored forecast, weights predictor/last/mean per step  {weights}")
     beats = report["model_beats_baselines"]
     lines.append(f"model beats both baselines at every step: {'yes' if beats['every_step'] else 'no'} "
                  f"(cosine: {beats['cosine']}, l1: {beats['l1']})")
@@ -930,8 +1155,14 @@ def add_forecast_arguments(parser: argparse.ArgumentParser) -> None:
     what = parser.add_mutually_exclusive_group(required=True)
     what.add_argument("--video", nargs="+", metavar="FILE", help="forecast these videos")
     what.add_argument("--eval", metavar="MANIFEST", help="measure forecast quality over a manifest's clips")
+    what.add_argument("--fit-anchor", metavar="MANIFEST",
+                      help="fit the forecast anchor (per-step weights of the predictor, the last context step and "
+                           "the context mean) on a manifest's clips, TRAINING videos, and write "
+                           "OUT/forecast_anchor.json for --anchor")
     parser.add_argument("--out", required=True,
-                        help="with --video: the .safetensors file to write; with --eval: the output folder")
+                        help="with --video: the .safetensors file to write; with --eval / --fit-anchor: the output folder")
+    parser.add_argument("--anchor", metavar="JSON", default=None,
+                        help="forecast_anchor.json from --fit-anchor: forecast with the anchored latents (--video, --eval)")
     parser.add_argument("--horizon", type=int, default=DEFAULT_HORIZON, help="future tubelets to predict")
     parser.add_argument("--start", type=float, default=0.0, help="time of the first context frame, seconds (--video)")
     context = parser.add_mutually_exclusive_group()
@@ -942,10 +1173,10 @@ def add_forecast_arguments(parser: argparse.ArgumentParser) -> None:
     rate.add_argument("--fps", type=float, default=None, help="sample frames at this rate (default: as in training)")
     rate.add_argument("--frame-step", type=int, default=None, help="sample every N-th frame (default: as in training)")
     parser.add_argument("--clips", type=int, default=None,
-                        help=f"clips to evaluate in all, spread round-robin over the videos (--eval; default: "
+                        help=f"clips to evaluate in all, spread round-robin over the videos (--eval, --fit-anchor; default: "
                              f"{DEFAULT_EVAL_CLIPS}, or one per video if there are more videos)")
     parser.add_argument("--skip-bad", action="store_true",
-                        help="--eval: skip videos too short or unreadable (listed in the JSON) instead of failing")
+                        help="--eval, --fit-anchor: skip videos too short or unreadable (listed in the JSON) instead of failing")
     parser.add_argument("--window", type=int, default=None,
                         help="future tubelets per predictor call (default: the clip length the model trained on, "
                              "or, with --max-context alone, what fills its nominal grid)")
@@ -954,7 +1185,7 @@ def add_forecast_arguments(parser: argparse.ArgumentParser) -> None:
                              "or with --window alone the longest that fits the nominal grid)")
     parser.add_argument("--feedback", choices=FEEDBACK_MODES, default="rescale",
                         help="how predictions are fed back in long rollouts")
-    parser.add_argument("--batch-size", type=int, default=8, help="clips per forward pass (--eval)")
+    parser.add_argument("--batch-size", type=int, default=8, help="clips per forward pass (--eval, --fit-anchor)")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
 
 
@@ -976,24 +1207,29 @@ def forecast_videos(
     window: int | None = None,
     max_context: int | None = None,
     feedback: str = "rescale",
+    anchor: ForecastAnchor | None = None,
 ) -> tuple[Tensor, dict[str, Any]]:
     """Forecast each video: latents (V, horizon * h * w, D) float32 on the CPU, and their metadata.
 
     Where every video holds the forecast frames, the metadata also has "quality" (forecast_quality
-    over these videos, summarised like the eval report).
+    over these videos, summarised like the eval report). anchor: the latents are the anchored forecast.
     """
     timing = timing or resolve_timing(model)
+    rollout = model.rollout_settings(window, max_context, feedback)
+    if anchor is not None:
+        anchor.check(model, rollout)
     latents, clips, per_video = [], [], []
     for path in videos:
         clip = read_forecast_clip(
             path, model, horizon, start_s=start_s, context_frames=context_frames, context_s=context_s, timing=timing
         )
         kwargs = dict(window=window, max_context=max_context, feedback=feedback)
-        latents.append(model.forecast(clip.context, horizon, **kwargs)[0].float().cpu())  # (H*h*w, D)
+        latents.append(model.forecast(clip.context, horizon, anchor=anchor, **kwargs)[0].float().cpu())  # (H*h*w, D)
         clips.append(clip.metadata())
         if clip.future is not None:
             steps = clip.context.shape[1] // model.tubelet_size
-            per_video.append(forecast_quality(model, torch.cat([clip.context, clip.future], 1), steps, horizon, **kwargs))
+            per_video.append(forecast_quality(model, torch.cat([clip.context, clip.future], 1), steps, horizon,
+                                              anchor=anchor, **kwargs))
     h_grid, w_grid = model._spatial_grid((1, 3, model.tubelet_size, *_pair(model.img_size)))
     meta: dict[str, Any] = {
         "format": "worldmodel.forecast/1",
@@ -1011,11 +1247,11 @@ def forecast_videos(
         "start_s": start_s,
         "mask_kind": model.mask_kind,
         "predictor_input_encoder": model.context_encoder_role,
-        "rollout": {"window": model.rollout_window(window, max_context), "max_context": model.rollout_context(window, max_context),
-                    "nominal_steps": model.nominal_steps, "feedback": feedback},
+        "rollout": rollout,
+        "anchor": anchor.as_dict() if anchor is not None else None,
     }
     if per_video and len(per_video) == len(videos):
-        stacked = {m: {k: torch.cat([q[m][k] for q in per_video]) for k in METRICS} for m in METHODS}
+        stacked = {m: {k: torch.cat([q[m][k] for q in per_video]) for k in METRICS} for m in per_video[0]}
         meta["quality"] = {"steps": list(range(1, horizon + 1)), **summarize_quality(stacked)}
     return torch.stack(latents), meta
 
@@ -1049,6 +1285,22 @@ def run_forecast(args: argparse.Namespace) -> int:
         timing = resolve_timing(model, args.fps, args.frame_step)
         common = dict(context_frames=args.context_frames, context_s=args.context_s, timing=timing,
                       window=args.window, max_context=args.max_context, feedback=args.feedback)
+        if args.fit_anchor:
+            if args.anchor:
+                raise ForecastError("--anchor applies to --video and --eval; --fit-anchor fits a new one")
+            anchor = fit_forecast_anchor(model, args.fit_anchor, args.horizon, num_clips=args.clips,
+                                         batch_size=args.batch_size, skip_bad=args.skip_bad, **common)
+            path = anchor.save(Path(args.out) / "forecast_anchor.json")
+            fit_l1 = anchor.fit["l1"]
+            print("step  weights predictor/last/mean   L1 on the fit clips: " + "  ".join(f"{k:>12s}" for k in fit_l1))
+            for i, w in enumerate(anchor.weights):
+                print(f"{i + 1:4d}  {w[0]:6.2f} {w[1]:6.2f} {w[2]:6.2f}" + " " * 23
+                      + "  ".join(f"{fit_l1[k][i]:12.4f}" for k in fit_l1))
+            print(f"wrote {path} (fit on {anchor.fit['num_clips']} clips of {anchor.fit['num_videos']} videos; "
+                  f"{len(anchor.fit['skipped'])} skipped)")
+            return 0
+        anchor = ForecastAnchor.load(args.anchor) if args.anchor else None
+        common["anchor"] = anchor
         if args.eval:
             report = evaluate_forecast(model, args.eval, args.horizon, num_clips=args.clips, batch_size=args.batch_size,
                                        skip_bad=args.skip_bad, **common)

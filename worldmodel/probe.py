@@ -80,7 +80,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
-from worldmodel.checkpoints import CheckpointError, atomic_torch_save, atomic_write_bytes, safe_torch_load
+from worldmodel.checkpoints import (
+    CheckpointError,
+    atomic_torch_save,
+    atomic_write_bytes,
+    safe_torch_load,
+    weights_hash,
+)
 from worldmodel.data.annotations import ActionVocabulary, read_annotations
 from worldmodel.data.datasets import AnticipationDataset, ManifestEntry, collate_samples, read_manifest
 from worldmodel.data.transforms import RandomResizedCropVideo, ResizeCenterCropVideo, video_from_frames
@@ -225,17 +231,6 @@ def build_world_model(checkpoint: str, encoder: str = "target", config_from: str
     target = module.target_encoder if module.target_encoder is not None else module.encoder
     source = f"random(seed={seed}" + (f", config_from={config_from})" if config_from else ")")
     return WorldModel(module.encoder, target, module.predictor, config, encoder=encoder, source=source)
-
-
-def weights_hash(modules: Sequence[nn.Module]) -> str:
-    """sha256 over the names, shapes and bytes of the modules' tensors (weights and buffers)."""
-    digest = hashlib.sha256()
-    for module in modules:
-        for name, tensor in module.state_dict().items():
-            t = tensor.detach().cpu().contiguous().reshape(-1)
-            digest.update(f"{name}:{tuple(tensor.shape)}:{t.dtype};".encode())
-            digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return digest.hexdigest()
 
 
 def forecast_horizon(anticipation_s: float, fps: float, tubelet_size: int) -> int:

@@ -121,10 +121,12 @@ class RandomResizedCropVideo:
         _check_frames(frames)
         top, left, crop_h, crop_w = self.crop_box(frames.shape[1], frames.shape[2], rng)
         flip = rng.random() < self.hflip_p
-        crop = rearrange(frames[:, top : top + crop_h, left : left + crop_w], "t h w c -> t c h w")  # a view
+        crop = frames[:, top : top + crop_h, left : left + crop_w]  # (T, h, w, C), a view
+        if flip:  # mirrored in the copy into contiguous memory that the resize makes anyway (same result)
+            crop = crop.flip(2)
         # the uint8 kernel reads and writes channels-last memory: (T, h, w, C) order, kept as it is
-        frames = rearrange(resize_frames(crop, self.size), "t c h w -> t h w c")
-        return video_from_frames(frames.flip(2) if flip else frames)  # (C, T, h, w), channels last
+        resized = resize_frames(rearrange(crop, "t h w c -> t c h w"), self.size)
+        return video_from_frames(rearrange(resized, "t c h w -> t h w c"))  # (C, T, h, w), channels last
 
 
 class ResizeCenterCropVideo:
