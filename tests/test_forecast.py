@@ -438,6 +438,14 @@ def test_fit_anchor_cli_then_eval_with_it(checkpoint, model, video_folder, tmp_p
     assert np.allclose(after["context_mean"]["l1"], before["context_mean"]["l1"], atol=1e-6)
     assert "anchored forecast" in capsys.readouterr().out
 
+    # --video with the anchor writes the anchored latents and says so
+    latents_path = tmp_path / "anchored.safetensors"
+    assert cli(["--video", folder / "v001.mp4", "--out", latents_path, "--anchor", path, *common]) == 0
+    latents, meta = load_latents(latents_path)
+    frames = ResizeCenterCropVideo(32)(read_frames(folder / "v001.mp4", [0, 2, 4, 6]))
+    assert torch.allclose(latents[0], model.forecast(frames, 2, anchor=anchor)[0], atol=1e-5)
+    assert meta["anchor"]["weights"] == anchor.weights and meta["quality"]["methods"][:2] == ["model", "predictor"]
+
     # an anchor belongs to one model and one rollout
     assert cli(["--eval", folder / "manifest.csv", "--clips", 4, "--out", anchored, "--anchor", path,
                 "--window", 1, *common]) == 2
