@@ -458,3 +458,8 @@ def test_fit_anchor_cli_then_eval_with_it(checkpoint, model, video_folder, tmp_p
     (tmp_path / "bad.json").write_text("{not json")
     assert cli(["--eval", folder / "manifest.csv", "--out", anchored, "--anchor", tmp_path / "bad.json", *common]) == 2
     assert "bad.json: not a forecast anchor" in capsys.readouterr().err
+    for broken in ({"weights": [0.5, 0.5]}, {"weights": [[0.5, 0.6, -0.1]]}, {"model_sha256": None}):
+        (tmp_path / "broken.json").write_text(json.dumps(dict(json.loads(path.read_text()), **broken)))
+        assert cli(["--eval", folder / "manifest.csv", "--out", anchored, "--anchor", tmp_path / "broken.json",
+                    *common]) == 2
+        assert "broken.json: " in capsys.readouterr().err

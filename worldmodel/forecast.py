@@ -190,9 +190,15 @@ class ForecastAnchor:
         if not isinstance(data, dict) or data.get("format") != ANCHOR_FORMAT:
             raise ForecastError(f"{path}: not a forecast anchor (format is not {ANCHOR_FORMAT!r})")
         weights = data.get("weights")
-        if (not isinstance(weights, list) or not weights
-                or any(len(row) != 3 or min(row) < 0 or abs(sum(row) - 1) > 1e-6 for row in weights)):
+
+        def valid(row: Any) -> bool:
+            return (isinstance(row, list) and len(row) == 3 and all(isinstance(x, (int, float)) for x in row)
+                    and min(row) >= 0 and abs(sum(row) - 1) <= 1e-6)
+
+        if not isinstance(weights, list) or not weights or not all(valid(row) for row in weights):
             raise ForecastError(f"{path}: weights must be rows of 3 non-negative numbers summing to 1, got {weights}")
+        if not isinstance(data.get("model_sha256"), str):
+            raise ForecastError(f"{path}: no model_sha256: cannot tell which model the anchor was fit for")
         return cls(weights=[[float(x) for x in row] for row in weights], model_sha256=str(data["model_sha256"]),
                    rollout=dict(data.get("rollout") or {}), fit=dict(data.get("fit") or {}), source=os.fspath(path))
 
