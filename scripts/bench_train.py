@@ -137,6 +137,7 @@ def main(argv: list[str] | None = None) -> dict:
     add_step_arguments(p, ["vjepa2", "vjepa2+future"])
     args = p.parse_args(argv)
 
+    from worldmodel.data.transforms import video_from_frames
     from worldmodel.objectives import ema_update
     from worldmodel.pretrain import JEPAPretrainer
 
@@ -169,6 +170,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     gen = torch.Generator().manual_seed(0)
     clips = torch.randint(0, 256, (args.batch, 3, args.frames, args.resolution, args.resolution), dtype=torch.uint8, generator=gen)
+    # laid out as the data loader delivers them: (C, T, H, W) views of (T, H, W, C) memory (the same values)
+    clips = [video_from_frames(clip.permute(1, 2, 3, 0)) for clip in clips]
 
     def make_batch(step: int) -> dict:
         samples = [
