@@ -28,6 +28,7 @@ from worldmodel.forecast import (
     WorldModel,
     add_forecast_arguments,
     anchor_candidates,
+    fit_forecast_anchor,
     load_latents,
     rollout_plan,
     run_forecast,
@@ -403,6 +404,11 @@ def test_anchored_forecast_mixes_the_predictor_with_the_context_frames_alone(mod
     assert torch.allclose(got[:, 1], last, atol=1e-6)
     assert torch.allclose(got[:, 2], last, atol=1e-6)  # past the fitted steps: the last row
     assert not torch.allclose(got[:, 0], pred[:, 0], atol=1e-3)  # the mix is visible
+
+
+def test_fit_anchor_rejects_options_eval_does_not_have(model):
+    with pytest.raises(TypeError, match=r"unknown options \['clip_count'\]"):
+        fit_forecast_anchor(model, "unused.csv", clip_count=3)
 
 
 def test_anchor_candidates_cover_the_simplex_predictor_first():

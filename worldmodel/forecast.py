@@ -1018,7 +1018,9 @@ def anchor_candidates(grid: int = ANCHOR_GRID) -> Tensor:
     return torch.tensor(rows, dtype=torch.float64) / grid
 
 
-_EVAL_OPTIONS = inspect.signature(evaluate_forecast).parameters  # the clip and rollout options shared by the fit
+# the clip and rollout options the fit shares with evaluate_forecast (its keyword-only ones but the anchor)
+_EVAL_OPTIONS = {name: param.default for name, param in inspect.signature(evaluate_forecast).parameters.items()
+                 if param.kind is inspect.Parameter.KEYWORD_ONLY and name != "anchor"}
 
 
 @torch.no_grad()
@@ -1036,11 +1038,10 @@ def fit_forecast_anchor(
     clips, the same L1 as `--eval`'s. The pure predictor is a candidate, so on the fit clips the anchor
     is never worse than any of the three alone; ties keep the larger predictor weight.
     """
-    unknown = set(options) - (set(_EVAL_OPTIONS) - {"model", "manifest", "horizon", "anchor"})
+    unknown = set(options) - set(_EVAL_OPTIONS)
     if unknown:
         raise TypeError(f"fit_forecast_anchor: unknown options {sorted(unknown)}")
-    opt = {name: options.get(name, param.default) for name, param in _EVAL_OPTIONS.items() if name in options or
-           param.default is not inspect.Parameter.empty}
+    opt = {**_EVAL_OPTIONS, **options}
     window, max_context, feedback, batch_size = opt["window"], opt["max_context"], opt["feedback"], opt["batch_size"]
     timing = opt["timing"] or resolve_timing(model)
     rollout = model.rollout_settings(window, max_context, feedback)
