@@ -62,10 +62,11 @@ D, like the training loss), averaged over the h * w tokens of a step, then over 
 
 Anchoring
 ---------
-On held-out videos the predictor's far steps can be worse than simply keeping the scene's average
-(the tiny run: its steps 3-4 lose to the context mean, while on its training videos they win). Its
-own `pred_copy_context: blend` gate learns that trade-off from the training poses, which mostly ask
-for near targets. An anchor (`ForecastAnchor`, `worldmodel forecast --fit-anchor TRAIN_MANIFEST`)
+On some held-out videos the predictor's far steps are worse than simply keeping the scene's average
+(the tiny run: on the built-in corpus's 18 validation videos its steps 3-4 lose to the context mean;
+on its training videos and on 72 videos of another corpus draw they win). Its own
+`pred_copy_context: blend` gate learns that trade-off from the training poses, which mostly ask for
+near targets. An anchor (`ForecastAnchor`, `worldmodel forecast --fit-anchor TRAIN_MANIFEST`)
 learns it where the forecast is used: per horizon step, weights (w_p, w_l, w_m) >= 0 summing to 1,
 and the forecast becomes
 
