@@ -172,8 +172,8 @@ def main() -> None:
     parser.add_argument("--crops", type=int, nargs="+", default=[112, 224])
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--rounds", type=int, default=4,
-                        help="loader / raw rounds, in the order loader-raw, raw-loader, ... (default 4)")
+    parser.add_argument("--rounds", type=int, default=6,
+                        help="loader / raw rounds, in the order loader-raw, raw-loader, ... (default 6)")
     parser.add_argument("--decode-size", type=int, nargs=2, metavar=("H", "W"),
                         help="decode at this size in decord (cheaper for large sources); default native")
     args = parser.parse_args()
