@@ -141,23 +141,15 @@ class ForecastAnchor:
     fit: dict[str, Any]
     source: str | None = None  # the file it was loaded from, for messages (not saved)
 
-    def step_weights(self, horizon: int) -> Tensor:
-        """(horizon, 3) float32 weights of (predictor, last context step, context mean) per step."""
-        return torch.tensor(self.step_weights_of(self.as_dict(), horizon), dtype=torch.float32)
-
     @staticmethod
-    def step_weights_of(anchor: dict[str, Any], horizon: int) -> list[list[float]]:
-        """The rows of an anchor's JSON form for steps 1..horizon (past the last fitted step: the last row)."""
-        weights = anchor["weights"]
-        return [weights[min(i, len(weights) - 1)] for i in range(horizon)]
+    def step_rows(weights: Sequence[Sequence[float]], horizon: int) -> list[list[float]]:
+        """The weight rows for steps 1..horizon (past the last fitted step: the last row)."""
+        return [list(weights[min(i, len(weights) - 1)]) for i in range(horizon)]
 
     def apply(self, pred: Tensor, context_targets: Tensor) -> Tensor:
         """pred (B, H, S, D) raw predictions, context_targets (B, k, S, D) the target features of the context
         frames alone -> the anchored forecast (B, H, S, D)."""
-        w = self.step_weights(pred.shape[1]).to(pred.device, pred.dtype)[:, :, None, None]  # (H, 3, 1, 1)
-        last = context_targets[:, -1:].to(pred.dtype)  # (B, 1, S, D)
-        mean = context_targets.mean(dim=1, keepdim=True).to(pred.dtype)
-        return w[:, 0] * pred + w[:, 1] * last + w[:, 2] * mean
+        return anchor_mix(torch.tensor(self.step_rows(self.weights, pred.shape[1])), pred, context_targets)
 
     def check(self, model: WorldModel, rollout: dict[str, Any]) -> None:
         """ForecastError unless the anchor was fit for this model and these rollout settings."""
@@ -202,6 +194,15 @@ class ForecastAnchor:
             raise ForecastError(f"{path}: no model_sha256: cannot tell which model the anchor was fit for")
         return cls(weights=[[float(x) for x in row] for row in weights], model_sha256=str(data["model_sha256"]),
                    rollout=dict(data.get("rollout") or {}), fit=dict(data.get("fit") or {}), source=os.fspath(path))
+
+
+def anchor_mix(weights: Tensor, pred: Tensor, context_targets: Tensor) -> Tensor:
+    """weights (H, 3) of (predictor, last context step, context mean) per step; pred (B, H, S, D);
+    context_targets (B, k, S, D) -> weights[:, 0] * pred + weights[:, 1] * last + weights[:, 2] * mean."""
+    w = weights.to(pred.device, pred.dtype)[:, :, None, None]  # (H, 3, 1, 1)
+    last = context_targets[:, -1:].to(pred.dtype)  # (B, 1, S, D)
+    mean = context_targets.mean(dim=1, keepdim=True).to(pred.dtype)
+    return w[:, 0] * pred + w[:, 1] * last + w[:, 2] * mean
 
 
 # ---------------------------------------------------------------------------------------------- rollout
@@ -483,6 +484,11 @@ class WorldModel(nn.Module):
         """What the predictor was trained to match: layer-normed target-encoder tokens (B, N, D)."""
         return target_features(self.encode(video, encoder="target"))
 
+    def target_steps(self, video: Tensor) -> Tensor:
+        """`target_features` per time step: (B, t, h * w, D)."""
+        positions = math.prod(self._spatial_grid(video.shape))
+        return rearrange(self.target_features(video), "b (t s) d -> b t s d", s=positions)
+
     # ------------------------------------------------------------------ forecasting
     def _spatial_grid(self, video_shape: Sequence[int]) -> tuple[int, int]:
         _, h_grid, w_grid = self.context_encoder.grid(tuple(video_shape))
@@ -515,9 +521,7 @@ class WorldModel(nn.Module):
         pred = self.predict(tokens, hw, horizon, window, max_context=max_context, feedback=feedback)
         if anchor is None:
             return pred
-        positions = hw[0] * hw[1]
-        context_targets = rearrange(self.target_features(video), "b (t s) d -> b t s d", s=positions)
-        anchored = anchor.apply(rearrange(pred, "b (t s) d -> b t s d", s=positions), context_targets)
+        anchored = anchor.apply(rearrange(pred, "b (t s) d -> b t s d", s=hw[0] * hw[1]), self.target_steps(video))
         return rearrange(anchored, "b t s d -> b (t s) d")
 
     @torch.no_grad()
@@ -719,6 +723,27 @@ def read_forecast_clip(
 
 # ---------------------------------------------------------------------------------------------- quality
 @torch.no_grad()
+def _forecast_clip(
+    model: WorldModel, clip: Tensor, context_steps: int, horizon: int, **forecast_kwargs: Any
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The forecast of a clip's future and what it is compared with: (future targets (B, H, S, D),
+    full-clip context targets (B, k, S, D), predictions (B, H, S, D), the context video)."""
+    video = model._as_input(clip)
+    tubelet = model.tubelet_size
+    needed = (context_steps + horizon) * tubelet
+    if video.shape[2] < needed:
+        raise ForecastError(
+            f"forecast_quality: the clip has {video.shape[2]} frames, {context_steps} context + {horizon} future "
+            f"tubelets need {needed}"
+        )
+    video = video[:, :, :needed]
+    positions = math.prod(model._spatial_grid(video.shape))
+    targets_all = model.target_steps(video)  # (B, k+H, S, D)
+    context = video[:, :, : context_steps * tubelet]
+    pred = rearrange(model.forecast(context, horizon, **forecast_kwargs), "b (t s) d -> b t s d", s=positions)
+    return targets_all[:, context_steps:], targets_all[:, :context_steps], pred, context
+
+
 def forecast_quality(
     model: WorldModel,
     clip: Tensor,
@@ -734,21 +759,7 @@ def forecast_quality(
     METHODS; all are compared with the same targets (see the module docstring). With an anchor, "model"
     is the anchored forecast and "predictor" the predictor's own, before the anchor.
     """
-    video = model._as_input(clip)
-    tubelet = model.tubelet_size
-    needed = (context_steps + horizon) * tubelet
-    if video.shape[2] < needed:
-        raise ForecastError(
-            f"forecast_quality: the clip has {video.shape[2]} frames, {context_steps} context + {horizon} future "
-            f"tubelets need {needed}"
-        )
-    video = video[:, :, :needed]
-    positions = math.prod(model._spatial_grid(video.shape))
-    targets_all = rearrange(model.target_features(video), "b (t s) d -> b t s d", s=positions)  # (B, k+H, S, D)
-    targets = targets_all[:, context_steps:]  # (B, H, S, D)
-    context_targets = targets_all[:, :context_steps]  # (B, k, S, D)
-    context = video[:, :, : context_steps * tubelet]
-    pred = rearrange(model.forecast(context, horizon, **forecast_kwargs), "b (t s) d -> b t s d", s=positions)
+    targets, context_targets, pred, context = _forecast_clip(model, clip, context_steps, horizon, **forecast_kwargs)
     guesses = {
         "model": pred,
         "copy_last": repeat(context_targets[:, -1], "b s d -> b t s d", t=horizon),
@@ -757,7 +768,7 @@ def forecast_quality(
     if anchor is not None:
         # the anchor mixes in the target features of the context frames ALONE (what a forecast has); the
         # baselines above keep the full-clip ones, which have seen the future frames
-        alone = rearrange(model.target_features(context), "b (t s) d -> b t s d", s=positions)
+        alone = model.target_steps(context)
         guesses = {"model": anchor.apply(pred, alone), "predictor": pred, **{k: v for k, v in guesses.items() if k != "model"}}
     out = {}
     for method, guess in guesses.items():
@@ -1051,20 +1062,15 @@ def fit_forecast_anchor(
     candidates = anchor_candidates(grid)  # (G, 3)
     totals = torch.zeros(horizon, len(candidates), dtype=torch.float64)
     for group in data.batches(batch_size):
-        video = model._as_input(torch.stack([data.videos[i] for i in group]))
-        steps = video.shape[2] // model.tubelet_size - horizon
-        positions = math.prod(model._spatial_grid(video.shape))
-        context = video[:, :, : steps * model.tubelet_size]
-        targets = rearrange(model.target_features(video), "b (t s) d -> b t s d", s=positions)[:, steps:]
-        alone = rearrange(model.target_features(context), "b (t s) d -> b t s d", s=positions)
-        pred = rearrange(
-            model.forecast(context, horizon, window=window, max_context=max_context, feedback=feedback),
-            "b (t s) d -> b t s d", s=positions,
+        batch = torch.stack([data.videos[i] for i in group])
+        steps = batch.shape[2] // model.tubelet_size - horizon
+        targets, _, pred, context = _forecast_clip(
+            model, batch, steps, horizon, window=window, max_context=max_context, feedback=feedback
         )
-        sources = [pred.float(), alone[:, -1:].float(), alone.mean(dim=1, keepdim=True).float()]
-        for g, (wp, wl, wm) in enumerate(candidates.tolist()):
-            mixed = wp * sources[0] + wl * sources[1] + wm * sources[2]
-            totals[:, g] += (mixed - targets.float()).abs().mean(dim=-1).mean(dim=-1).sum(dim=0).double().cpu()
+        pred, targets, alone = pred.float(), targets.float(), model.target_steps(context).float()
+        for g, candidate in enumerate(candidates):
+            mixed = anchor_mix(candidate.expand(horizon, 3), pred, alone)
+            totals[:, g] += (mixed - targets).abs().mean(dim=-1).mean(dim=-1).sum(dim=0).double().cpu()
     l1 = totals / len(data.clips)  # (H, G)
     best = l1.argmin(dim=1)  # first minimum: candidates run from the pure predictor down
     vertices = {name: int(torch.nonzero((candidates == torch.eye(3, dtype=candidates.dtype)[k]).all(dim=1))[0])
@@ -1146,7 +1152,7 @@ def format_quality_table(report: dict[str, Any]) -> str:
             lines.append(f"  vs {baseline:<12s} " + "   ".join(cells))
     if report.get("anchor"):
         weights = "   ".join(f"{step}: {w[0]:.2f}/{w[1]:.2f}/{w[2]:.2f}" for step, w in
-                               zip(report["steps"], ForecastAnchor.step_weights_of(report["anchor"], len(report["steps"]))))
+                               zip(report["steps"], ForecastAnchor.step_rows(report["anchor"]["weights"], len(report["steps"]))))
         lines.append(f"model = anchored forecast, weights predictor/last/mean per step  {weights}")
     beats = report["model_beats_baselines"]
     lines.append(f"model beats both baselines at every step: {'yes' if beats['every_step'] else 'no'} "
