@@ -88,8 +88,8 @@ from worldmodel.checkpoints import (
     weights_hash,
 )
 from worldmodel.data.annotations import ActionVocabulary, read_annotations
-from worldmodel.data.datasets import AnticipationDataset, ManifestEntry, collate_samples, read_manifest
-from worldmodel.data.transforms import RandomResizedCropVideo, ResizeCenterCropVideo, video_from_frames
+from worldmodel.data.datasets import AnticipationDataset, ManifestEntry, collate_samples, read_manifest, to_video
+from worldmodel.data.transforms import RandomResizedCropVideo, ResizeCenterCropVideo
 from worldmodel.data.video import ClipSampler, VideoError, VideoInfo, read_frames, read_video_info
 from worldmodel.metrics import classification_metrics
 from worldmodel.models.probe import build_probe, no_weight_decay
@@ -281,7 +281,7 @@ class ManifestClips(Dataset):
         entry = self.entries[index // self.num_clips]
         frames = read_frames(entry.path, self.clip_indices(index), size=self.decode_size)  # (T, H, W, C)
         rng = np.random.default_rng([self.seed, int(epoch), int(index)])
-        video = self.transform(frames, rng) if self.transform is not None else video_from_frames(frames)
+        video = to_video(frames, self.transform, rng)
         label = -1 if entry.label is None else int(entry.label)
         return {"video": video, "label": label, "index": int(index), "epoch": int(epoch), "errors": []}
 

@@ -49,6 +49,7 @@ __all__ = [
     "ManifestEntry",
     "collate_samples",
     "read_manifest",
+    "to_video",
 ]
 
 # A transform takes uint8 frames (T, H, W, C) and the sample's generator, returns uint8 (C, T, H, W).
@@ -258,7 +259,7 @@ def _split_key(key: int | tuple[int, int]) -> tuple[int, int]:
     return epoch, index
 
 
-def _to_video(frames: torch.Tensor, transform: VideoTransform | None, rng: np.random.Generator) -> torch.Tensor:
+def to_video(frames: torch.Tensor, transform: VideoTransform | None, rng: np.random.Generator) -> torch.Tensor:
     """uint8 (T, H, W, C) -> uint8 (C, T, H, W) (channels last), through the transform when there is one."""
     if transform is not None:
         return transform(frames, rng)
@@ -348,7 +349,7 @@ class ClipDataset(Dataset):
                 failed.add(current)
                 current = self._replacement(current, failed, rng)
                 continue
-            video = _to_video(clip.frames, self.transform, rng)  # (C, T, H, W) uint8
+            video = to_video(clip.frames, self.transform, rng)  # (C, T, H, W) uint8
             return {
                 "video": video,
                 "label": -1 if entry.label is None else int(entry.label),
@@ -458,7 +459,7 @@ class AnticipationDataset(Dataset):
         info = self._info(segment.video_id)
         indices = self.context_indices(index)  # (T,)
         frames = read_frames(self.video_paths[segment.video_id], indices, size=self.decode_size)
-        video = _to_video(frames, self.transform, rng)  # (C, T, H, W) uint8
+        video = to_video(frames, self.transform, rng)  # (C, T, H, W) uint8
         action = self.vocabulary.action_id(segment.verb, segment.noun)
         return {
             "video": video,
