@@ -262,6 +262,24 @@ def test_sound_fps_falls_back_to_timestamps():
     assert sound_fps(float("nan"), 0, float("nan")) is None
 
 
+def test_frames_taken_over_without_copy_equal_decords_copy_and_outlive_the_reader(make_video):
+    import gc
+
+    import decord
+
+    path = make_video("owned.mp4", num_frames=16, size=(48, 64))
+    expected = decord.VideoReader(str(path), num_threads=1).get_batch([2, 9, 15]).asnumpy()
+    frames = read_frames(path, [2, 9, 15])  # decord's buffer, handed over through DLPack
+    assert frames.dtype == torch.uint8 and frames.is_contiguous()
+    gc.collect()
+    # the reader and its NDArray are gone; decoding other videos must not reuse the frames' memory
+    other = make_video("other.mp4", num_frames=24, size=(48, 64))
+    for _ in range(3):
+        read_frames(other, list(range(24)))
+    np.testing.assert_array_equal(frames.numpy(), expected)
+    frames[0, 0, 0, 0] = 255 - frames[0, 0, 0, 0]  # writable, as a numpy copy was
+
+
 def test_decoding_ignores_the_global_decord_bridge(make_video):
     import decord
 
