@@ -247,7 +247,37 @@ def test_feature_cache_returns_exactly_the_uncached_features(tmp_path, corpus, t
     # anything the features depend on changes the key
     other_model = FeatureSource(train, model, FeatureCache(), {**key, "weights": "0" * 64}, cfg, horizon)
     no_forecast = FeatureSource(train, model, FeatureCache(), key, cfg, None)
-    assert len({first.key, other_model.key, no_forecast.key}) == 3
+    anchored = FeatureSource(train, model, FeatureCache(), key, cfg, horizon, anchor=_anchor_for(model))
+    assert len({first.key, other_model.key, no_forecast.key, anchored.key}) == 4
+
+
+def _anchor_for(model, weights=((0.5, 0.25, 0.25), (0.2, 0.3, 0.5)), sha=None):
+    from worldmodel.forecast import ForecastAnchor
+
+    return ForecastAnchor(weights=[list(w) for w in weights], model_sha256=sha or model.weights_sha256(),
+                          rollout=model.rollout_settings(), fit={"checkpoint": "by hand"})
+
+
+def test_anchored_forecast_tokens_are_the_anchor_mix_of_the_context(corpus, tiny_ckpt):
+    from worldmodel.forecast import anchor_mix
+
+    cfg = ProbeConfig(num_frames=4, fps=4.0, anticipation_s=1.0, num_workers=0, extract_batch_size=8)
+    train, _, _ = anticipation_clip_sets(
+        str(corpus / "annotations" / "train.csv"), str(corpus / "annotations" / "val.csv"), str(corpus / "videos"), cfg, 32
+    )
+    model = build_world_model(str(tiny_ckpt))
+    anchor = _anchor_for(model)
+    horizon, keys = forecast_horizon(cfg.anticipation_s, cfg.fps, 2), list(range(6))
+    plain = extract_features(model, train.dataset, keys, 8, 0, horizon=horizon)
+    anchored = extract_features(model, train.dataset, keys, 8, 0, horizon=horizon, anchor=anchor)
+    n_tokens = 2 * 2 * 2
+    assert torch.equal(anchored.tokens[:, :n_tokens], plain.tokens[:, :n_tokens])  # observed tokens unchanged
+    video = torch.stack([train.dataset[k]["video"] for k in keys])
+    context = model.target_steps(model._as_input(video))  # (B, 2, 4, D): the context frames' own targets
+    pred = rearrange(plain.tokens[:, n_tokens:], "b (t s) d -> b t s d", s=4)
+    expected = anchor_mix(torch.tensor(anchor.weights), pred, context)
+    torch.testing.assert_close(rearrange(anchored.tokens[:, n_tokens:], "b (t s) d -> b t s d", s=4), expected)
+    assert not torch.allclose(expected, pred)
 
 
 def test_augmented_training_clips_are_reencoded_every_epoch(corpus, tiny_ckpt):
@@ -343,7 +373,7 @@ def test_random_checkpoint_end_to_end_writes_the_contract(tmp_path, corpus, tiny
     assert metrics["encoder"] == "target" and metrics["encoder_requested"] == "auto"
     assert list(metrics["encoder_selection"][0]["held_out_key"]) == ["target"]
     assert metrics["probe"] == "attentive" and set(metrics["probes"]) == {"attentive", "linear"}
-    assert metrics["forecast"] == {"horizon_tubelets": 2, "tokens": "all"}
+    assert metrics["forecast"] == {"horizon_tubelets": 2, "tokens": "all", "anchor": None}
     timing = metrics["timing"]
     assert timing["first_epoch_s"] >= timing["train_features_s"] > 0
     assert timing["later_epoch_s"] < timing["first_epoch_s"]
@@ -355,6 +385,25 @@ def test_random_checkpoint_end_to_end_writes_the_contract(tmp_path, corpus, tiny
     again = json.loads((out / "metrics.json").read_text())
     assert again["timing"]["train_features_from"] == "disk" and again["timing"]["train_features_s"] == 0.0
     assert again["action_recall@5"] == metrics["action_recall@5"]
+
+
+def test_probe_with_a_forecast_anchor_records_it_and_refuses_another_models(tmp_path, corpus, tiny_ckpt):
+    model = build_world_model(str(tiny_ckpt))
+    good, wrong = tmp_path / "anchor.json", tmp_path / "wrong.json"
+    _anchor_for(model).save(good)
+    _anchor_for(model, sha="0" * 64).save(wrong)
+    data = ["--train-annotations", str(corpus / "annotations" / "train.csv"), "--val-annotations",
+            str(corpus / "annotations" / "val.csv"), "--videos", str(corpus / "videos"), "--num-frames", "4",
+            "--lr", "1e-3", "--wd", "0.01", "--epochs", "2", "--workers", "0", "--encoder", "target",
+            "--probe", "linear"]  # fmt: skip
+    out = tmp_path / "anchored"
+    assert run_probe(_args(out, "--checkpoint", str(tiny_ckpt), *data, "--forecast", "--forecast-anchor", str(good))) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["forecast"]["anchor"] == {"file": str(good), "weights": [[0.5, 0.25, 0.25], [0.2, 0.3, 0.5]]}
+    with pytest.raises(SystemExit, match="fit for another model"):
+        run_probe(_args(tmp_path / "w", "--checkpoint", str(tiny_ckpt), *data, "--forecast", "--forecast-anchor", str(wrong)))
+    with pytest.raises(SystemExit, match="use it with forecast"):
+        run_probe(_args(tmp_path / "n", "--checkpoint", str(tiny_ckpt), *data, "--forecast-anchor", str(good)))
 
 
 def test_classification_probe_averages_clips_per_video(tmp_path, corpus, tiny_ckpt):

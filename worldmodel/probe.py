@@ -24,7 +24,8 @@ What a run does (`worldmodel probe`, or `run_probe(args)`):
    times) and of the clip geometry and transform), so every training epoch after the first reads
    tokens instead of decoding and encoding videos. With `--forecast` the predictor's latents of the
    `horizon` tubelets that cover the anticipation gap are appended to the tokens (V-JEPA 2's
-   anticipation trick), marked with a token type the probe learns an embedding for. With `--augment`
+   anticipation trick), marked with a token type the probe learns an embedding for; with
+   `--forecast-anchor JSON` the anchored forecast (`worldmodel forecast --fit-anchor`). With `--augment`
    training clips get a random resized crop per epoch and are re-encoded every epoch (not cached).
 4. **Hyper-parameters on training data only.** A grid of learning rate x weight decay heads, of each
    probe kind (attentive, linear), is trained at once on the shared features of 80% of the TRAINING
@@ -155,6 +156,7 @@ class ProbeConfig:
     seed: int = 0
     forecast: bool = False  # append the forecast latents of the anticipation gap
     forecast_tokens: str = "all"  # "all" horizon tubelets, or the "last" one (the anticipated time)
+    forecast_anchor: str | None = None  # a `worldmodel forecast --fit-anchor` JSON: anchored forecasts
     augment: bool = False  # random resized crops of training clips, re-encoded every epoch
     extract_batch_size: int = 16
     num_workers: int = 1
@@ -179,6 +181,8 @@ class ProbeConfig:
             raise ValueError(f"probe kinds must be among {PROBE_KINDS}, got {list(self.probes)}")
         if self.loss not in ("ce", "focal"):
             raise ValueError(f"loss must be 'ce' or 'focal', got {self.loss!r}")
+        if self.forecast_anchor is not None and not self.forecast:
+            raise ValueError("forecast_anchor anchors the forecast latents: use it with forecast")
         if self.forecast_tokens not in ("all", "last"):
             raise ValueError(f"forecast_tokens must be 'all' or 'last', got {self.forecast_tokens!r}")
         if not self.lrs or not self.weight_decays or min(self.lrs) <= 0 or min(self.weight_decays) < 0:
@@ -238,10 +242,11 @@ def forecast_horizon(anticipation_s: float, fps: float, tubelet_size: int) -> in
     return max(1, math.ceil(anticipation_s * fps / tubelet_size - 1e-9))
 
 
-def forecast_tokens(world_model, video: Tensor, horizon: int, spatial: int, keep: str = "all") -> Tensor:
+def forecast_tokens(world_model, video: Tensor, horizon: int, spatial: int, keep: str = "all", anchor=None) -> Tensor:
     """Predicted latents (B, F, D) of the `horizon` tubelets after the clip: all of them (F = horizon * h * w)
-    or only the "last" one (F = h * w, the anticipated time itself, as V-JEPA 2 does)."""
-    future = world_model.forecast(video, horizon)  # (B, horizon*h*w, D)
+    or only the "last" one (F = h * w, the anticipated time itself, as V-JEPA 2 does). anchor: a
+    `worldmodel.forecast.ForecastAnchor` fit for this model (the anchored forecast), or None."""
+    future = world_model.forecast(video, horizon, anchor=anchor)  # (B, horizon*h*w, D)
     return future[:, -spatial:] if keep == "last" else future
 
 
@@ -491,12 +496,14 @@ def extract_features(
     keep: str = "all",
     log_every_s: float = 30.0,
     encoder: str | None = None,
+    anchor=None,
 ) -> Features:
     """Encode the items `keys` of `dataset` with the frozen encoder: Features of (len(keys), L, D).
 
     encoder: "target" or "context" (default: the world model's own choice).
 
-    horizon: also append the forecast latents of the next `horizon` tubelets (`forecast_tokens`).
+    horizon: also append the forecast latents of the next `horizon` tubelets (`forecast_tokens`), anchored
+    with `anchor` when one is given.
     """
     device = world_model.device
     tokens: Tensor | None = None
@@ -508,7 +515,7 @@ def extract_features(
         parts, types = [encoded], [torch.zeros(encoded.shape[1], dtype=torch.long)]
         if horizon is not None:
             _, grid_h, grid_w = world_model.target_encoder.grid(video.shape)
-            future = forecast_tokens(world_model, video, horizon, grid_h * grid_w, keep)  # (B, F, D)
+            future = forecast_tokens(world_model, video, horizon, grid_h * grid_w, keep, anchor)  # (B, F, D)
             parts.append(future.to(encoded.dtype))
             types.append(torch.ones(future.shape[1], dtype=torch.long))
         out = torch.cat(parts, dim=1).float().cpu()  # (B, L, D)
@@ -578,6 +585,7 @@ class FeatureSource:
         cfg: ProbeConfig,
         horizon: int | None,
         encoder: str | None = None,
+        anchor=None,
     ) -> None:
         self.clips = clips
         self.world_model = world_model
@@ -585,7 +593,10 @@ class FeatureSource:
         self.cache = cache
         self.cfg = cfg
         self.horizon = horizon
+        self.anchor = anchor if horizon is not None else None
         forecast = {"horizon": horizon, "keep": cfg.forecast_tokens} if horizon is not None else None
+        if forecast is not None and self.anchor is not None:
+            forecast["anchor"] = {"weights": self.anchor.weights, "model_sha256": self.anchor.model_sha256}
         self.description = {"model": dict(model_key), "data": clips.fingerprint, "forecast": forecast}
         self.key = FeatureCache.key(self.description)
         self.extract_s = 0.0  # time spent encoding clips (0 when the cache had them)
@@ -595,7 +606,7 @@ class FeatureSource:
         start = time.perf_counter()
         features = extract_features(
             self.world_model, dataset, keys, self.cfg.extract_batch_size, self.cfg.num_workers, self.horizon,
-            self.cfg.forecast_tokens, encoder=self.encoder,
+            self.cfg.forecast_tokens, encoder=self.encoder, anchor=self.anchor,
         )
         self.extract_s += time.perf_counter() - start
         return features
@@ -1155,6 +1166,9 @@ def add_probe_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--forecast", action="store_true", help="append the forecast latents of the anticipation gap to the probe's tokens")
     g.add_argument("--forecast-tokens", choices=("all", "last"), default=d.forecast_tokens,
                    help="all forecast tubelets, or only the last one (the anticipated time, V-JEPA 2)")
+    g.add_argument("--forecast-anchor", default=None, metavar="JSON",
+                   help="with --forecast: append the anchored forecast, with this anchor "
+                        "(`worldmodel forecast --fit-anchor`, fit for the same checkpoint)")
     g.add_argument("--augment", action="store_true", help="random resized crops of training clips (re-encoded every epoch: slow)")
     g = parser.add_argument_group("probe training")
     g.add_argument("--probe", nargs="+", choices=PROBE_KINDS, default=list(d.probes), help="probe kinds; the first gives the contract keys")
@@ -1213,7 +1227,8 @@ def _config_from_args(args: argparse.Namespace) -> ProbeConfig:
         resize=args.resize, num_clips=args.num_clips, probes=tuple(args.probe), probe_depth=args.probe_depth,
         probe_heads=args.probe_heads, loss=args.loss, lrs=tuple(args.lr), weight_decays=tuple(args.wd),
         epochs=args.epochs, batch_size=args.batch_size, holdout_fraction=args.holdout, seed=args.seed,
-        forecast=args.forecast, forecast_tokens=args.forecast_tokens, augment=args.augment,
+        forecast=args.forecast, forecast_tokens=args.forecast_tokens, forecast_anchor=args.forecast_anchor,
+        augment=args.augment,
         extract_batch_size=args.extract_batch_size, num_workers=args.workers, device=device,
         head_threads=args.head_threads,
     )  # fmt: skip
@@ -1225,6 +1240,12 @@ def run_probe(args: argparse.Namespace) -> int:
         return _run_probe(args)
     except (FileNotFoundError, ValueError, CheckpointError, VideoError) as err:
         raise SystemExit(f"worldmodel probe: {err}") from err
+    except RuntimeError as err:
+        from worldmodel.forecast import ForecastError
+
+        if isinstance(err, ForecastError):  # e.g. an anchor fit for another checkpoint
+            raise SystemExit(f"worldmodel probe: {err}") from err
+        raise
 
 
 def _run_probe(args: argparse.Namespace) -> int:
@@ -1255,6 +1276,12 @@ def _run_probe(args: argparse.Namespace) -> int:
         raise ValueError(f"--img-size {img_size} is not a multiple of the checkpoint's patch size {enc_cfg.patch_size}")
     horizon = forecast_horizon(cfg.anticipation_s, cfg.fps, enc_cfg.tubelet_size) if cfg.forecast else None
     extra = [world_model.context_encoder, world_model.predictor] if cfg.forecast else []
+    anchor = None
+    if cfg.forecast_anchor is not None:
+        from worldmodel.forecast import ForecastAnchor
+
+        anchor = ForecastAnchor.load(cfg.forecast_anchor)
+        anchor.check(world_model, world_model.rollout_settings())  # the probe forecasts with the default rollout
     model_keys = {name: {"weights": weights_hash([modules[name]] + extra), "encoder": name}
                   for name in (("target", "context") if args.encoder == "auto" else (args.encoder,))}
     # the same extra modules follow each encoder in its hash, so equal hashes mean equal encoder weights
@@ -1271,7 +1298,7 @@ def _run_probe(args: argparse.Namespace) -> int:
     _log(f"{task}: {len(train)} training items, {len(val)} validation items")
     cache = FeatureCache(out_dir / "feature_cache" if args.disk_cache else None)
     sources = {
-        name: (FeatureSource(train, world_model, cache, key, cfg, horizon, name), FeatureSource(val, world_model, cache, key, cfg, horizon, name))
+        name: tuple(FeatureSource(clips, world_model, cache, key, cfg, horizon, name, anchor) for clips in (train, val))
         for name, key in model_keys.items()
     }
     num_heads = probe_num_heads(cfg, enc_cfg.num_heads)
@@ -1311,7 +1338,9 @@ def _run_probe(args: argparse.Namespace) -> int:
         "img_size": img_size,
         "probe_heads": num_heads,
         "probe_depth": cfg.probe_depth,
-        "forecast": {"horizon_tubelets": horizon, "tokens": cfg.forecast_tokens} if horizon else False,
+        "forecast": {"horizon_tubelets": horizon, "tokens": cfg.forecast_tokens,
+                     "anchor": None if anchor is None else {"file": cfg.forecast_anchor, "weights": anchor.weights}}
+        if horizon else False,
         "outputs": result["outputs"],
         "chosen": result["chosen"],
         "hyper_parameters": {"lr": result["chosen"][primary]["lr"], "weight_decay": result["chosen"][primary]["weight_decay"],
