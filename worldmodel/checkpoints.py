@@ -156,7 +156,9 @@ class LastCheckpoint(Callback):
 
     def _save(self, trainer) -> None:
         if trainer.global_step != self._saved_step:
-            trainer.save_checkpoint(self.path)
+            # the full state (optimizer, loops, sampler) that exact resume needs; saying so also keeps
+            # Lightning from logging that `weights_only` defaulted to False at every save
+            trainer.save_checkpoint(self.path, weights_only=False)
             self._saved_step = trainer.global_step
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
