@@ -406,6 +406,22 @@ def test_anchored_forecast_mixes_the_predictor_with_the_context_frames_alone(mod
     assert not torch.allclose(got[:, 0], pred[:, 0], atol=1e-3)  # the mix is visible
 
 
+def test_forecast_reuses_tokens_the_caller_already_encoded(model):
+    video = torch.randint(0, 256, (2, 3, 4, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(6))
+    anchor = ForecastAnchor(weights=[[0.5, 0.25, 0.25]], model_sha256=model.weights_sha256(),
+                            rollout=model.rollout_settings(), fit={})
+    encoded = {role: model.encode(video, encoder=role) for role in ("context", "target")}
+    for anchored in (None, anchor):
+        assert torch.equal(model.forecast(video, 3, anchor=anchored, encoded=encoded),
+                           model.forecast(video, 3, anchor=anchored))
+    # what is given is what is used: other context tokens give another forecast
+    shifted = {**encoded, "context": encoded["context"] + 1.0}
+    assert not torch.allclose(model.forecast(video, 3, encoded=shifted), model.forecast(video, 3), atol=1e-3)
+    shifted = {**encoded, "target": encoded["target"].flip(1)}
+    assert not torch.allclose(model.forecast(video, 3, anchor=anchor, encoded=shifted),
+                              model.forecast(video, 3, anchor=anchor), atol=1e-3)
+
+
 def test_fit_anchor_rejects_options_eval_does_not_have(model):
     with pytest.raises(TypeError, match=r"unknown options \['clip_count'\]"):
         fit_forecast_anchor(model, "unused.csv", clip_count=3)

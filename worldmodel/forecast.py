@@ -97,7 +97,7 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -484,10 +484,12 @@ class WorldModel(nn.Module):
         """What the predictor was trained to match: layer-normed target-encoder tokens (B, N, D)."""
         return target_features(self.encode(video, encoder="target"))
 
-    def target_steps(self, video: Tensor) -> Tensor:
-        """`target_features` per time step: (B, t, h * w, D)."""
+    def target_steps(self, video: Tensor, tokens: Tensor | None = None) -> Tensor:
+        """`target_features` per time step: (B, t, h * w, D). tokens: the target encoder's tokens of
+        `video` when the caller already has them (not encoded again)."""
         positions = math.prod(self._spatial_grid(video.shape))
-        return rearrange(self.target_features(video), "b (t s) d -> b t s d", s=positions)
+        features = self.target_features(video) if tokens is None else target_features(tokens)
+        return rearrange(features, "b (t s) d -> b t s d", s=positions)
 
     # ------------------------------------------------------------------ forecasting
     def _spatial_grid(self, video_shape: Sequence[int]) -> tuple[int, int]:
@@ -505,6 +507,7 @@ class WorldModel(nn.Module):
         encoder: str = "context",
         feedback: str = "rescale",
         anchor: ForecastAnchor | None = None,
+        encoded: Mapping[str, Tensor] | None = None,
     ) -> Tensor:
         """Latents of the next `horizon` tubelets after the context clip: (B, horizon * h * w, D).
 
@@ -514,14 +517,18 @@ class WorldModel(nn.Module):
         training). The predictor's mask token is the FutureMask's kind (`self.mask_kind`), kind 0 for a
         checkpoint trained without a FutureMask (its predictor never learned to forecast). anchor: mix
         each step with the context's own target features (see "Anchoring" in the module docstring).
+        encoded: tokens of `context` the caller already has, by encoder ("context", "target"; from
+        `encode`), used instead of running that encoder again.
         """
+        encoded = encoded or {}
         video = self._as_input(context)
         hw = self._spatial_grid(video.shape)
-        tokens = self._encoder(encoder)(video)  # (B, k*h*w, D)
+        tokens = encoded[encoder] if encoder in encoded else self._encoder(encoder)(video)  # (B, k*h*w, D)
         pred = self.predict(tokens, hw, horizon, window, max_context=max_context, feedback=feedback)
         if anchor is None:
             return pred
-        anchored = anchor.apply(rearrange(pred, "b (t s) d -> b t s d", s=hw[0] * hw[1]), self.target_steps(video))
+        context_steps = self.target_steps(video, encoded.get("target"))  # (B, k, h*w, D)
+        anchored = anchor.apply(rearrange(pred, "b (t s) d -> b t s d", s=hw[0] * hw[1]), context_steps)
         return rearrange(anchored, "b t s d -> b (t s) d")
 
     @torch.no_grad()

@@ -92,6 +92,7 @@ from worldmodel.data.annotations import ActionVocabulary, read_annotations
 from worldmodel.data.datasets import AnticipationDataset, ManifestEntry, collate_samples, read_manifest, to_video
 from worldmodel.data.transforms import RandomResizedCropVideo, ResizeCenterCropVideo
 from worldmodel.data.video import ClipSampler, VideoError, VideoInfo, read_frames, read_video_info
+from worldmodel.forecast import ForecastAnchor, ForecastError
 from worldmodel.metrics import classification_metrics
 from worldmodel.models.probe import build_probe, no_weight_decay
 
@@ -242,11 +243,15 @@ def forecast_horizon(anticipation_s: float, fps: float, tubelet_size: int) -> in
     return max(1, math.ceil(anticipation_s * fps / tubelet_size - 1e-9))
 
 
-def forecast_tokens(world_model, video: Tensor, horizon: int, spatial: int, keep: str = "all", anchor=None) -> Tensor:
+def forecast_tokens(
+    world_model, video: Tensor, horizon: int, spatial: int, keep: str = "all", anchor: ForecastAnchor | None = None,
+    encoded: Mapping[str, Tensor] | None = None,
+) -> Tensor:
     """Predicted latents (B, F, D) of the `horizon` tubelets after the clip: all of them (F = horizon * h * w)
-    or only the "last" one (F = h * w, the anticipated time itself, as V-JEPA 2 does). anchor: a
-    `worldmodel.forecast.ForecastAnchor` fit for this model (the anchored forecast), or None."""
-    future = world_model.forecast(video, horizon, anchor=anchor)  # (B, horizon*h*w, D)
+    or only the "last" one (F = h * w, the anticipated time itself, as V-JEPA 2 does). anchor: fit for this
+    model (the anchored forecast), or None. encoded: the clip's tokens already computed, by encoder name
+    (`WorldModel.forecast` reuses them instead of encoding the clip again)."""
+    future = world_model.forecast(video, horizon, anchor=anchor, encoded=encoded)  # (B, horizon*h*w, D)
     return future[:, -spatial:] if keep == "last" else future
 
 
@@ -496,7 +501,7 @@ def extract_features(
     keep: str = "all",
     log_every_s: float = 30.0,
     encoder: str | None = None,
-    anchor=None,
+    anchor: ForecastAnchor | None = None,
 ) -> Features:
     """Encode the items `keys` of `dataset` with the frozen encoder: Features of (len(keys), L, D).
 
@@ -515,7 +520,9 @@ def extract_features(
         parts, types = [encoded], [torch.zeros(encoded.shape[1], dtype=torch.long)]
         if horizon is not None:
             _, grid_h, grid_w = world_model.target_encoder.grid(video.shape)
-            future = forecast_tokens(world_model, video, horizon, grid_h * grid_w, keep, anchor)  # (B, F, D)
+            role = encoder or world_model.default_encoder  # the forecast reuses this encoder's tokens
+            future = forecast_tokens(world_model, video, horizon, grid_h * grid_w, keep, anchor,
+                                     encoded={role: encoded})  # (B, F, D)
             parts.append(future.to(encoded.dtype))
             types.append(torch.ones(future.shape[1], dtype=torch.long))
         out = torch.cat(parts, dim=1).float().cpu()  # (B, L, D)
@@ -585,7 +592,7 @@ class FeatureSource:
         cfg: ProbeConfig,
         horizon: int | None,
         encoder: str | None = None,
-        anchor=None,
+        anchor: ForecastAnchor | None = None,
     ) -> None:
         self.clips = clips
         self.world_model = world_model
@@ -1238,14 +1245,8 @@ def run_probe(args: argparse.Namespace) -> int:
     """`worldmodel probe`: see the module docstring. Returns 0; errors in the inputs exit with a message."""
     try:
         return _run_probe(args)
-    except (FileNotFoundError, ValueError, CheckpointError, VideoError) as err:
+    except (FileNotFoundError, ValueError, CheckpointError, VideoError, ForecastError) as err:
         raise SystemExit(f"worldmodel probe: {err}") from err
-    except RuntimeError as err:
-        from worldmodel.forecast import ForecastError
-
-        if isinstance(err, ForecastError):  # e.g. an anchor fit for another checkpoint
-            raise SystemExit(f"worldmodel probe: {err}") from err
-        raise
 
 
 def _run_probe(args: argparse.Namespace) -> int:
@@ -1278,8 +1279,6 @@ def _run_probe(args: argparse.Namespace) -> int:
     extra = [world_model.context_encoder, world_model.predictor] if cfg.forecast else []
     anchor = None
     if cfg.forecast_anchor is not None:
-        from worldmodel.forecast import ForecastAnchor
-
         anchor = ForecastAnchor.load(cfg.forecast_anchor)
         anchor.check(world_model, world_model.rollout_settings())  # the probe forecasts with the default rollout
     model_keys = {name: {"weights": weights_hash([modules[name]] + extra), "encoder": name}
