@@ -467,6 +467,15 @@ def test_fit_anchor_cli_then_eval_with_it(checkpoint, model, video_folder, tmp_p
     frames = ResizeCenterCropVideo(32)(read_frames(folder / "v001.mp4", [0, 2, 4, 6]))
     assert torch.allclose(latents[0], model.forecast(frames, 2, anchor=anchor)[0], atol=1e-5)
     assert meta["anchor"]["weights"] == anchor.weights and meta["quality"]["methods"][:2] == ["model", "predictor"]
+    assert meta["anchor"]["steps_past_fit"] == [] and "reuse" not in capsys.readouterr().err
+
+    # a longer horizon than the anchor was fit for: the extra steps reuse the last row, and it is said
+    longer = tmp_path / "longer.safetensors"
+    assert cli(["--video", folder / "v001.mp4", "--out", longer, "--anchor", path, *common, "--horizon", 3]) == 0
+    assert "fit for 2 horizon steps; step 3 reuses the weights of step 2" in capsys.readouterr().err
+    _, meta = load_latents(longer)
+    assert meta["anchor"]["steps_past_fit"] == [3]
+    assert meta["anchor"]["step_weights"] == [anchor.weights[0], anchor.weights[1], anchor.weights[1]]
 
     # an anchor belongs to one model and one rollout
     assert cli(["--eval", folder / "manifest.csv", "--clips", 4, "--out", anchored, "--anchor", path,

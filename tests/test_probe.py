@@ -399,7 +399,8 @@ def test_probe_with_a_forecast_anchor_records_it_and_refuses_another_models(tmp_
     out = tmp_path / "anchored"
     assert run_probe(_args(out, "--checkpoint", str(tiny_ckpt), *data, "--forecast", "--forecast-anchor", str(good))) == 0
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["forecast"]["anchor"] == {"file": str(good), "weights": [[0.5, 0.25, 0.25], [0.2, 0.3, 0.5]]}
+    assert metrics["forecast"]["anchor"] == {"file": str(good), "weights": [[0.5, 0.25, 0.25], [0.2, 0.3, 0.5]],
+                                             "steps_past_fit": []}
     with pytest.raises(SystemExit, match="fit for another model"):
         run_probe(_args(tmp_path / "w", "--checkpoint", str(tiny_ckpt), *data, "--forecast", "--forecast-anchor", str(wrong)))
     with pytest.raises(SystemExit, match="use it with forecast"):

@@ -131,7 +131,8 @@ class ForecastAnchor:
     """Per-step weights that anchor the predictor's forecast to the context (see the module docstring).
 
     weights[i] = (predictor, copy_last, context_mean) for horizon step i + 1, non-negative, summing to 1;
-    steps past the last fitted one use the last row. `model_sha256` names the model it was fit for
+    steps past the last fitted one use the last row (outputs list them as `steps_past_fit`, and the
+    CLIs say so in the log). `model_sha256` names the model it was fit for
     (`WorldModel.weights_sha256`), `rollout` the rollout settings of the fit, `fit` what it was fit on.
     """
 
@@ -168,6 +169,26 @@ class ForecastAnchor:
     def as_dict(self) -> dict[str, Any]:
         return {"format": ANCHOR_FORMAT, "sources": list(ANCHOR_SOURCES), "weights": self.weights,
                 "model_sha256": self.model_sha256, "rollout": self.rollout, "fit": self.fit}
+
+    def steps_past_fit(self, horizon: int) -> list[int]:
+        """Horizon steps (1-based) that no fitted row covers: they reuse the last row."""
+        return list(range(len(self.weights) + 1, horizon + 1))
+
+    def applied(self, horizon: int) -> dict[str, Any]:
+        """`as_dict` plus what a forecast of `horizon` steps used: each step's weights, and the steps
+        past the fitted ones (which reuse the last row), so that outputs say so rather than hide it."""
+        return {**self.as_dict(), "step_weights": self.step_rows(self.weights, horizon),
+                "steps_past_fit": self.steps_past_fit(horizon)}
+
+    def past_fit_note(self, horizon: int) -> str | None:
+        """A one-line note for the log when `horizon` goes past the fitted steps, else None."""
+        past = self.steps_past_fit(horizon)
+        if not past:
+            return None
+        where = f"anchor {self.source}" if self.source else "the anchor"
+        steps = f"step {past[0]} reuses" if len(past) == 1 else f"steps {past[0]}-{past[-1]} reuse"
+        return (f"{where} was fit for {len(self.weights)} horizon steps; {steps} the weights of step "
+                f"{len(self.weights)} (fit it with --horizon {horizon} to cover them)")
 
     def save(self, path: str | os.PathLike) -> Path:
         return atomic_write_bytes(json.dumps(self.as_dict(), indent=2).encode(), Path(path))
@@ -1022,7 +1043,7 @@ def evaluate_forecast(
         "mask_kind": model.mask_kind,
         "predictor_input_encoder": model.context_encoder_role,
         "rollout": rollout,
-        "anchor": anchor.as_dict() if anchor is not None else None,
+        "anchor": anchor.applied(horizon) if anchor is not None else None,
         "definitions": definitions,
         **summarize_quality(stacked, groups=clip_videos),
         "skipped": data.skipped,
@@ -1269,7 +1290,7 @@ def forecast_videos(
         "mask_kind": model.mask_kind,
         "predictor_input_encoder": model.context_encoder_role,
         "rollout": rollout,
-        "anchor": anchor.as_dict() if anchor is not None else None,
+        "anchor": anchor.applied(horizon) if anchor is not None else None,
     }
     if per_video and len(per_video) == len(videos):
         stacked = {m: {k: torch.cat([q[m][k] for q in per_video]) for k in METRICS} for m in per_video[0]}
@@ -1321,6 +1342,8 @@ def run_forecast(args: argparse.Namespace) -> int:
                   f"{len(anchor.fit['skipped'])} skipped)")
             return 0
         anchor = ForecastAnchor.load(args.anchor) if args.anchor else None
+        if anchor is not None and anchor.past_fit_note(args.horizon):
+            print(f"worldmodel forecast: note: {anchor.past_fit_note(args.horizon)}", file=sys.stderr)
         common["anchor"] = anchor
         if args.eval:
             report = evaluate_forecast(model, args.eval, args.horizon, num_clips=args.clips, batch_size=args.batch_size,

@@ -1281,6 +1281,8 @@ def _run_probe(args: argparse.Namespace) -> int:
     if cfg.forecast_anchor is not None:
         anchor = ForecastAnchor.load(cfg.forecast_anchor)
         anchor.check(world_model, world_model.rollout_settings())  # the probe forecasts with the default rollout
+        if anchor.past_fit_note(horizon):
+            _log(f"note: {anchor.past_fit_note(horizon)}")
     model_keys = {name: {"weights": weights_hash([modules[name]] + extra), "encoder": name}
                   for name in (("target", "context") if args.encoder == "auto" else (args.encoder,))}
     # the same extra modules follow each encoder in its hash, so equal hashes mean equal encoder weights
@@ -1338,7 +1340,8 @@ def _run_probe(args: argparse.Namespace) -> int:
         "probe_heads": num_heads,
         "probe_depth": cfg.probe_depth,
         "forecast": {"horizon_tubelets": horizon, "tokens": cfg.forecast_tokens,
-                     "anchor": None if anchor is None else {"file": cfg.forecast_anchor, "weights": anchor.weights}}
+                     "anchor": None if anchor is None else {"file": cfg.forecast_anchor, "weights": anchor.weights,
+                                                           "steps_past_fit": anchor.steps_past_fit(horizon)}}
         if horizon else False,
         "outputs": result["outputs"],
         "chosen": result["chosen"],
