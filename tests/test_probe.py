@@ -25,6 +25,7 @@ from worldmodel.probe import (
     add_probe_arguments,
     anticipation_clip_sets,
     build_world_model,
+    cut_encoder_blocks,
     extract_features,
     forecast_horizon,
     run_probe,
@@ -484,3 +485,37 @@ def test_auto_encoder_is_chosen_on_held_out_training_videos(tmp_path, corpus, ti
     assert explicit["encoder"] == chosen and explicit["encoder_requested"] == chosen
     assert metrics["repeats"]["linear"]["label_top1"]["values"][0] == explicit["label_top1"]
     assert metrics["repeats"]["linear"]["label_recall@5"]["values"][0] == explicit["label_recall@5"]
+
+
+def test_blocks_probes_the_encoder_cut_after_k_blocks(tmp_path, corpus, tiny_ckpt):
+    from worldmodel.models.vit import vit_tiny
+
+    torch.manual_seed(0)
+    full = vit_tiny(img_size=32, depth=3, embed_dim=48, num_heads=3).eval()
+    two = vit_tiny(img_size=32, depth=2, embed_dim=48, num_heads=3).eval()
+    two.load_state_dict({k: v for k, v in full.state_dict().items() if not k.startswith("blocks.2.")})
+    video = torch.randn(2, 3, 4, 32, 32)
+    with torch.no_grad():
+        whole = full(video)
+        cut_encoder_blocks([full], 2)
+        assert len(full.blocks) == 2
+        # the cut encoder is exactly an encoder built with 2 blocks and the first 2 blocks' weights
+        assert torch.equal(full(video), two(video)) and not torch.allclose(full(video), whole, atol=1e-3)
+    with pytest.raises(ValueError, match="the encoder has 2 blocks"):
+        cut_encoder_blocks([full], 3)
+
+    data = ["--train-annotations", str(corpus / "annotations" / "train.csv"), "--val-annotations",
+            str(corpus / "annotations" / "val.csv"), "--videos", str(corpus / "videos"), "--num-frames", "4",
+            "--lr", "1e-3", "--wd", "0.01", "--epochs", "2", "--workers", "0", "--encoder", "target",
+            "--probe", "linear"]  # fmt: skip
+    assert run_probe(_args(tmp_path / "all", "--checkpoint", str(tiny_ckpt), *data)) == 0
+    assert run_probe(_args(tmp_path / "b0", "--checkpoint", str(tiny_ckpt), *data, "--blocks", "0")) == 0
+    whole, cut = (json.loads((tmp_path / d / "metrics.json").read_text()) for d in ("all", "b0"))
+    assert (whole["encoder_blocks"], cut["encoder_blocks"]) == (1, 0)
+    assert whole["weights_sha256"] != cut["weights_sha256"]  # other features, another cache key
+    assert "tokens after its first 0 blocks" in (tmp_path / "b0" / "report.md").read_text()
+    assert "tokens after its first" not in (tmp_path / "all" / "report.md").read_text()
+    with pytest.raises(SystemExit, match="--blocks 2: the encoder has 1 blocks"):
+        run_probe(_args(tmp_path / "b2", "--checkpoint", str(tiny_ckpt), *data, "--blocks", "2"))
+    with pytest.raises(SystemExit, match="use one or the other"):
+        run_probe(_args(tmp_path / "bf", "--checkpoint", str(tiny_ckpt), *data, "--blocks", "0", "--forecast"))

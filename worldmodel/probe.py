@@ -10,6 +10,8 @@ What a run does (`worldmodel probe`, or `run_probe(args)`):
    the learning rate's. Early in training the EMA target is still close to its random initialisation
    and the context encoder is the better one; after a long run it is usually the target. When the two
    have identical weights (random weights, one shared encoder) there is nothing to choose.
+   `--blocks K` probes the tokens after the encoder's first K blocks (then its final LayerNorm)
+   instead of after all of them: where in depth the features are (random weights are cut alike).
 2. **Clips.** Anticipation: for every annotated action, the `num_frames` frames at `fps` whose last
    frame is the last video frame at or before ``start - anticipation_s`` (`AnticipationDataset`: the
    context ends before the action START, the EK100 protocol, not before its end as in V-JEPA 2's
@@ -73,7 +75,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -158,6 +160,7 @@ class ProbeConfig:
     forecast: bool = False  # append the forecast latents of the anticipation gap
     forecast_tokens: str = "all"  # "all" horizon tubelets, or the "last" one (the anticipated time)
     forecast_anchor: str | None = None  # a `worldmodel forecast --fit-anchor` JSON: anchored forecasts
+    encoder_blocks: int | None = None  # probe the tokens after the encoder's first K blocks (None: all)
     augment: bool = False  # random resized crops of training clips, re-encoded every epoch
     extract_batch_size: int = 16
     num_workers: int = 1
@@ -184,6 +187,11 @@ class ProbeConfig:
             raise ValueError(f"loss must be 'ce' or 'focal', got {self.loss!r}")
         if self.forecast_anchor is not None and not self.forecast:
             raise ValueError("forecast_anchor anchors the forecast latents: use it with forecast")
+        if self.encoder_blocks is not None and self.encoder_blocks < 0:
+            raise ValueError(f"encoder_blocks must be >= 0, got {self.encoder_blocks}")
+        if self.encoder_blocks is not None and self.forecast:
+            raise ValueError("--blocks probes an intermediate depth; the forecast latents live in the whole "
+                             "encoder's space: use one or the other")
         if self.forecast_tokens not in ("all", "last"):
             raise ValueError(f"forecast_tokens must be 'all' or 'last', got {self.forecast_tokens!r}")
         if not self.lrs or not self.weight_decays or min(self.lrs) <= 0 or min(self.weight_decays) < 0:
@@ -236,6 +244,15 @@ def build_world_model(checkpoint: str, encoder: str = "target", config_from: str
     target = module.target_encoder if module.target_encoder is not None else module.encoder
     source = f"random(seed={seed}" + (f", config_from={config_from})" if config_from else ")")
     return WorldModel(module.encoder, target, module.predictor, config, encoder=encoder, source=source)
+
+
+def cut_encoder_blocks(encoders: Iterable[nn.Module], blocks: int) -> None:
+    """Keep only the first `blocks` transformer blocks of each encoder (in place; its final norm stays)."""
+    for encoder in encoders:
+        depth = len(encoder.blocks)
+        if not 0 <= blocks <= depth:
+            raise ValueError(f"--blocks {blocks}: the encoder has {depth} blocks (0 probes the tubelet embedding)")
+        encoder.blocks = encoder.blocks[:blocks]
 
 
 def forecast_horizon(anticipation_s: float, fps: float, tubelet_size: int) -> int:
@@ -1056,7 +1073,8 @@ def write_report(metrics: Mapping[str, Any], path: str | os.PathLike) -> Path:
     lines = [
         f"# Probe report: {metrics['task']}",
         "",
-        f"- checkpoint: `{metrics['checkpoint']}` (encoder: {_encoder_note(metrics)})",
+        f"- checkpoint: `{metrics['checkpoint']}` (encoder: {_encoder_note(metrics)})"
+        + (f"; tokens after its first {metrics['encoder_blocks']} blocks" if metrics["config"].get("encoder_blocks") is not None else ""),
         f"- data: {metrics['num_train']} training / {metrics['num_val']} validation samples ("
         + ", ".join(f"{k}: `{v}`" for k, v in metrics["data"].items()) + ")",
         f"- clips: {metrics['config']['num_frames']} frames at {metrics['config']['fps']:g} fps, "
@@ -1152,6 +1170,9 @@ def add_probe_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--encoder", choices=("auto", "target", "context"), default="auto",
                    help="which encoder to probe: the EMA target, the context encoder, or (default) auto: the one whose "
                         "probe scores best on held-out TRAINING videos, chosen like the learning rate")
+    g.add_argument("--blocks", type=int, default=None, metavar="K",
+                   help="probe the tokens after the encoder's first K blocks (then its final LayerNorm); "
+                        "default: all blocks")
     g = parser.add_argument_group("data (no data options: the built-in corpus)")
     g.add_argument("--train-annotations", default=None, metavar="CSV", help="EPIC-KITCHENS-100 style training annotations")
     g.add_argument("--val-annotations", default=None, metavar="CSV", help="EPIC-KITCHENS-100 style validation annotations")
@@ -1235,7 +1256,7 @@ def _config_from_args(args: argparse.Namespace) -> ProbeConfig:
         probe_heads=args.probe_heads, loss=args.loss, lrs=tuple(args.lr), weight_decays=tuple(args.wd),
         epochs=args.epochs, batch_size=args.batch_size, holdout_fraction=args.holdout, seed=args.seed,
         forecast=args.forecast, forecast_tokens=args.forecast_tokens, forecast_anchor=args.forecast_anchor,
-        augment=args.augment,
+        encoder_blocks=args.blocks, augment=args.augment,
         extract_batch_size=args.extract_batch_size, num_workers=args.workers, device=device,
         head_threads=args.head_threads,
     )  # fmt: skip
@@ -1268,6 +1289,8 @@ def _run_probe(args: argparse.Namespace) -> int:
     world_model = build_world_model(args.checkpoint, first, args.config_from, cfg.seed).to(cfg.device)
     modules = {"target": world_model.target_encoder, "context": world_model.context_encoder}
     enc_cfg = modules[first].cfg
+    if cfg.encoder_blocks is not None:
+        cut_encoder_blocks(modules.values(), cfg.encoder_blocks)
     img_size = cfg.img_size or world_model.config.get("img_size") or enc_cfg.img_size
     if not isinstance(img_size, int):
         img_size = int(img_size[0])
@@ -1288,7 +1311,8 @@ def _run_probe(args: argparse.Namespace) -> int:
     # the same extra modules follow each encoder in its hash, so equal hashes mean equal encoder weights
     if args.encoder == "auto" and model_keys["target"]["weights"] == model_keys["context"]["weights"]:
         del model_keys["context"]  # one encoder (random weights, SIGReg, or a target that never moved): nothing to choose
-    _log(f"model: {world_model.source} ({' or '.join(model_keys)} encoder, width {enc_cfg.embed_dim}, depth {enc_cfg.depth}); "
+    depth = f"depth {enc_cfg.depth}" + (f", probed after block {cfg.encoder_blocks}" if cfg.encoder_blocks is not None else "")
+    _log(f"model: {world_model.source} ({' or '.join(model_keys)} encoder, width {enc_cfg.embed_dim}, {depth}); "
          f"clips {cfg.num_frames} frames at {cfg.fps:g} fps, {img_size} px" + (f"; forecast horizon {horizon} tubelets" if horizon else ""))  # fmt: skip
 
     vocab = None
@@ -1339,6 +1363,7 @@ def _run_probe(args: argparse.Namespace) -> int:
         "img_size": img_size,
         "probe_heads": num_heads,
         "probe_depth": cfg.probe_depth,
+        "encoder_blocks": cfg.encoder_blocks if cfg.encoder_blocks is not None else enc_cfg.depth,
         "forecast": {"horizon_tubelets": horizon, "tokens": cfg.forecast_tokens,
                      "anchor": None if anchor is None else {"file": cfg.forecast_anchor, "weights": anchor.weights,
                                                            "steps_past_fit": anchor.steps_past_fit(horizon)}}
