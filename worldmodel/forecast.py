@@ -152,9 +152,14 @@ class ForecastAnchor:
         frames alone -> the anchored forecast (B, H, S, D)."""
         return anchor_mix(torch.tensor(self.step_rows(self.weights, pred.shape[1])), pred, context_targets)
 
+    @property
+    def name(self) -> str:
+        """How messages name this anchor: by its file when it was loaded from one."""
+        return f"anchor {self.source}" if self.source else "the anchor"
+
     def check(self, model: WorldModel, rollout: dict[str, Any]) -> None:
         """ForecastError unless the anchor was fit for this model and these rollout settings."""
-        where = f"anchor {self.source}" if self.source else "the anchor"
+        where = self.name
         if self.model_sha256 != model.weights_sha256():
             raise ForecastError(
                 f"{where} was fit for another model (weights sha256 {self.model_sha256[:12]}..., this one "
@@ -185,9 +190,8 @@ class ForecastAnchor:
         past = self.steps_past_fit(horizon)
         if not past:
             return None
-        where = f"anchor {self.source}" if self.source else "the anchor"
         steps = f"step {past[0]} reuses" if len(past) == 1 else f"steps {past[0]}-{past[-1]} reuse"
-        return (f"{where} was fit for {len(self.weights)} horizon steps; {steps} the weights of step "
+        return (f"{self.name} was fit for {len(self.weights)} horizon steps; {steps} the weights of step "
                 f"{len(self.weights)} (fit it with --horizon {horizon} to cover them)")
 
     def save(self, path: str | os.PathLike) -> Path:
@@ -1342,8 +1346,9 @@ def run_forecast(args: argparse.Namespace) -> int:
                   f"{len(anchor.fit['skipped'])} skipped)")
             return 0
         anchor = ForecastAnchor.load(args.anchor) if args.anchor else None
-        if anchor is not None and anchor.past_fit_note(args.horizon):
-            print(f"worldmodel forecast: note: {anchor.past_fit_note(args.horizon)}", file=sys.stderr)
+        note = anchor.past_fit_note(args.horizon) if anchor is not None else None
+        if note:
+            print(f"worldmodel forecast: note: {note}", file=sys.stderr)
         common["anchor"] = anchor
         if args.eval:
             report = evaluate_forecast(model, args.eval, args.horizon, num_clips=args.clips, batch_size=args.batch_size,

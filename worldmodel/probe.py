@@ -1304,8 +1304,9 @@ def _run_probe(args: argparse.Namespace) -> int:
     if cfg.forecast_anchor is not None:
         anchor = ForecastAnchor.load(cfg.forecast_anchor)
         anchor.check(world_model, world_model.rollout_settings())  # the probe forecasts with the default rollout
-        if anchor.past_fit_note(horizon):
-            _log(f"note: {anchor.past_fit_note(horizon)}")
+        note = anchor.past_fit_note(horizon)
+        if note:
+            _log(f"note: {note}")
     model_keys = {name: {"weights": weights_hash([modules[name]] + extra), "encoder": name}
                   for name in (("target", "context") if args.encoder == "auto" else (args.encoder,))}
     # the same extra modules follow each encoder in its hash, so equal hashes mean equal encoder weights
