@@ -221,6 +221,44 @@ def test_two_workers_give_the_same_batches(tmp_path, make_video):
         # stacked in the worker's shared memory as decoded, (B, T, H, W, C), and sent without a reorder
         assert b["video"].is_contiguous(memory_format=torch.channels_last_3d)
     assert any(batch["errors"] for batch in single)  # the missing file was met and replaced
+    # the DataLoader fetches whole batches (ClipDataset.__getitems__: each clip resized straight into
+    # its slot of the batch, no stacking); the values are those of the items one by one, stacked
+    sampler = EpochSampler(dataset, samples_per_epoch=8, seed=3)
+    sampler.set_epoch(2)
+    keys = list(sampler)
+    for b, batch in enumerate(multi):
+        one_by_one = collate_samples([dataset[key] for key in keys[2 * b : 2 * b + 2]])
+        assert torch.equal(batch["video"], one_by_one["video"]) and batch["errors"] == one_by_one["errors"]
+        assert batch["video"].is_shared()  # written in the worker's shared memory: sent without a copy
+
+
+def test_batched_fetch_writes_clips_into_one_batch(tmp_path, make_video):
+    videos = [make_video(f"v{i}.mp4", num_frames=10, size=(24, 32)) for i in range(3)]
+    manifest = _lines(tmp_path / "m.txt", *[p.name for p in videos])
+    sampler = ClipSampler(num_frames=4, frame_step=2)
+    for transform in (RandomResizedCropVideo((12, 20)), ResizeCenterCropVideo(16)):
+        dataset = ClipDataset(str(manifest), sampler, transform=transform, seed=1)
+        items = dataset.__getitems__([0, (1, 2), 1])
+        batch = collate_samples(items)["video"]
+        assert batch.data_ptr() == items[0]["video"].data_ptr()  # the clips' own memory: nothing stacked
+        assert batch.is_contiguous(memory_format=torch.channels_last_3d)
+        assert torch.equal(batch, torch.stack([dataset[k]["video"] for k in (0, (1, 2), 1)]))
+    # without a fixed output size there is no batch to write into: items one by one, stacked as usual
+    dataset = ClipDataset(str(manifest), sampler, seed=1)
+    items = dataset.__getitems__([0, 1])
+    batch = collate_samples(items)["video"]
+    assert batch.data_ptr() not in (items[0]["video"].data_ptr(), items[1]["video"].data_ptr())
+    assert torch.equal(batch, torch.stack([dataset[0]["video"], dataset[1]["video"]]))
+
+
+def test_collate_copies_clips_that_are_views_into_other_memory():
+    frames = torch.randint(0, 256, (4, 2, 6, 5, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    clips = [video_from_frames(frames[i]) for i in range(3)]  # consecutive, but the memory holds 4 clips
+    batch = collate_samples([{"video": c} for c in clips])["video"]
+    assert torch.equal(batch, torch.stack(clips)) and batch.data_ptr() != frames.data_ptr()
+    reordered = collate_samples([{"video": video_from_frames(frames[i])} for i in (1, 0, 2, 3)])["video"]
+    assert torch.equal(reordered, torch.stack([video_from_frames(frames[i]) for i in (1, 0, 2, 3)]))
+    assert reordered.data_ptr() != frames.data_ptr()
 
 
 def test_replacement_of_a_bad_file_is_deterministic(tmp_path, make_video):

@@ -129,6 +129,29 @@ def test_uint8_resize_matches_float_bilinear():
         assert (ours.int() - reference.round().clamp(0, 255).int()).abs().max() <= 1
 
 
+def test_transforms_write_into_a_given_clip():
+    frames = torch.from_numpy(np.random.default_rng(3).integers(0, 256, (4, 30, 40, 3), dtype=np.uint8))
+    batch = torch.zeros(2, 4, 16, 24, 3, dtype=torch.uint8).permute(0, 4, 1, 2, 3)  # (B, C, T, H, W), channels last
+    for seed in range(6):  # crops smaller and larger than the output (upscale and antialiased downscale), flips
+        transform = RandomResizedCropVideo((16, 24), scale=(0.1, 1.0))
+        expected = transform(frames, np.random.default_rng(seed))
+        assert transform(frames, np.random.default_rng(seed), out=batch[1]).data_ptr() == batch[1].data_ptr()
+        assert torch.equal(batch[1], expected) and not batch[0].any()
+    centre = ResizeCenterCropVideo((16, 24))
+    centre(frames, out=batch[0])
+    assert torch.equal(batch[0], centre(frames))
+    with pytest.raises(ValueError, match="channels-last uint8 clip of shape"):
+        centre(frames, out=torch.zeros(3, 4, 16, 24, dtype=torch.uint8))  # planar memory
+    with pytest.raises(ValueError, match="channels-last uint8 clip of shape"):
+        RandomResizedCropVideo(8)(frames, np.random.default_rng(0), out=batch[0])  # wrong size
+    # resize_frames(out=): the same values, in the given memory
+    planes = frames.permute(0, 3, 1, 2)
+    for size in [(12, 20), (45, 50)]:
+        out = torch.empty(4, *size, 3, dtype=torch.uint8).permute(0, 3, 1, 2)
+        assert resize_frames(planes, size, out=out).data_ptr() == out.data_ptr()
+        assert torch.equal(out, resize_frames(planes, size))
+
+
 def test_transforms_reject_float_input():
     with pytest.raises(TypeError, match="uint8"):
         RandomResizedCropVideo(8)(torch.zeros(2, 16, 16, 3), np.random.default_rng(0))

@@ -26,7 +26,7 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 import torch
 from einops import rearrange
-from torch.utils.data import Dataset, Sampler, default_collate
+from torch.utils.data import Dataset, Sampler, default_collate, get_worker_info
 
 from worldmodel.data.annotations import ActionSegment, ActionVocabulary, find_video, read_annotations
 from worldmodel.data.transforms import is_channels_last_video, video_from_frames
@@ -53,6 +53,8 @@ __all__ = [
 ]
 
 # A transform takes uint8 frames (T, H, W, C) and the sample's generator, returns uint8 (C, T, H, W).
+# One with a fixed output `size` (h, w) and `accepts_out = True` also takes `out=`, a channels-last
+# (C, T, h, w) clip to write into: `ClipDataset.__getitems__` hands it the clip's slot in the batch.
 VideoTransform = Callable[[torch.Tensor, np.random.Generator], torch.Tensor]
 DataError = tuple[str, str, str]  # (path, reason, detail)
 
@@ -259,11 +261,31 @@ def _split_key(key: int | tuple[int, int]) -> tuple[int, int]:
     return epoch, index
 
 
-def to_video(frames: torch.Tensor, transform: VideoTransform | None, rng: np.random.Generator) -> torch.Tensor:
-    """uint8 (T, H, W, C) -> uint8 (C, T, H, W) (channels last), through the transform when there is one."""
+def to_video(
+    frames: torch.Tensor, transform: VideoTransform | None, rng: np.random.Generator, out: torch.Tensor | None = None
+) -> torch.Tensor:
+    """uint8 (T, H, W, C) -> uint8 (C, T, H, W) (channels last), through the transform when there is one.
+
+    out: a clip to write the result into (a transform with `accepts_out`); returned.
+    """
+    if out is not None:
+        return transform(frames, rng, out=out)
     if transform is not None:
         return transform(frames, rng)
     return video_from_frames(frames)
+
+
+def new_clip_batch(batch_size: int, num_frames: int, size: tuple[int, int], channels: int = 3) -> torch.Tensor:
+    """An uninitialised uint8 batch of clips (B, C, T, H, W), laid out (B, T, H, W, C) in memory as
+    `collate_samples` stacks them; in shared memory inside a DataLoader worker, so that handing it to
+    the main process copies nothing (as `default_collate` does for the batches it stacks)."""
+    shape = (batch_size, num_frames, int(size[0]), int(size[1]), channels)
+    if get_worker_info() is None:
+        memory = torch.empty(shape, dtype=torch.uint8)
+    else:
+        storage = torch.UntypedStorage._new_shared(math.prod(shape))  # bytes
+        memory = torch.empty(0, dtype=torch.uint8).set_(storage, 0, shape)
+    return rearrange(memory, "b t h w c -> b c t h w")
 
 
 class ClipDataset(Dataset):
@@ -333,6 +355,21 @@ class ClipDataset(Dataset):
         return candidate
 
     def __getitem__(self, key: int | tuple[int, int]) -> dict:
+        return self._item(key)
+
+    def __getitems__(self, keys: Sequence[int | tuple[int, int]]) -> list[dict]:
+        """The items of one batch (the DataLoader's batched fetch), each clip written by the transform
+        straight into its slot of one batch tensor, which `collate_samples` then returns without
+        stacking: the clips are never copied after the resize. The same values as ``[self[k] for k in
+        keys]``; that is what it does for a transform without a fixed size or `out=`."""
+        keys = list(keys)
+        size = getattr(self.transform, "size", None)
+        if len(keys) < 2 or size is None or not getattr(self.transform, "accepts_out", False):
+            return [self._item(key) for key in keys]
+        batch = new_clip_batch(len(keys), self.sampler.num_frames, size)
+        return [self._item(key, out=batch[b]) for b, key in enumerate(keys)]
+
+    def _item(self, key: int | tuple[int, int], out: torch.Tensor | None = None) -> dict:
         epoch, index = _split_key(key)
         if not 0 <= index < len(self.entries):
             raise IndexError(f"index {index} out of range for a dataset of {len(self.entries)} videos")
@@ -349,7 +386,7 @@ class ClipDataset(Dataset):
                 failed.add(current)
                 current = self._replacement(current, failed, rng)
                 continue
-            video = to_video(clip.frames, self.transform, rng)  # (C, T, H, W) uint8
+            video = to_video(clip.frames, self.transform, rng, out=out)  # (C, T, H, W) uint8
             return {
                 "video": video,
                 "label": -1 if entry.label is None else int(entry.label),
@@ -627,7 +664,10 @@ def collate_samples(samples: list[dict]) -> dict:
         elif isinstance(first, torch.Tensor):
             # torch's default_collate stacks straight into shared memory inside a DataLoader worker,
             # saving the copy that sending a stacked tensor to the main process would make
-            if all(is_channels_last_video(v) for v in values):
+            batch_view = _slots_of_one_batch(values)
+            if batch_view is not None:  # written in place by ClipDataset.__getitems__: nothing to stack
+                batch[key] = batch_view
+            elif all(is_channels_last_video(v) for v in values):
                 # clips in (T, H, W, C) memory: stack them as they lie, (B, T, H, W, C), and view the
                 # result as (B, C, T, H, W) (torch.channels_last_3d) instead of reordering every clip
                 stacked = default_collate([rearrange(v, "c t h w -> t h w c") for v in values])
@@ -646,3 +686,21 @@ def collate_samples(samples: list[dict]) -> dict:
         else:
             batch[key] = list(values)
     return batch
+
+
+def _slots_of_one_batch(values: list) -> torch.Tensor | None:
+    """The batch (B, C, T, H, W) when `values` are its clips in order, each a channels-last slot of
+    one (B, T, H, W, C) tensor (as `new_clip_batch` makes and `ClipDataset.__getitems__` fills), else None."""
+    first = values[0]
+    if not all(isinstance(v, torch.Tensor) and is_channels_last_video(v) for v in values):
+        return None
+    storage, step = first.untyped_storage(), first.numel()
+    if first.storage_offset() != 0 or storage.nbytes() != len(values) * step * first.element_size():
+        return None  # only a buffer that is exactly this batch, never a view into someone else's memory
+    for b, value in enumerate(values):
+        if (value.untyped_storage().data_ptr() != storage.data_ptr() or value.shape != first.shape
+                or value.dtype != first.dtype or value.storage_offset() != first.storage_offset() + b * step):
+            return None
+    frames = rearrange(first, "c t h w -> t h w c")  # contiguous
+    stacked = frames.as_strided((len(values), *frames.shape), (step, *frames.stride()), first.storage_offset())
+    return rearrange(stacked, "b t h w c -> b c t h w")

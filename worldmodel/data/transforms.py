@@ -44,6 +44,16 @@ def _check_frames(frames: torch.Tensor) -> None:
         )
 
 
+def _check_out(out: torch.Tensor, frames: torch.Tensor, size: tuple[int, int]) -> None:
+    """`out` must be a channels-last uint8 (C, T, size_h, size_w) clip for these (T, H, W, C) frames."""
+    expected = (frames.shape[3], frames.shape[0], *size)
+    if out.dtype != torch.uint8 or tuple(out.shape) != expected or not is_channels_last_video(out):
+        raise ValueError(
+            f"out must be a channels-last uint8 clip of shape {expected}, got {out.dtype} {tuple(out.shape)} "
+            f"with strides {out.stride()}"
+        )
+
+
 def video_from_frames(frames: torch.Tensor) -> torch.Tensor:
     """uint8 (T, H, W, C) -> (C, T, H, W) view over (T, H, W, C)-contiguous memory (a copy only if needed)."""
     return rearrange(frames.contiguous(), "t h w c -> c t h w")
@@ -54,21 +64,38 @@ def is_channels_last_video(video: torch.Tensor) -> bool:
     return video.ndim == 4 and rearrange(video, "c t h w -> t h w c").is_contiguous()
 
 
-def resize_frames(frames: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """uint8 (T, C, h, w) -> uint8 (T, C, size_h, size_w), bilinear, antialiased when downscaling."""
-    if tuple(frames.shape[-2:]) == tuple(size):
-        return frames
+def resize_frames(frames: torch.Tensor, size: tuple[int, int], out: torch.Tensor | None = None) -> torch.Tensor:
+    """uint8 (T, C, h, w) -> uint8 (T, C, size_h, size_w), bilinear, antialiased when downscaling.
+
+    out: a uint8 (T, C, size_h, size_w) tensor (any strides, e.g. a clip's slot in a batch) to write
+    the result into instead of allocating one; returned. The values are the same either way.
+    """
+    size = (int(size[0]), int(size[1]))
+    if out is not None and (out.dtype != torch.uint8 or tuple(out.shape) != (*frames.shape[:2], *size)):
+        raise ValueError(f"out must be uint8 of shape {(*frames.shape[:2], *size)}, got {out.dtype} {tuple(out.shape)}")
+    if tuple(frames.shape[-2:]) == size:
+        return frames if out is None else out.copy_(frames)
     antialias = frames.shape[-2] > size[0] or frames.shape[-1] > size[1]
     # the uint8 kernel is fastest on channels-last memory. A crop of (T, H, W, C) frames is a strided
     # view with channels innermost, which the kernel reads as it is (copying it first cost ~0.4 ms of
     # a 16 x 224 px clip's ~3 ms resize); anything else is made channels-last first.
     if frames.stride(1) != 1:
         frames = frames.contiguous(memory_format=torch.channels_last)
+    if out is not None and out.device.type == "cpu" and frames.device.type == "cpu":
+        # the kernel's out= form writes straight into `out` when its strides are the ones it would
+        # have chosen (channels last, as a batch slot is): no result tensor, no copy into the batch
+        kernel = torch.ops.aten._upsample_bilinear2d_aa if antialias else torch.ops.aten.upsample_bilinear2d
+        try:
+            kernel.out(frames, list(size), False, None, None, out=out)
+            return out
+        except RuntimeError:
+            pass  # no such uint8 kernel in this build: the general path below
     try:
-        return F.interpolate(frames, size=size, mode="bilinear", antialias=antialias, align_corners=False)
+        resized = F.interpolate(frames, size=size, mode="bilinear", antialias=antialias, align_corners=False)
     except RuntimeError:  # no uint8 kernel for this device / build: compute in float, round back
         resized = F.interpolate(frames.float(), size=size, mode="bilinear", antialias=antialias, align_corners=False)
-        return resized.round_().clamp_(0, 255).to(torch.uint8)
+        resized = resized.round_().clamp_(0, 255).to(torch.uint8)
+    return resized if out is None else out.copy_(resized)
 
 
 class RandomResizedCropVideo:
@@ -80,6 +107,8 @@ class RandomResizedCropVideo:
     ratio clamped into `ratio`. Then a horizontal flip with probability `hflip_p`. The same box and
     flip apply to every frame.
     """
+
+    accepts_out = True  # writes into a given clip: `transform(frames, rng, out=clip)`
 
     def __init__(
         self,
@@ -119,8 +148,14 @@ class RandomResizedCropVideo:
             crop_h, crop_w = height, width
         return (height - crop_h) // 2, (width - crop_w) // 2, crop_h, crop_w
 
-    def __call__(self, frames: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
-        """uint8 (T, H, W, C) -> uint8 (C, T, size_h, size_w), channels last (see the module note)."""
+    def __call__(
+        self, frames: torch.Tensor, rng: np.random.Generator, out: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """uint8 (T, H, W, C) -> uint8 (C, T, size_h, size_w), channels last (see the module note).
+
+        out: a channels-last uint8 (C, T, size_h, size_w) tensor to write the clip into (its slot in a
+        batch, see `ClipDataset.__getitems__`); returned. The values are the same either way.
+        """
         _check_frames(frames)
         top, left, crop_h, crop_w = self.crop_box(frames.shape[1], frames.shape[2], rng)
         flip = rng.random() < self.hflip_p
@@ -128,6 +163,10 @@ class RandomResizedCropVideo:
         if flip:  # mirrored in the copy into contiguous memory that the resize makes anyway (same result)
             crop = crop.flip(2)
         # the uint8 kernel reads and writes channels-last memory: (T, h, w, C) order, kept as it is
+        if out is not None:
+            _check_out(out, frames, self.size)
+            resize_frames(rearrange(crop, "t h w c -> t c h w"), self.size, out=rearrange(out, "c t h w -> t c h w"))
+            return out
         resized = resize_frames(rearrange(crop, "t h w c -> t c h w"), self.size)
         return video_from_frames(rearrange(resized, "t c h w -> t h w c"))  # (C, T, h, w), channels last
 
@@ -138,6 +177,8 @@ class ResizeCenterCropVideo:
     resize=None scales the frame just enough to cover `size`. The scale is never smaller than that,
     so the crop always fits.
     """
+
+    accepts_out = True  # writes into a given clip: `transform(frames, rng, out=clip)`
 
     def __init__(self, size: int | tuple[int, int], resize: int | None = None) -> None:
         self.size = _pair(size)
@@ -152,15 +193,24 @@ class ResizeCenterCropVideo:
             scale = max(scale, self.resize / min(height, width))
         return max(out_h, round(height * scale)), max(out_w, round(width * scale))
 
-    def __call__(self, frames: torch.Tensor, rng: np.random.Generator | None = None) -> torch.Tensor:
-        """uint8 (T, H, W, C) -> uint8 (C, T, size_h, size_w), channels last; rng is unused (deterministic)."""
+    def __call__(
+        self, frames: torch.Tensor, rng: np.random.Generator | None = None, out: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """uint8 (T, H, W, C) -> uint8 (C, T, size_h, size_w), channels last; rng is unused (deterministic).
+
+        out: a channels-last uint8 (C, T, size_h, size_w) tensor to write the clip into; returned.
+        """
         _check_frames(frames)
         new_h, new_w = self.resized_shape(frames.shape[1], frames.shape[2])
         video = resize_frames(rearrange(frames, "t h w c -> t c h w"), (new_h, new_w))  # (T, C, new_h, new_w)
         out_h, out_w = self.size
         top, left = (new_h - out_h) // 2, (new_w - out_w) // 2
-        video = video[..., top : top + out_h, left : left + out_w]
-        return video_from_frames(rearrange(video, "t c h w -> t h w c"))
+        video = rearrange(video[..., top : top + out_h, left : left + out_w], "t c h w -> t h w c")
+        if out is not None:
+            _check_out(out, frames, self.size)
+            rearrange(out, "c t h w -> t h w c").copy_(video)
+            return out
+        return video_from_frames(video)
 
 
 def normalize_video(
