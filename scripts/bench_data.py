@@ -4,7 +4,9 @@ For 16-frame clips (sampled at 4 fps, as in V-JEPA 2 pretraining), random resize
 pixels and 0, 1 and 2 DataLoader workers, it measures
 
 - loader: clips/s out of `torch.utils.data.DataLoader` over `worldmodel.data.datasets.ClipDataset`
-  (decode, crop, flip, collate, inter-process transfer), and
+  (decode, crop, flip, resize, batch, inter-process transfer; the DataLoader fetches a batch at a
+  time through `ClipDataset.__getitems__`, which resizes every clip straight into its slot of the
+  batch, in shared memory inside a worker, so nothing is stacked or copied after the resize), and
 - raw: clips/s of decord alone decoding the same frames of the same clips (open the file, get_batch
   the clip's indices, and take decord's buffer over as a tensor through DLPack, without a copy, as
   the loader does), in as many processes as the loader has workers (in this process for 0 workers,
