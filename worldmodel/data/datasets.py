@@ -266,13 +266,13 @@ def to_video(
 ) -> torch.Tensor:
     """uint8 (T, H, W, C) -> uint8 (C, T, H, W) (channels last), through the transform when there is one.
 
-    out: a clip to write the result into (a transform with `accepts_out`); returned.
+    out: a channels-last clip to write the result into (through `out=` for a transform, which must
+    then have `accepts_out`); returned.
     """
-    if out is not None:
-        return transform(frames, rng, out=out)
-    if transform is not None:
-        return transform(frames, rng)
-    return video_from_frames(frames)
+    if transform is None:
+        video = video_from_frames(frames)
+        return video if out is None else out.copy_(video)
+    return transform(frames, rng) if out is None else transform(frames, rng, out=out)
 
 
 def new_clip_batch(batch_size: int, num_frames: int, size: tuple[int, int], channels: int = 3) -> torch.Tensor:
