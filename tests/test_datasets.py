@@ -447,6 +447,12 @@ def test_anticipation_with_frame_numbers_and_eval_transform(epic, tmp_path):
     assert dataset.context_indices(0).tolist() == [36, 40, 44, 48]
     assert _indices(item["video"]) == [36, 40, 44, 48]
     assert torch.equal(dataset[0]["video"], item["video"]) and torch.equal(dataset[(5, 0)]["video"], item["video"])
+    # the probe's DataLoader fetches whole batches: clips resized into one batch, the same values
+    items = dataset.__getitems__([0, (5, 0)])
+    batch = collate_samples(items)
+    assert batch["video"].data_ptr() == items[0]["video"].data_ptr()
+    assert torch.equal(batch["video"], torch.stack([item["video"], item["video"]]))
+    assert batch["end_s"].tolist() == [item["end_s"]] * 2 and batch["index"].tolist() == [0, 0]
 
 
 def test_anticipation_missing_videos_are_an_error(epic, tmp_path):

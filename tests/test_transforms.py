@@ -129,6 +129,17 @@ def test_uint8_resize_matches_float_bilinear():
         assert (ours.int() - reference.round().clamp(0, 255).int()).abs().max() <= 1
 
 
+def test_upscales_are_exactly_the_plain_bilinear_kernel():
+    # resize_frames runs every uint8 resize through the antialiased kernel, which for an upscale must
+    # give the plain bilinear result bit for bit (antialiasing only acts when shrinking)
+    rng = np.random.default_rng(4)
+    for h, w, size in [(20, 31, (224, 224)), (140, 200, (224, 224)), (96, 96, (112, 112)), (57, 80, (96, 128))]:
+        frames = torch.from_numpy(rng.integers(0, 256, (2, h, w, 3), dtype=np.uint8)).permute(0, 3, 1, 2)
+        plain = F.interpolate(frames, size=size, mode="bilinear", antialias=False, align_corners=False)
+        assert torch.equal(resize_frames(frames, size), plain)
+        assert torch.equal(resize_frames(frames.contiguous(), size), plain)  # planar memory too
+
+
 def test_transforms_write_into_a_given_clip():
     frames = torch.from_numpy(np.random.default_rng(3).integers(0, 256, (4, 30, 40, 3), dtype=np.uint8))
     batch = torch.zeros(2, 4, 16, 24, 3, dtype=torch.uint8).permute(0, 4, 1, 2, 3)  # (B, C, T, H, W), channels last

@@ -48,6 +48,8 @@ __all__ = [
     "EpochSampler",
     "ManifestEntry",
     "collate_samples",
+    "fetch_batch",
+    "new_clip_batch",
     "read_manifest",
     "to_video",
 ]
@@ -288,6 +290,21 @@ def new_clip_batch(batch_size: int, num_frames: int, size: tuple[int, int], chan
     return rearrange(memory, "b t h w c -> b c t h w")
 
 
+def fetch_batch(
+    item: Callable[..., dict], keys: Sequence, transform: VideoTransform | None, num_frames: int
+) -> list[dict]:
+    """``[item(key) for key in keys]``, but with a transform of fixed `size` that `accepts_out`, each
+    clip is written straight into its slot of one batch tensor (`new_clip_batch`; ``item(key, out=slot)``),
+    which `collate_samples` then returns without stacking: the clips are never copied after the
+    resize. The values are the same either way."""
+    keys = list(keys)
+    size = getattr(transform, "size", None)
+    if len(keys) < 2 or size is None or not getattr(transform, "accepts_out", False):
+        return [item(key) for key in keys]
+    batch = new_clip_batch(len(keys), num_frames, size)
+    return [item(key, out=batch[b]) for b, key in enumerate(keys)]
+
+
 class ClipDataset(Dataset):
     """Clips from the videos of one or several manifests (pretraining).
 
@@ -358,16 +375,8 @@ class ClipDataset(Dataset):
         return self._item(key)
 
     def __getitems__(self, keys: Sequence[int | tuple[int, int]]) -> list[dict]:
-        """The items of one batch (the DataLoader's batched fetch), each clip written by the transform
-        straight into its slot of one batch tensor, which `collate_samples` then returns without
-        stacking: the clips are never copied after the resize. The same values as ``[self[k] for k in
-        keys]``; that is what it does for a transform without a fixed size or `out=`."""
-        keys = list(keys)
-        size = getattr(self.transform, "size", None)
-        if len(keys) < 2 or size is None or not getattr(self.transform, "accepts_out", False):
-            return [self._item(key) for key in keys]
-        batch = new_clip_batch(len(keys), self.sampler.num_frames, size)
-        return [self._item(key, out=batch[b]) for b, key in enumerate(keys)]
+        """The items of one batch (the DataLoader's batched fetch); see `fetch_batch`."""
+        return fetch_batch(self._item, keys, self.transform, self.sampler.num_frames)
 
     def _item(self, key: int | tuple[int, int], out: torch.Tensor | None = None) -> dict:
         epoch, index = _split_key(key)
@@ -490,13 +499,20 @@ class AnticipationDataset(Dataset):
         return self.clip_sampler.indices_ending_at(self._info(segment.video_id), end_s)
 
     def __getitem__(self, key: int | tuple[int, int]) -> dict:
+        return self._item(key)
+
+    def __getitems__(self, keys: Sequence[int | tuple[int, int]]) -> list[dict]:
+        """The items of one batch (the DataLoader's batched fetch); see `fetch_batch`."""
+        return fetch_batch(self._item, keys, self.transform, self.clip_sampler.num_frames)
+
+    def _item(self, key: int | tuple[int, int], out: torch.Tensor | None = None) -> dict:
         epoch, index = _split_key(key)
         segment, gap = self.item(index)
         rng = np.random.default_rng([self.seed, epoch, index])
         info = self._info(segment.video_id)
         indices = self.context_indices(index)  # (T,)
         frames = read_frames(self.video_paths[segment.video_id], indices, size=self.decode_size)
-        video = to_video(frames, self.transform, rng)  # (C, T, H, W) uint8
+        video = to_video(frames, self.transform, rng, out=out)  # (C, T, H, W) uint8
         action = self.vocabulary.action_id(segment.verb, segment.noun)
         return {
             "video": video,
