@@ -75,7 +75,6 @@ def resize_frames(frames: torch.Tensor, size: tuple[int, int], out: torch.Tensor
         raise ValueError(f"out must be uint8 of shape {(*frames.shape[:2], *size)}, got {out.dtype} {tuple(out.shape)}")
     if tuple(frames.shape[-2:]) == size:
         return frames if out is None else out.copy_(frames)
-    antialias = frames.shape[-2] > size[0] or frames.shape[-1] > size[1]
     # the uint8 kernel is fastest on channels-last memory. A crop of (T, H, W, C) frames is a strided
     # view with channels innermost, which the kernel reads as it is (copying it first cost ~0.4 ms of
     # a 16 x 224 px clip's ~3 ms resize); anything else is made channels-last first.
@@ -93,6 +92,7 @@ def resize_frames(frames: torch.Tensor, size: tuple[int, int], out: torch.Tensor
             return out
         except RuntimeError:
             pass  # no such uint8 kernel in this build: the general path below
+    antialias = frames.shape[-2] > size[0] or frames.shape[-1] > size[1]  # only when shrinking
     try:
         resized = F.interpolate(frames, size=size, mode="bilinear", antialias=antialias, align_corners=False)
     except RuntimeError:  # no uint8 kernel for this device / build: compute in float, round back
