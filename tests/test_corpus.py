@@ -365,6 +365,26 @@ def test_refuses_to_overwrite_a_foreign_folder(tmp_path):
     assert (out / "thesis.tex").read_text() == "precious"
 
 
+def test_cli_reports_bad_options_and_outputs_without_a_traceback(tmp_path, capsys):
+    from worldmodel.cli import main
+
+    (tmp_path / "a_file").write_text("x")
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "thesis.tex").write_text("precious")
+    for argv, message in [
+        (["--size", "33"], "size must be an even number"),
+        (["--videos", "0"], "num_videos must be >= 1"),
+        (["--fps", "0"], "fps must be a positive number"),
+    ]:
+        assert main(["corpus", "--out", str(tmp_path / "new"), *argv]) == 2
+        assert message in capsys.readouterr().err
+    assert main(["corpus", "--out", str(tmp_path / "a_file")]) == 2
+    assert "is a file; give a folder" in capsys.readouterr().err
+    assert main(["corpus", "--out", str(tmp_path / "mine"), "--videos", "1"]) == 2
+    assert "not a worldmodel corpus" in capsys.readouterr().err
+    assert (tmp_path / "mine" / "thesis.tex").read_text() == "precious" and not (tmp_path / "new").exists()
+
+
 def test_rejects_bad_parameters(tmp_path):
     with pytest.raises(ValueError, match="size"):
         generate_corpus(tmp_path / "x", num_videos=1, size=63)

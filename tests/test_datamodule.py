@@ -85,6 +85,12 @@ def test_missing_builtin_corpus_says_what_to_do(tmp_path, monkeypatch):
         dm.setup("fit")
 
 
+def test_clip_timing_given_two_ways_is_refused():
+    with pytest.raises(ValueError, match=r"data.fps \(4\) or data.duration_s \(2.0\), not both"):
+        VideoDataModule(fps=4, duration_s=2.0)
+    assert VideoDataModule(duration_s=2.0).clip_sampler.duration_s == 2.0  # over the default frame_step
+
+
 def test_datamodule_arguments_parse_with_jsonargparse():
     from jsonargparse import ArgumentParser
 

@@ -29,7 +29,7 @@ from worldmodel.data.datasets import (
     read_manifest,
 )
 from worldmodel.data.transforms import RandomResizedCropVideo, ResizeCenterCropVideo, video_from_frames
-from worldmodel.data.video import ClipSampler
+from worldmodel.data.video import ClipSampler, VideoError, read_video_info
 
 
 def _lines(path: Path, *lines: str) -> Path:
@@ -84,6 +84,23 @@ def test_manifest_directory_is_scanned_recursively(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="no video files"):
         read_manifest(tmp_path / "empty")
+
+
+def test_manifest_directory_follows_symlinks_and_lists_broken_ones(tmp_path, make_video):
+    """Dataset trees built from links: linked folders are scanned (a cycle ends), a broken link is
+    listed and then reported missing, not silently left out."""
+    root, elsewhere = tmp_path / "videos", tmp_path / "elsewhere"
+    make_video(root / "real" / "a.mp4", num_frames=4)
+    make_video(elsewhere / "b.mp4", num_frames=4)
+    (root / "linked").symlink_to(elsewhere, target_is_directory=True)
+    (root / "loop").symlink_to(root, target_is_directory=True)
+    (root / "broken.mp4").symlink_to(tmp_path / "gone.mp4")
+    entries = read_manifest(root)
+    assert [Path(e.path).name for e in entries] == ["broken.mp4", "b.mp4", "a.mp4"]
+    assert entries[0].path == str(root / "broken.mp4") and entries[1].path == str((elsewhere / "b.mp4").resolve())
+    with pytest.raises(VideoError) as err:
+        read_video_info(entries[0].path)
+    assert err.value.reason == "missing" and "broken.mp4" in str(err.value)
 
 
 def test_manifest_errors_name_file_and_line(tmp_path):
@@ -453,6 +470,21 @@ def test_anticipation_with_frame_numbers_and_eval_transform(epic, tmp_path):
     assert batch["video"].data_ptr() == items[0]["video"].data_ptr()
     assert torch.equal(batch["video"], torch.stack([item["video"], item["video"]]))
     assert batch["end_s"].tolist() == [item["end_s"]] * 2 and batch["index"].tolist() == [0, 0]
+
+
+def test_anticipation_action_after_the_video_end_is_an_error(epic, tmp_path):
+    """A clip would be the video's last frames whatever the action: refused, naming the row and the video."""
+    csv_path = tmp_path / "late.csv"
+    csv_path.write_text(ANTICIPATION_CSV + "P01_01_9,P01,P01_01,00:10:00.00,00:10:01.00,open,1,door,2\n")
+    dataset = AnticipationDataset(str(csv_path), str(epic["videos_dir"]), epic["vocabulary"], num_frames=4, fps=4.0)
+    assert _indices(dataset[0]["video"])[-1] == 48  # the rows inside the video are read as before
+    with pytest.raises(ValueError, match=r"late.csv:6: action P01_01_9 starts at 600.000 s, after the end of video "
+                                         r"P01_01 .*P01_01.MP4: 96 frames at 16.000 fps = 6.000 s"):
+        dataset[4]
+    # within one frame of the end (rounding in the annotation) is still read: the last frames are right
+    csv_path.write_text(ANTICIPATION_CSV + "P01_01_9,P01,P01_01,00:00:06.05,00:00:06.10,open,1,door,2\n")
+    late = AnticipationDataset(str(csv_path), str(epic["videos_dir"]), epic["vocabulary"], num_frames=4, fps=4.0)
+    assert late.context_indices(4).tolist() == [68, 72, 76, 80]  # ends at 5.05 s: frame 80
 
 
 def test_anticipation_missing_videos_are_an_error(epic, tmp_path):

@@ -260,6 +260,31 @@ def test_sound_fps_falls_back_to_timestamps():
         assert sound_fps(nonsense, 300, 10.0) == pytest.approx(30.0)
     assert sound_fps(0.0, 300, 0.0) is None
     assert sound_fps(float("nan"), 0, float("nan")) is None
+    # asked to check: the timestamps replace a container rate they contradict, not one they confirm
+    assert sound_fps(30.0, 250, 10.0, prefer_timestamps=True) == pytest.approx(25.0)
+    assert sound_fps(29.97, 300, 10.02, prefer_timestamps=True) == 29.97
+    assert sound_fps(30.0, 300, float("nan"), prefer_timestamps=True) == 30.0
+
+
+@pytest.mark.parametrize("suffix", [".mkv", ".webm"])
+def test_a_nominal_rate_the_frames_do_not_follow_is_replaced_by_the_timestamps(tmp_path, suffix):
+    """Matroska / WebM report the declared rate: 30 fps here, for frames 40 ms apart (25 fps, 10 s)."""
+    path = tmp_path / f"nominal30{suffix}"
+    codec = "libx264" if suffix == ".mkv" else "libvpx"
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream(codec, rate=30)
+        stream.width, stream.height, stream.pix_fmt = 64, 64, "yuv420p"
+        stream.codec_context.time_base = Fraction(1, 1000)
+        for i in range(250):
+            frame = av.VideoFrame.from_ndarray(index_frame(i % 64, (64, 64)), format="rgb24")
+            frame.pts, frame.time_base = 40 * i, Fraction(1, 1000)
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+    video = read_video_info(path)
+    assert video.num_frames == 250
+    assert video.fps == pytest.approx(25.0, rel=0.005)  # not 30: frame 200 is at 8 s, not 6.67 s
+    (clip,) = read_clips(path, ClipSampler(num_frames=4, fps=5.0), mode="start")
+    assert clip.indices.tolist() == [0, 5, 10, 15] and clip.timestamps[1] == pytest.approx(0.2, rel=0.005)
 
 
 def test_frames_taken_over_without_copy_equal_decords_copy_and_outlive_the_reader(make_video):
@@ -330,6 +355,21 @@ def test_text_renamed_mp4(tmp_path):
     path = tmp_path / "notes.mp4"
     path.write_text("these are my notes, not a video\n" * 20)
     _expect(path, "not_video")
+
+
+def test_audio_only_mp4_is_not_a_video(tmp_path):
+    """A valid container without a video stream: no re-encoding hint could help, so not `corrupt`."""
+    path = tmp_path / "voice.mp4"
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("aac", rate=16000)
+        for i in range(10):
+            frame = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
+            frame.sample_rate, frame.pts = 16000, 1024 * i
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+    _expect(path, "not_video")
+    with pytest.raises(VideoError, match="no video stream"):
+        read_video_info(path)
 
 
 def test_directory_is_not_a_video(tmp_path):

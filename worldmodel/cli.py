@@ -58,9 +58,16 @@ def resolve_config_args(argv: list[str]) -> list[str]:
 def _corpus(args: argparse.Namespace) -> int:
     from worldmodel.data.corpus import generate_corpus
 
-    summary = generate_corpus(
-        args.out, num_videos=args.videos, seed=args.seed, size=args.size, fps=args.fps, workers=args.workers
-    )
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        print(f"error: --out {args.out} is a file; give a folder (new, or a corpus written before)", file=sys.stderr)
+        return 2
+    try:
+        summary = generate_corpus(
+            args.out, num_videos=args.videos, seed=args.seed, size=args.size, fps=args.fps, workers=args.workers
+        )
+    except (ValueError, FileExistsError, NotADirectoryError) as err:  # the user's options or --out
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     print(summary)
     return 0
 

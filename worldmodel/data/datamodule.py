@@ -48,8 +48,8 @@ class VideoDataModule(LightningDataModule):
     """Pretraining clips from manifests (default: the training videos of the built-in corpus, ``data/corpus/manifest_train.csv``).
 
     Clip timing: ``num_frames`` frames at ``fps`` frames per second, or every ``frame_step``-th frame,
-    or spread over ``duration_s`` seconds; ``fps`` or ``duration_s``, when given, take precedence over
-    ``frame_step``. Crops: random resized crop to ``crop_size`` (scale ``crop_scale``, aspect ratio
+    or spread over ``duration_s`` seconds; ``fps`` or ``duration_s`` (not both), when given, take precedence
+    over ``frame_step``. Crops: random resized crop to ``crop_size`` (scale ``crop_scale``, aspect ratio
     ``crop_ratio``, horizontal flip with ``hflip``), after decoding with the short side resized to
     ``decode_size`` (None: native size). ``batch_size`` is per process. ``samples_per_epoch`` counts
     samples over all processes (default: the number of videos).
@@ -81,6 +81,8 @@ class VideoDataModule(LightningDataModule):
         self.save_hyperparameters()
         if fps is None and duration_s is None and frame_step is None:
             raise ValueError("set one of data.fps, data.frame_step or data.duration_s")
+        if fps is not None and duration_s is not None:
+            raise ValueError(f"set data.fps ({fps}) or data.duration_s ({duration_s}), not both: they time a clip two ways")
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.train_manifests = train_manifests
@@ -95,7 +97,7 @@ class VideoDataModule(LightningDataModule):
             num_frames=num_frames,
             fps=fps,
             frame_step=None if (fps is not None or duration_s is not None) else frame_step,
-            duration_s=duration_s if fps is None else None,
+            duration_s=duration_s,
             short_policy=short_policy,
         )
         self.train_dataset: ClipDataset | None = None

@@ -72,6 +72,20 @@ def _is_video(path: Path) -> bool:
     return path.suffix.lower() in VIDEO_EXTENSIONS
 
 
+def _videos_below(root: Path) -> list[Path]:
+    """Files with a video extension in `root` and below, sorted; symlinked folders are followed (once
+    each, so a link cycle ends), and links to videos are listed even when broken."""
+    found, visited = [], set()
+    for folder, subfolders, files in os.walk(root, followlinks=True):
+        real = os.path.realpath(folder)
+        if real in visited:
+            subfolders[:] = []
+            continue
+        visited.add(real)
+        found += [Path(folder) / name for name in files if _is_video(Path(name))]
+    return sorted(found)
+
+
 def read_manifest(path: str | os.PathLike) -> list[ManifestEntry]:
     """Video paths (and optional integer labels) from a manifest file or a directory of videos.
 
@@ -82,13 +96,14 @@ def read_manifest(path: str | os.PathLike) -> list[ManifestEntry]:
     """
     path = Path(path).expanduser()
     if path.is_dir():
-        videos = sorted(p for p in path.rglob("*") if p.is_file() and _is_video(p))
+        videos = _videos_below(path)
         if not videos:
             raise ValueError(
                 f"{path}: no video files found in this directory or below "
                 f"(extensions {', '.join(VIDEO_EXTENSIONS)})"
             )
-        return [ManifestEntry(str(p.resolve()), None) for p in videos]
+        # a broken link keeps its own path, so that reading it reports the link as missing
+        return [ManifestEntry(str(p.resolve() if p.exists() else p.absolute()), None) for p in videos]
     if not path.is_file():
         raise FileNotFoundError(f"manifest {path} does not exist (give a manifest file or a folder of videos)")
 
@@ -495,8 +510,18 @@ class AnticipationDataset(Dataset):
     def context_indices(self, index: int) -> np.ndarray:
         """Source frame indices (T,) of item ``index``'s context clip."""
         segment, gap = self.item(index)
+        info = self._info(segment.video_id)
+        duration_s = info.num_frames / info.fps
+        if segment.start_s > duration_s + 1.0 / info.fps:  # one frame of slack for rounding
+            # the clip would be the video's last frames, whatever the action: refuse instead
+            raise ValueError(
+                f"{segment.source or self.annotations_csv}: action {segment.narration_id or ''} starts at "
+                f"{segment.start_s:.3f} s, after the end of video {segment.video_id} ({info.path}: "
+                f"{info.num_frames} frames at {info.fps:.3f} fps = {duration_s:.3f} s). Is it the right video, "
+                "or were its frame numbers counted at another frame rate?"
+            )
         end_s = max(segment.start_s - gap, 0.0)
-        return self.clip_sampler.indices_ending_at(self._info(segment.video_id), end_s)
+        return self.clip_sampler.indices_ending_at(info, end_s)
 
     def __getitem__(self, key: int | tuple[int, int]) -> dict:
         return self._item(key)

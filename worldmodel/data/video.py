@@ -24,9 +24,12 @@ every clip at frame 0 and clamps offsets past the end to the last frame; ``"skip
 Time
 ----
 Every video is treated as constant frame rate at its *average* rate: frame i is at ``i / fps``
-seconds (`Clip.timestamps`). The average rate is the container's (decord's `get_avg_fps`); when it
-is missing or absurd (0, NaN, > 1000) the rate is recomputed from the presentation time at which the
-last frame ends; when that fails too the video is refused (``reason="unsupported"``). For variable
+seconds (`Clip.timestamps`). The average rate is the container's (decord's `get_avg_fps`), which
+mp4 / mov compute from the frames' own durations. Other containers (Matroska, WebM, AVI, ...) may
+report a nominal rate instead, so for them the frames' timestamps are read too (the span from the
+first frame's start to the last frame's end) and their count over that span replaces a container
+rate it contradicts by more than 1 %. A rate that is missing or absurd (0, NaN, > 1000) is recomputed
+the same way; when that fails too the video is refused (``reason="unsupported"``). For variable
 frame rate recordings (phones, screen captures) times are therefore approximate (by the jitter of the
 recording); re-encode them at a constant rate (``ffmpeg -i IN -r 30 OUT.mp4``) when exact times matter.
 
@@ -340,33 +343,58 @@ def _frame_count_and_fps(path: str, reader) -> tuple[int, float]:
     num_frames = len(reader)
     try:
         avg_fps = float(reader.get_avg_fps())
-        end_s = float("nan")
-        fps = sound_fps(avg_fps, num_frames, end_s)  # the container's rate, when it is sane
-        if fps is None:  # only then the timestamps (about 0.4 ms a file, on every clip a loader reads)
-            end_s = float(reader.get_frame_timestamp([num_frames - 1])[0, 1]) if num_frames else end_s
-            fps = sound_fps(avg_fps, num_frames, end_s)
+        span_s = float("nan")
+        fps = sound_fps(avg_fps, num_frames, span_s)  # the container's rate, when it is sane
+        # mp4 / mov derive their average rate from the frames' own durations; other containers
+        # (Matroska, WebM, AVI, ...) may report a nominal rate that the frames do not follow. So the
+        # timestamps (about 0.4 ms a file, on every clip a loader reads) are read for those, and
+        # for any file whose rate is not sane.
+        check = fps is not None and not _rates_from_durations(path)
+        if (fps is None or check) and num_frames:
+            times = reader.get_frame_timestamp([0, num_frames - 1])  # (2, 2): start, end of each
+            span_s = float(times[1, 1]) - float(times[0, 0])
+            fps = sound_fps(avg_fps, num_frames, span_s, prefer_timestamps=check)
     except Exception as exc:
         raise _diagnose(path, exc) from None
     if fps is None:
         raise VideoError(
             path,
             "unsupported",
-            f"unknown frame rate (container says {avg_fps}, {num_frames} frames ending at {end_s} s); "
+            f"unknown frame rate (container says {avg_fps}, {num_frames} frames spanning {span_s} s); "
             "re-encode it at a constant rate: `ffmpeg -i IN -r 30 OUT.mp4`",
         )
     return num_frames, fps
 
 
-def sound_fps(avg_fps: float, num_frames: int, last_frame_end_s: float) -> float | None:
-    """The container's average frame rate if sane, else frames / (end time of the last frame), else None."""
+def _rates_from_durations(path: str) -> bool:
+    """Whether the file is an mp4 / mov (ISO BMFF), whose average rate comes from the frame durations."""
+    try:
+        with open(path, "rb") as f:
+            return _container_family(f.read(16)) == "iso_bmff"
+    except OSError:
+        return False
+
+
+# the container's average rate is kept while the timestamps agree with it to this fraction
+RATE_TOLERANCE = 0.01
+
+
+def sound_fps(avg_fps: float, num_frames: int, span_s: float, prefer_timestamps: bool = False) -> float | None:
+    """The average frame rate of a video: the container's if sane, else frames / seconds spanned, else None.
+
+    span_s: from the first frame's start to the last frame's end (NaN when not read). With
+    prefer_timestamps, frames / span_s replaces a sane container rate that it contradicts by more than
+    RATE_TOLERANCE (a nominal rate that the frames do not follow, or a variable rate).
+    """
     low, high = FPS_RANGE
+    estimate = None
+    if num_frames > 0 and math.isfinite(span_s) and span_s > 0 and low <= num_frames / span_s <= high:
+        estimate = num_frames / span_s
     if math.isfinite(avg_fps) and low <= avg_fps <= high:
-        return avg_fps
-    if num_frames > 0 and math.isfinite(last_frame_end_s) and last_frame_end_s > 0:
-        estimate = num_frames / last_frame_end_s
-        if low <= estimate <= high:
+        if prefer_timestamps and estimate is not None and abs(estimate - avg_fps) > RATE_TOLERANCE * avg_fps:
             return estimate
-    return None
+        return avg_fps
+    return estimate
 
 
 def _decode_size(path: str, size: int | tuple[int, int] | None) -> tuple[int, int] | None:
@@ -405,6 +433,17 @@ def _native_size(path: str) -> tuple[int, int]:
         if len(_native_size_cache) > 4096:  # bounded: a worker may see millions of files
             _native_size_cache.pop(next(iter(_native_size_cache)))
     return _native_size_cache[key]
+
+
+def _stream_kinds(path: str) -> list[str]:
+    """The kinds of the file's streams ('audio', 'video', ...) as FFmpeg reads them; [] when it cannot."""
+    try:
+        import av
+
+        with av.open(path) as container:
+            return sorted({str(stream.type) for stream in container.streams})
+    except Exception:
+        return []
 
 
 def _pixel_format(path: str) -> str:
@@ -520,5 +559,11 @@ def _diagnose(path: str, exc: BaseException) -> VideoError:
         return err
     except OSError as err:
         return VideoError(path, "missing", f"cannot be read: {err}")
-    return VideoError(path, "corrupt", f"the decoder failed ({_decoder_message(exc)}); {_CONVERT_HINT}")
+    message = _decoder_message(exc)
+    if "cannot find video stream" in message.lower():  # audio only, or a damaged index: FFmpeg tells
+        streams = _stream_kinds(path)
+        if streams and "video" not in streams:
+            detail = f"the file holds no video stream, only {', '.join(streams)}; remove it from the manifest"
+            return VideoError(path, "not_video", detail)
+    return VideoError(path, "corrupt", f"the decoder failed ({message}); {_CONVERT_HINT}")
 
