@@ -487,6 +487,33 @@ def test_anticipation_action_after_the_video_end_is_an_error(epic, tmp_path):
     assert late.context_indices(4).tolist() == [68, 72, 76, 80]  # ends at 5.05 s: frame 80
 
 
+def test_anticipation_refuses_a_variable_frame_rate_video(tmp_path):
+    """Slow first half, fast second half: at the average rate frame 17 would be at 2.0 s, it is at 3.4 s,
+    after the action at 3.0 s. The window cannot be placed from frame numbers: an error, not a leak."""
+    import av
+    from fractions import Fraction
+
+    path = tmp_path / "videos" / "V01.mp4"
+    path.parent.mkdir()
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=30)
+        stream.width, stream.height, stream.pix_fmt = 32, 32, "yuv420p"
+        stream.codec_context.time_base = Fraction(1, 1000)
+        pts = 0
+        for i in range(40):  # 20 frames 200 ms apart, then 20 frames 33 ms apart
+            frame = av.VideoFrame.from_ndarray(np.full((32, 32, 3), 6 * i, np.uint8), format="rgb24")
+            frame.pts, frame.time_base = pts, Fraction(1, 1000)
+            container.mux(stream.encode(frame))
+            pts += 200 if i < 20 else 33
+        container.mux(stream.encode())
+    csv_path = tmp_path / "val.csv"
+    csv_path.write_text("video_id,start_timestamp,stop_timestamp,verb_class,noun_class\nV01,3.0,3.5,0,0\n")
+    vocabulary = ActionVocabulary.from_annotations(read_annotations(csv_path))
+    dataset = AnticipationDataset(str(csv_path), str(tmp_path / "videos"), vocabulary, num_frames=4, fps=2.0)
+    with pytest.raises(VideoError, match=r"V01.mp4: unsupported: variable frame rate: frame \d+ starts at"):
+        dataset[0]
+
+
 def test_anticipation_missing_videos_are_an_error(epic, tmp_path):
     csv_path = tmp_path / "more.csv"
     csv_path.write_text(

@@ -226,6 +226,37 @@ def read_video_info(path: str | os.PathLike, num_threads: int = 1) -> VideoInfo:
     return VideoInfo(path=path, num_frames=num_frames, fps=fps, width=first.shape[2], height=first.shape[1])
 
 
+def frame_start_times(path: str | os.PathLike, num_threads: int = 1) -> np.ndarray:
+    """Presentation time (seconds) at which each frame starts, as the container stores it: (num_frames,)."""
+    path = os.fspath(path)
+    reader = _open_reader(path, None, num_threads)
+    try:
+        return np.asarray(reader.get_frame_timestamp(np.arange(len(reader))), dtype=np.float64)[:, 0]
+    except Exception as exc:
+        raise _diagnose(path, exc) from None
+
+
+def check_constant_rate(info: VideoInfo, starts: np.ndarray, tolerance_s: float = 0.1) -> None:
+    """Refuse a video whose frames stray from ``i / fps`` by more than one frame and `tolerance_s`.
+
+    Where exact times matter (an anticipation context must end before its action starts), a variable
+    frame rate would misplace clips read at the average rate; VideoError("unsupported") says so.
+    """
+    if not len(starts):
+        return
+    stray = starts - starts[0] - np.arange(len(starts)) / info.fps
+    worst = int(np.argmax(np.abs(stray)))
+    if abs(stray[worst]) > max(tolerance_s, 1.0 / info.fps):
+        raise VideoError(
+            info.path,
+            "unsupported",
+            f"variable frame rate: frame {worst} starts at {starts[worst] - starts[0]:.3f} s, a constant "
+            f"{info.fps:.3f} fps puts it at {worst / info.fps:.3f} s, so clips timed from frame numbers would "
+            "be misplaced (a context could run past its action's start); re-encode it at a constant rate: "
+            "`ffmpeg -i IN -r 30 OUT.mp4`",
+        )
+
+
 def read_frames(
     path: str | os.PathLike,
     indices: Sequence[int] | np.ndarray,
