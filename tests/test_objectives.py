@@ -167,6 +167,9 @@ def test_collapse_stats_separate_healthy_and_collapsed_features():
     assert any("token_effective_rank" in w for w in monitor.check(stats["low_rank"]))
     assert CollapseMonitor(min_feature_std=None).check({"feature_std": 0.0}) == []
     assert len(CollapseMonitor().check({"feature_std": float("nan")})) == 1
+    # the pooled rank of B clips is at most B - 1: with 2 or 3 clips a rank of 1 says nothing
+    assert CollapseMonitor().check({"effective_rank": 1.0}, batch_size=2) == []
+    assert len(CollapseMonitor().check({"effective_rank": 1.0}, batch_size=8)) == 1
 
 
 def test_effective_rank_of_a_constant_matrix_is_one():

@@ -83,6 +83,45 @@ def test_resume_mid_epoch_continues_exactly(tmp_path, video_folder):
         measured = sorted(int(r["step"]) for r in csv.DictReader(f) if r.get("collapse/token_effective_rank"))
     assert measured == list(range(0, 12, 2))
 
+    # resumed in its own folder (a SLURM requeue): the CSV log keeps steps 0-6 and continues; the data
+    # counts in the checkpoint include every batch (the last one before a save too)
+    run_pretrain(common + ["--run_dir", str(part), "--trainer.max_steps", "12", "--resume", "auto"])
+    in_place = step_losses(part)
+    assert sorted(in_place) == list(range(12))
+    assert all(in_place[step] == pytest.approx(want[step], rel=1e-6, abs=1e-7) for step in range(12))
+    data_counts = safe_torch_load(part / "checkpoints/last.ckpt")["callbacks"]["DataErrorCallback"]
+    assert data_counts["num_ok"] == 12 * 2
+
+    # resuming into another architecture names the setting, instead of listing every weight
+    other = run_pretrain(
+        [*common[:-2], "--model.encoder_kwargs", '{"depth": 1, "embed_dim": 48, "num_heads": 3}', *common[-2:],
+         "--run_dir", str(tmp_path / "other"), "--trainer.max_steps", "12", "--resume", str(part / "checkpoints/last.ckpt")],
+        check=False,
+    )
+    assert other.returncode != 0 and "Traceback" not in other.stderr
+    assert "model.encoder_kwargs: checkpoint {'depth': 2" in other.stderr
+
+
+def test_settings_that_cannot_work_are_one_line_errors_before_training(tmp_path, video_folder):
+    videos = video_folder(n=2, num_frames=12, size=(32, 32))
+    common = SMALL + ["--data.train_manifests", str(videos / "manifest.csv"), "--data.num_workers", "0"]
+    cases = [
+        (["--data.crop_size", "48"], "model.img_size=32 but data.crop_size=48"),
+        (["--trainer.max_steps", "10", "--model.lr", '{"kind": "warmup_constant_cooldown", "base": 1e-3, '
+          '"warmup_steps": 8, "cooldown_steps": 8}'], "model.lr does not fit a run of 10 steps (trainer.max_steps)"),
+        (["--optimizer", "SGD"], "unrecognized arguments: --optimizer"),  # the model's AdamW is the optimiser
+        (["--model.encoder", "vit_nope"], "encoder must be one of"),
+    ]
+    for i, (args, message) in enumerate(cases):
+        proc = run_pretrain(common + ["--run_dir", str(tmp_path / f"r{i}"), *args], check=False)
+        assert proc.returncode != 0 and message in proc.stderr, (args, proc.stderr[-2000:])
+        assert "Traceback" not in proc.stderr and not (tmp_path / f"r{i}" / "checkpoints").exists()
+    # a run bounded by epochs: the schedules span the steps those epochs take
+    run_pretrain(common + ["--run_dir", str(tmp_path / "epochs"), "--trainer.max_steps", "-1",
+                           "--trainer.max_epochs", "2", "--data.samples_per_epoch", "4", "--model.lr",
+                           '{"kind": "warmup_constant_cooldown", "base": 1e-3, "warmup_steps": 1, "cooldown_steps": 1}'])
+    assert sorted(step_losses(tmp_path / "epochs")) == [0, 1, 2, 3]
+
 
 def test_nonfinite_loss_stops_with_clear_error_and_keeps_last_good_checkpoint(tmp_path, video_folder):
     videos = video_folder(n=4, num_frames=12, size=(32, 32))

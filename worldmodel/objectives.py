@@ -288,13 +288,19 @@ class CollapseMonitor:
     min_effective_rank: float | None = 1.5
     min_token_effective_rank: float | None = 4.0
 
-    def check(self, stats: dict[str, Tensor | float]) -> list[str]:
-        """Warnings (empty when healthy). Reads values back to the host: call it every few hundred steps."""
+    def check(self, stats: dict[str, Tensor | float], batch_size: int | None = None) -> list[str]:
+        """Warnings (empty when healthy). Reads values back to the host: call it every few hundred steps.
+
+        batch_size: clips behind the pooled effective rank, which cannot exceed batch_size - 1; that check
+        is skipped when the batch is too small for the limit to tell collapse from batch size.
+        """
         limits = {
             "feature_std": self.min_feature_std,
             "effective_rank": self.min_effective_rank,
             "token_effective_rank": self.min_token_effective_rank,
         }
+        if batch_size is not None and limits["effective_rank"] is not None and batch_size - 1 < 2 * limits["effective_rank"]:
+            limits["effective_rank"] = None
         warnings = []
         for name, limit in limits.items():
             if limit is None or name not in stats:

@@ -20,6 +20,7 @@ continues with exactly the losses of the uninterrupted one.
 from __future__ import annotations
 
 import copy
+import math
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -63,6 +64,39 @@ DEFAULT_MASKS: list[dict[str, Any]] = [
 
 class NonFiniteLossError(RuntimeError):
     """The loss became NaN or inf; training stops before the bad update is applied or saved."""
+
+
+class ConfigError(ValueError):
+    """Settings that cannot work together, found before the first step (`worldmodel pretrain` prints it
+    as one line)."""
+
+
+# the hyper-parameters that decide the weights' shapes: a checkpoint resumes only into the same ones
+ARCHITECTURE_KEYS = (
+    "encoder", "patch_size", "tubelet_size", "encoder_kwargs", "pred_depth", "pred_dim", "pred_heads",
+    "pred_copy_context", "target",
+)
+
+
+def check_data_matches_model(hparams: Any, datamodule: Any) -> None:
+    """The clips the data module makes must be the ones the model (and its mask grid) is built for.
+
+    Masks are drawn on the token grid of (model.num_frames, model.img_size); other clip sizes would leave
+    tokens outside every mask, or index past the clip's tokens.
+    """
+    data = getattr(datamodule, "hparams", None)
+    if data is None:
+        return
+    pairs = [("img_size", "crop_size", "the crop side in pixels"), ("num_frames", "num_frames", "frames per clip")]
+    wrong = [
+        f"model.{m}={hparams[m]} but data.{d}={data[d]}"
+        for m, d, _ in pairs if d in data and m in hparams and int(data[d]) != int(hparams[m])
+    ]
+    if wrong:
+        raise ConfigError(
+            f"the clips do not fit the model: {'; '.join(wrong)}. Masks are drawn on the model's token grid, "
+            "so set both to the same value (e.g. --model.img_size 128 --data.crop_size 128)."
+        )
 
 
 class JEPAPretrainer(L.LightningModule):
@@ -167,18 +201,47 @@ class JEPAPretrainer(L.LightningModule):
 
     def setup(self, stage: str) -> None:
         datamodule = getattr(self.trainer, "datamodule", None)
+        if datamodule is not None:
+            check_data_matches_model(self.hparams, datamodule)
         if datamodule is not None and hasattr(datamodule, "collate_fn"):
             datamodule.collate_fn = self.mask_collator()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Refuse to resume into another architecture, naming the settings that differ (before Lightning
+        would list every missing and unexpected weight)."""
+        saved = checkpoint.get("hyper_parameters") or {}
+        differ = [
+            f"model.{key}: checkpoint {saved[key]!r}, this run {self.hparams.get(key)!r}"
+            for key in ARCHITECTURE_KEYS if key in saved and saved[key] != self.hparams.get(key)
+        ]
+        if differ:
+            raise ConfigError(
+                "the checkpoint was trained with other model settings, so its weights do not fit this model: "
+                + "; ".join(differ) + ". Resume with the run's own config (its logs/config.yaml)."
+            )
 
     # ------------------------------------------------------------------ schedules
     def _schedule(self, name: str) -> Schedule:
         value = self.hparams[name]
         if isinstance(value, (int, float)):
             return Schedule.constant(float(value))
-        total = self.hparams.total_steps or int(self.trainer.max_steps)
-        if total is None or total <= 0:
-            raise ValueError(f"a scheduled {name} needs model.total_steps or trainer.max_steps to be set")
-        return Schedule.from_config(value, total_steps=total)
+        total, source = self.hparams.total_steps, "model.total_steps"
+        if not total:
+            total, source = int(self.trainer.max_steps), "trainer.max_steps"
+        if total <= 0:  # a run bounded by epochs: the steps those epochs take
+            estimate = self.trainer.estimated_stepping_batches
+            if not math.isfinite(estimate):
+                raise ConfigError(
+                    f"a scheduled model.{name} needs the run's length: set trainer.max_steps, "
+                    "trainer.max_epochs or model.total_steps"
+                )
+            total, source = int(estimate), "trainer.max_epochs"
+        schedule = Schedule.from_config(value, total_steps=total)
+        try:  # every phase must fit: fail now, not at the first optimiser step
+            schedule(0)
+        except ValueError as err:
+            raise ConfigError(f"model.{name} does not fit a run of {total} steps ({source}): {err}") from None
+        return schedule
 
     def on_fit_start(self) -> None:
         self.lr_schedule = self._schedule("lr")
@@ -278,7 +341,7 @@ class JEPAPretrainer(L.LightningModule):
         if self.trainer.is_global_zero:
             for logger in self.loggers:
                 logger.log_metrics(row, step=self.global_step)
-        for warning in self.collapse_monitor.check(stats):
+        for warning in self.collapse_monitor.check(stats, batch_size=full.shape[0]):
             self.print(f"[worldmodel] collapse warning at step {self.global_step}: {warning}")
 
     # ------------------------------------------------------------------ optimisation

@@ -14,6 +14,8 @@ Multi-GPU and multi-node runs are Lightning's: `--trainer.devices 8 --trainer.nu
 
 from __future__ import annotations
 
+import csv
+import os
 import warnings
 from pathlib import Path
 from typing import Any
@@ -21,11 +23,63 @@ from typing import Any
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.loggers.csv_logs import ExperimentWriter
+from lightning.pytorch.loggers.logger import rank_zero_experiment
 
 from worldmodel.checkpoints import AtomicCheckpointIO, LastCheckpoint
 from worldmodel.data.datamodule import DataErrorCallback, VideoDataModule
 from worldmodel.data.loader import DataProgressCallback
-from worldmodel.pretrain import JEPAPretrainer
+from worldmodel.pretrain import ConfigError, JEPAPretrainer, check_data_matches_model
+
+
+class _HistoryWriter(ExperimentWriter):
+    """Lightning's CSV writer deletes a run folder's metrics.csv when it starts. This one keeps the rows
+    of the steps before the first step it logs: a resumed run (SLURM requeue, `--resume auto`) continues
+    the history, and a fresh run in the same folder (first step 0) starts a new one."""
+
+    def __init__(self, log_dir: str) -> None:
+        path = os.path.join(log_dir, self.NAME_METRICS_FILE)
+        self._history: list[dict[str, str]] | None = None
+        if os.path.isfile(path):
+            with open(path, newline="") as f:
+                self._history = list(csv.DictReader(f))
+        super().__init__(log_dir)
+
+    def _check_log_dir_exists(self) -> None:
+        pass  # the old rows are in memory; the file is rewritten at the first save
+
+    def save(self) -> None:
+        if self._history is None or not self.metrics:
+            return super().save()
+        first = min(int(m["step"]) for m in self.metrics)
+        kept = [row for row in self._history if _step_of(row) < first]
+        self._history = None
+        self.metrics_keys = sorted(set().union(*kept, *self.metrics))
+        with open(self.metrics_file_path, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=self.metrics_keys)
+            writer.writeheader()
+            writer.writerows(kept)
+            writer.writerows(self.metrics)
+        self.metrics = []
+
+
+def _step_of(row: dict[str, str]) -> float:
+    try:
+        return float(row.get("step") or "nan")
+    except ValueError:
+        return float("nan")  # compares false: such a row is not kept
+
+
+class RunCSVLogger(CSVLogger):
+    """CSVLogger whose metrics.csv survives a resume (see `_HistoryWriter`)."""
+
+    @property
+    @rank_zero_experiment
+    def experiment(self) -> ExperimentWriter:
+        if self._experiment is None:
+            self._fs.makedirs(self.root_dir, exist_ok=True)
+            self._experiment = _HistoryWriter(log_dir=self.log_dir)
+        return self._experiment
 
 
 class PretrainCLI(LightningCLI):
@@ -44,11 +98,10 @@ class PretrainCLI(LightningCLI):
             kwargs["default_root_dir"] = str(run_dir)
         if trainer_cfg.get("logger") in (None, True):
             kwargs["logger"] = [
-                CSVLogger(save_dir=str(run_dir), name="logs", version=""),
+                RunCSVLogger(save_dir=str(run_dir), name="logs", version=""),
                 TensorBoardLogger(save_dir=str(run_dir), name="logs", version=""),
             ]
         callbacks = list(trainer_cfg.get("callbacks") or [])
-        callbacks.append(LastCheckpoint(run_dir / "checkpoints", every_n_steps=config["checkpoint_every"]))
         if trainer_cfg.get("enable_checkpointing") is None and not any(isinstance(c, ModelCheckpoint) for c in callbacks):
             # LastCheckpoint is the run's checkpoint; without this Lightning adds its default ModelCheckpoint,
             # a second full copy under logs/checkpoints/
@@ -56,6 +109,9 @@ class PretrainCLI(LightningCLI):
         if not any(isinstance(c, DataErrorCallback) for c in callbacks):
             callbacks.append(DataErrorCallback(out_dir=str(run_dir)))
         callbacks.append(DataProgressCallback())
+        # last: callbacks run in list order at the end of a batch, so the checkpoint holds that batch's
+        # data-error counts too
+        callbacks.append(LastCheckpoint(run_dir / "checkpoints", every_n_steps=config["checkpoint_every"]))
         trainer_cfg["callbacks"] = callbacks
         plugins = trainer_cfg.get("plugins") or []
         plugins = plugins if isinstance(plugins, list) else [plugins]
@@ -80,17 +136,28 @@ def run_pretrain_cli(argv: list[str]) -> PretrainCLI:
     # `worldmodel pretrain ARGS` hands ARGS (with the config resolved) to LightningCLI; sys.argv keeps
     # the whole command so Lightning's DDP launcher can start the other ranks with it.
     warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended to run from within Python")
-    cli = PretrainCLI(
-        JEPAPretrainer,
-        VideoDataModule,
-        args=argv,
-        run=False,
-        save_config_kwargs={"overwrite": True},
-        trainer_defaults={"use_distributed_sampler": False},
-        seed_everything_default=0,
-    )
+    try:
+        cli = PretrainCLI(
+            JEPAPretrainer,
+            VideoDataModule,
+            args=argv,
+            run=False,
+            save_config_kwargs={"overwrite": True},
+            trainer_defaults={"use_distributed_sampler": False},
+            seed_everything_default=0,
+            # the optimiser is the model's (AdamW, no decay on biases / norms / mask tokens, scheduled lr
+            # and wd): no --optimizer / --lr_scheduler options that it would ignore
+            auto_configure_optimizers=False,
+            parser_kwargs={"prog": "worldmodel pretrain"},
+        )
+        check_data_matches_model(cli.model.hparams, cli.datamodule)
+    except (ValueError, FileNotFoundError) as err:  # a setting the classes refuse: say which, no traceback
+        raise SystemExit(f"worldmodel pretrain: error: {err}") from None
     ckpt = resolve_resume(cli.config["resume"], cli.config["run_dir"])
-    cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=ckpt)
+    try:
+        cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=ckpt)
+    except (ConfigError, FileNotFoundError) as err:  # found at setup, before the first step
+        raise SystemExit(f"worldmodel pretrain: error: {err}") from None
     final = Path(cli.config["run_dir"]) / "checkpoints" / "last.ckpt"
     if cli.trainer.is_global_zero:
         print(f"[worldmodel] finished at step {cli.trainer.global_step}; checkpoint: {final}")
