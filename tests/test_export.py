@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import pickle
+import stat
 
 import pytest
 import torch
@@ -266,3 +268,32 @@ def test_cli_reports_unusable_inputs(tmp_path, pretrain_ckpt, capsys):
     assert run_export(export_parser.parse_args([str(pretrain_ckpt), str(tmp_path / "out"), "--encoder", "context"])) == 0
     assert "wrote" in capsys.readouterr().out
     assert json.loads((tmp_path / "out" / "config.json").read_text())["encoders"] == {"context": "encoder"}
+
+
+def test_exported_files_get_the_mode_of_a_plain_open(tmp_path, pretrain_ckpt):
+    old = os.umask(0o022)
+    try:
+        for umask, expected in ((0o022, 0o644), (0o027, 0o640)):
+            os.umask(umask)
+            out = export_model(pretrain_ckpt, tmp_path / f"export{umask:03o}")
+            for name in ("model.safetensors", "config.json"):
+                assert stat.S_IMODE((out / name).stat().st_mode) == expected, (name, oct(umask))
+    finally:
+        os.umask(old)
+
+
+def test_import_names_a_downloaded_error_page(tmp_path, capsys):
+    """A failed download saves the server's error page under the checkpoint's name: say so, not "malicious"."""
+    parser = argparse.ArgumentParser()
+    add_import_arguments(parser)
+    page = tmp_path / "vitl.pt"
+    page.write_bytes(
+        b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>AccessDenied</Code><Message>Access Denied</Message></Error>'
+    )
+    assert run_import(parser.parse_args([str(page), str(tmp_path / "out")])) == 2
+    err = capsys.readouterr().err
+    assert f"{page}: not a PyTorch checkpoint (it starts with b'<?xml" in err and "download" in err
+    assert "run code" not in err and err.count("\n") == 1
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(CheckpointError, match="vitl.pt: not a PyTorch checkpoint"):
+        load_model_parts(page)

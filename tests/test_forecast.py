@@ -28,6 +28,7 @@ from worldmodel.forecast import (
     WorldModel,
     add_forecast_arguments,
     anchor_candidates,
+    evaluate_forecast,
     fit_forecast_anchor,
     load_latents,
     rollout_plan,
@@ -494,3 +495,91 @@ def test_fit_anchor_cli_then_eval_with_it(checkpoint, model, video_folder, tmp_p
         assert cli(["--eval", folder / "manifest.csv", "--out", anchored, "--anchor", tmp_path / "broken.json",
                     *common]) == 2
         assert "broken.json: " in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------- strict outputs, early errors
+def strict_json(text):
+    """json.loads that fails on NaN / Infinity / -Infinity, which are not JSON (Python's reader accepts them)."""
+    return json.loads(text, parse_constant=lambda name: pytest.fail(f"{name} in JSON output: {text[:200]}"))
+
+
+def test_one_clip_outputs_are_valid_json_with_null_errors(checkpoint, video_folder, tmp_path):
+    """A standard error over one clip (or one video) is inf in memory; the files hold null, not Infinity."""
+    folder = video_folder(n=2, num_frames=24, size=(40, 40), fps=8.0)
+    out = tmp_path / "eval"
+    assert cli(["--eval", folder / "manifest.csv", "--checkpoint", checkpoint, "--out", out, "--clips", 1,
+                "--horizon", 2, "--context-frames", 4, "--device", "cpu"]) == 0
+    text = (out / "forecast_eval.json").read_text()
+    assert "Infinity" not in text and "NaN" not in text
+    report = strict_json(text)
+    assert report["num_clips"] == 1 and report["paired"]["error_over"] == "clips"
+    for method in ("model", "copy_last", "context_mean"):
+        assert report[method]["l1_sem"] == report[method]["cosine_sem"] == [None, None]
+        assert all(isinstance(x, float) for x in report[method]["l1"])
+    assert report["paired"]["copy_last"]["l1"]["advantage_sem"] == [None, None]
+    assert (out / "forecast_eval.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    # --video on one video that holds the forecast frames: its "quality" metadata is strict JSON too
+    from safetensors import safe_open
+
+    latents_path = tmp_path / "one.safetensors"
+    assert cli(["--checkpoint", checkpoint, "--video", folder / "v000.mp4", "--out", latents_path,
+                "--context-frames", 4, "--horizon", 2, "--device", "cpu"]) == 0
+    with safe_open(str(latents_path), framework="pt") as f:
+        raw = f.metadata()
+    meta = {key: strict_json(value) for key, value in raw.items()}
+    assert meta["quality"]["model"]["l1_sem"] == [None, None]
+    assert meta["quality"]["paired"]["context_mean"]["cosine"]["advantage_sem"] == [None, None]
+    assert load_latents(latents_path)[1] == meta
+
+
+def test_cli_refuses_an_unusable_device_in_one_line_before_reading_anything(checkpoint, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # also on a machine with a GPU
+    missing = tmp_path / "missing.ckpt"  # never read: the device is checked first
+    base = ["--checkpoint", missing, "--video", tmp_path / "none.mp4", "--out", tmp_path / "x.safetensors"]
+    for device, expected in (
+        ("cuda", "--device cuda: CUDA is not available on this machine"),
+        ("cuda:1", "--device cuda:1: CUDA is not available on this machine"),
+        ("gpu", "--device gpu: not a device name torch knows"),
+    ):
+        assert cli([*base, "--device", device]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"worldmodel forecast: error: {expected}") and err.count("\n") == 1, err
+        assert "Traceback" not in err and "missing.ckpt" not in err
+    assert cli([*base, "--device", "cpu"]) == 2  # cpu passes: now the checkpoint is read, and is missing
+    assert "missing.ckpt: no such checkpoint file" in capsys.readouterr().err
+    # with a real checkpoint (this used to end in a raw AssertionError traceback from torch)
+    assert cli(["--checkpoint", checkpoint, "--video", tmp_path / "none.mp4", "--out", tmp_path / "x.safetensors",
+                "--device", "cuda"]) == 2
+    assert capsys.readouterr().err.startswith("worldmodel forecast: error: --device cuda: CUDA is not available")
+
+
+def test_cli_refuses_out_of_range_options_before_reading_anything(checkpoint, model, video_folder, tmp_path, capsys):
+    missing = tmp_path / "missing.ckpt"
+    base = ["--checkpoint", missing, "--eval", tmp_path / "none.csv", "--out", tmp_path / "eval", "--device", "cpu"]
+    for option, value, expected in (
+        ("--batch-size", 0, "--batch-size must be >= 1, got 0"),
+        ("--batch-size", -2, "--batch-size must be >= 1, got -2"),
+        ("--clips", 0, "--clips must be >= 1, got 0"),
+        ("--horizon", 0, "--horizon must be >= 1, got 0"),
+        ("--window", 0, "--window must be >= 1, got 0"),
+        ("--max-context", 0, "--max-context must be >= 1, got 0"),
+        ("--context-frames", 0, "--context-frames must be a positive multiple of the tubelet size, got 0"),
+        ("--frame-step", 0, "--frame-step must be a positive integer, got 0"),
+        ("--fps", 0, "--fps must be > 0, got 0.0"),
+        ("--context-s", -1, "--context-s must be > 0, got -1.0"),
+        ("--start", -1, "--start must be >= 0 seconds, got -1.0"),
+    ):
+        assert cli([*base, option, value]) == 2, option
+        err = capsys.readouterr().err
+        assert err == f"worldmodel forecast: error: {expected}\n", err
+
+    # the real thing: --batch-size 0 on a real manifest used to crash in torch.stack
+    folder = video_folder(n=1, num_frames=24)
+    assert cli(["--eval", folder / "manifest.csv", "--checkpoint", checkpoint, "--out", tmp_path / "eval",
+                "--batch-size", 0, "--device", "cpu"]) == 2
+    assert "--batch-size must be >= 1, got 0" in capsys.readouterr().err
+    with pytest.raises(ForecastError, match="--batch-size must be >= 1, got 0"):
+        evaluate_forecast(model, folder / "manifest.csv", batch_size=0)
+    with pytest.raises(ForecastError, match="--batch-size must be >= 1, got 0"):
+        fit_forecast_anchor(model, folder / "manifest.csv", batch_size=0)

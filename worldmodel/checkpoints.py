@@ -4,9 +4,16 @@ Every checkpoint worldmodel writes goes through `atomic_torch_save`: the bytes g
 the same folder, are flushed to disk, and only then replace the target with one `os.replace`. A process
 killed during a save leaves the previous `last.ckpt` intact (plus, at worst, a stray `*.tmp` file).
 
+The temporary file is given the mode a plain `open(path, "w")` would give a new file (0666 less the
+umask), so checkpoints and exports are as readable as any other file the user writes.
+
 Every checkpoint worldmodel reads goes through `safe_torch_load`, which uses `torch.load(weights_only=True)`:
 only tensors and plain containers are unpickled, never code. A file that would need arbitrary code to
-load is refused with an error that names it.
+load is refused with an error that names it; a file that is not a torch checkpoint at all (an error
+page saved by a failed download, a text file) is named as such.
+
+Also here, because the CLIs share them: `json_text` (JSON without NaN / Infinity, which are not JSON)
+and `resolve_device` (a --device value checked before any work is done).
 
 Models for inference (`load_model_parts` -> `ModelParts`: encoder, predictor, config) come from one of:
 
@@ -31,6 +38,7 @@ import json
 import math
 import os
 import pickle
+import pickletools
 import re
 import sys
 import tempfile
@@ -40,6 +48,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.plugins.io import TorchCheckpointIO
@@ -66,8 +75,29 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+def new_file_mode() -> int:
+    """The permission bits `open(path, "w")` gives a new file: 0o666 less the process umask.
+
+    `tempfile.mkstemp` creates its file with 0o600 and `os.replace` keeps that mode, so the atomic
+    writers set this one on the temporary file before the replace.
+    """
+    try:  # Linux reports the umask without changing it
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return 0o666 & ~int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    # elsewhere the only way to read it is to set it; 0o077 meanwhile errs on the private side
+    mask = os.umask(0o077)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def atomic_write_bytes(data: bytes, path: str | os.PathLike) -> Path:
-    """Write `data` to `path` so that readers see either the old file or the complete new one."""
+    """Write `data` to `path` so that readers see either the old file or the complete new one.
+
+    The file gets the mode a plain `open(path, "w")` would give a new file (`new_file_mode`)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -76,6 +106,7 @@ def atomic_write_bytes(data: bytes, path: str | os.PathLike) -> Path:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, new_file_mode())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -92,11 +123,58 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
     return atomic_write_bytes(buffer.getvalue(), path)
 
 
+ZIP_MAGIC = b"PK\x03\x04"  # torch.save's format since torch 1.6: a zip archive
+PICKLE_MAGIC = b"\x80"  # the legacy format: a pickle, which opens with PROTO (0x80) and its protocol (2-5)
+_PICKLE_OPCODES = frozenset(op.code.encode("latin-1")[0] for op in pickletools.opcodes)
+
+
+def _looks_like_checkpoint(head: bytes) -> bool:
+    """Whether a file's first bytes are those of a torch.save file (zip, or a legacy protocol 2+ pickle)."""
+    if head.startswith(ZIP_MAGIC):
+        return True
+    return head.startswith(PICKLE_MAGIC) and len(head) > 1 and 2 <= head[1] <= pickle.HIGHEST_PROTOCOL
+
+
+def _not_a_checkpoint(path: Path, head: bytes) -> str:
+    """The error for a file whose first bytes are those of neither torch.save format."""
+    text = head.lstrip()
+    if text.startswith(b"<"):
+        what = ("it looks like an HTML or XML page, such as the error page (AccessDenied, NotFound) that a failed "
+                "download saves under the file's name; download it again")
+    elif text.startswith((b"{", b"[")):
+        what = "it looks like a JSON document"
+    elif len(head) > 8 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < 100_000_000:
+        what = ("it looks like a safetensors file; an exported model is loaded from its folder "
+                "(model.safetensors + config.json)")
+    else:
+        what = "a file of another kind (a text file, another archive format, a damaged download?)"
+    return (
+        f"{path}: not a PyTorch checkpoint (it starts with {head[:16]!r}; a torch checkpoint starts with "
+        f"{ZIP_MAGIC!r}, or {PICKLE_MAGIC!r} in the legacy format): {what}"
+    )
+
+
+def _unpickling_detail(err: Exception) -> str:
+    """The line of a weights_only UnpicklingError that says what was refused (torch puts it after a preamble)."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    for line in lines:
+        if "GLOBAL" in line or "Unsupported" in line or "unsupported" in line:
+            return line
+    return lines[0] if lines else type(err).__name__
+
+
+def _invalid_opcode(detail: str) -> bool:
+    """Whether torch's refusal names a byte that is no pickle opcode at all: damaged data, not a refused object."""
+    match = re.search(r"Unsupported operand (\d+)", detail)
+    return match is not None and int(match.group(1)) not in _PICKLE_OPCODES
+
+
 def safe_torch_load(path: str | os.PathLike, map_location: Any = "cpu", mmap: bool = False) -> Any:
     """Load a torch checkpoint without executing code from it (`weights_only=True`).
 
-    Raises CheckpointError naming the file for: a missing or empty file, a truncated file, a file that
-    is not a torch checkpoint, and a pickle that would run code (refused, never executed).
+    Raises CheckpointError naming the file for: a missing or empty file, a file that is not a torch
+    checkpoint (its first bytes are neither a zip archive's nor a pickle's), a truncated or damaged file,
+    and a pickle that would run code (refused, never executed).
 
     mmap=True memory-maps the tensors of a (zip-format) checkpoint instead of reading them all: only the
     tensors that are used get read, which matters for multi-GB files that also hold optimiser state.
@@ -110,13 +188,26 @@ def safe_torch_load(path: str | os.PathLike, map_location: Any = "cpu", mmap: bo
     if path.stat().st_size == 0:
         raise CheckpointError(f"{path}: the file is empty (an interrupted copy or save?)")
     try:
+        with open(path, "rb") as f:
+            head = f.read(64)
+    except OSError as err:
+        raise CheckpointError(f"{path}: cannot be read ({err.strerror or err})") from err
+    if not _looks_like_checkpoint(head):
+        raise CheckpointError(_not_a_checkpoint(path, head))
+    try:
         if mmap and zipfile.is_zipfile(path):
             return torch.load(path, map_location=map_location, weights_only=True, mmap=True)
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
+        detail = _unpickling_detail(err)
+        if _invalid_opcode(detail):
+            raise CheckpointError(
+                f"{path}: damaged, or not a torch checkpoint: its pickle data holds a byte that is no pickle "
+                f"opcode ({detail})"
+            ) from err
         raise CheckpointError(
             f"{path}: refused to load: the file holds Python objects that are not plain weights, and "
-            f"loading it would run code from it ({str(err).splitlines()[0]}). Only load checkpoints "
+            f"loading it would run code from it ({detail}). Only load checkpoints "
             "you trust; re-save plain tensors (e.g. a state_dict) or use safetensors."
         ) from err
     except Exception as err:  # torch raises many types for damaged files; all mean "not usable"
@@ -170,6 +261,70 @@ class LastCheckpoint(Callback):
     def on_train_end(self, trainer, pl_module) -> None:
         # runs limited by max_epochs (or stopped early) end on an epoch boundary: save that state too
         self._save(trainer)
+
+
+# ---------------------------------------------------------------------------------------------- shared by the CLIs
+def json_safe(value: Any) -> Any:
+    """`value` with every float that is not finite (NaN, +-inf) as None, numpy scalars as Python numbers,
+    tuples as lists and mapping keys as strings: what JSON can hold. A standard error over one sample is
+    inf in memory and null in a file; JSON has no Infinity or NaN, and strict readers reject them."""
+    if isinstance(value, (float, np.floating)):
+        return float(value) if math.isfinite(value) else None
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, np.bool_):
+        return bool(value)
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
+
+
+def json_text(value: Any, **dumps_options: Any) -> str:
+    """`json.dumps` of `json_safe(value)` that refuses NaN and Infinity (`allow_nan=False`), so that every
+    file worldmodel writes is valid JSON."""
+    return json.dumps(json_safe(value), allow_nan=False, **dumps_options)
+
+
+class DeviceError(ValueError):
+    """A --device value that torch cannot use on this machine; the message says why and what to pass."""
+
+
+def resolve_device(name: str | torch.device, option: str = "--device") -> torch.device:
+    """A device name checked before any work is done: "auto" (cuda when available, else cpu), "cpu",
+    "cuda", "cuda:N", "mps", ... Raises DeviceError with a one-line message that starts with
+    f"{option} {name}:" when torch does not know the name or cannot use the device here."""
+    if str(name) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    where = f"{option} {name}"
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError, TypeError):
+        raise DeviceError(
+            f"{where}: not a device name torch knows; pass auto, cpu, or for an NVIDIA GPU cuda or cuda:N"
+        ) from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            why = (f"torch {torch.__version__} is built without CUDA" if torch.version.cuda is None
+                   else f"torch {torch.__version__} is built with CUDA {torch.version.cuda}, but no GPU is visible")
+            raise DeviceError(f"{where}: CUDA is not available on this machine ({why}); use {option} cpu")
+        count = torch.cuda.device_count()
+        if device.index is not None and device.index >= count:
+            have = "cuda:0" if count == 1 else f"cuda:0 .. cuda:{count - 1}"
+            raise DeviceError(f"{where}: this machine has {count} CUDA device{'s' if count != 1 else ''} ({have})")
+        return device
+    if device.type == "meta":
+        raise DeviceError(f"{where}: the meta device holds no data; pass auto, cpu, cuda or cuda:N")
+    if device.type != "cpu":
+        try:  # mps, xpu, ...: whether this build and machine can hold a tensor there
+            torch.empty(0, device=device)
+        except Exception as err:  # torch raises RuntimeError, AssertionError, ... for an unusable backend
+            msg = (str(err).splitlines() or [type(err).__name__])[0].split(". ")[0].rstrip(".")[:160]
+            raise DeviceError(
+                f"{where}: torch {torch.__version__} cannot use it on this machine ({msg}); use {option} cpu"
+            ) from None
+    return device
 
 
 # ---------------------------------------------------------------------------------------------- models
@@ -807,6 +962,7 @@ def _write_export(loaded: _LoadedModel, path: Path, out_dir: str | os.PathLike, 
         save_file(tensors, tmp, metadata={"format": "pt", "worldmodel_format": EXPORT_FORMAT, "export_id": export_id})
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
+        os.chmod(tmp, new_file_mode())  # mkstemp made it 0o600
         os.replace(tmp, weights)
     except BaseException:
         if os.path.exists(tmp):

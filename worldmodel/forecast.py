@@ -105,7 +105,15 @@ import torch.nn.functional as F
 from einops import rearrange, repeat
 from torch import Tensor, nn
 
-from worldmodel.checkpoints import CheckpointError, atomic_write_bytes, load_model_roles, weights_hash
+from worldmodel.checkpoints import (
+    CheckpointError,
+    DeviceError,
+    atomic_write_bytes,
+    json_text,
+    load_model_roles,
+    resolve_device,
+    weights_hash,
+)
 from worldmodel.data.transforms import ResizeCenterCropVideo, normalize_video
 from worldmodel.data.video import ClipSampler, VideoError, read_frames, read_video_info
 from worldmodel.masks import FutureMask, build_mask_kinds
@@ -195,7 +203,7 @@ class ForecastAnchor:
                 f"{len(self.weights)} (fit it with --horizon {horizon} to cover them)")
 
     def save(self, path: str | os.PathLike) -> Path:
-        return atomic_write_bytes(json.dumps(self.as_dict(), indent=2).encode(), Path(path))
+        return atomic_write_bytes((json_text(self.as_dict(), indent=2) + "\n").encode(), Path(path))
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> ForecastAnchor:
@@ -815,7 +823,8 @@ def forecast_quality(
 def _standard_error(values: Tensor, groups: Sequence[str] | None = None) -> Tensor:
     """Standard error of the mean of values (N, H) over N, per column; with `groups` (one label per row,
     e.g. the clip's video) rows of one group are averaged first and the error is taken over groups, as
-    clips cut from one video are not independent. inf with fewer than two (groups of) rows."""
+    clips cut from one video are not independent. inf with fewer than two (groups of) rows (null in the
+    JSON files, which cannot hold inf)."""
     if groups is not None:
         labels = {label: k for k, label in enumerate(dict.fromkeys(groups))}
         index = torch.tensor([labels[g] for g in groups])
@@ -839,7 +848,7 @@ def summarize_quality(per_clip: dict[str, dict[str, Tensor]], groups: Sequence[s
     "model_beats_baselines"["every_step_clearly"] asks for an advantage above twice its error everywhere.
     groups: one label per clip (its video); when some label repeats, every standard error (the methods'
     own and the paired ones) is taken over the groups' means, not over clips (["paired"]["error_over"]
-    says which: "N videos" or "clips"); with fewer than two it is inf.
+    says which: "N videos" or "clips"); with fewer than two it is inf (written as null to JSON).
     """
     grouped = groups is not None and len(set(groups)) < len(groups)
     summary: dict[str, Any] = {"methods": list(per_clip)}
@@ -912,6 +921,11 @@ def _eval_clip_indices(
         )
     mode = "uniform" if count > 1 else "center"
     return sampler.indices(info, mode=mode, num_clips=count), num_context, info.fps
+
+
+def _check_batch_size(batch_size: int) -> None:
+    if batch_size < 1:
+        raise ForecastError(f"--batch-size must be >= 1, got {batch_size}")
 
 
 @dataclass
@@ -997,6 +1011,7 @@ def evaluate_forecast(
     ForecastError unless `skip_bad`, which records it under "skipped". anchor: "model" is the anchored
     forecast, "predictor" the predictor's own (the anchor must have been fit for this model and rollout).
     """
+    _check_batch_size(batch_size)
     timing = timing or resolve_timing(model)
     rollout = model.rollout_settings(window, max_context, feedback)
     if anchor is not None:
@@ -1087,6 +1102,7 @@ def fit_forecast_anchor(
         raise TypeError(f"fit_forecast_anchor: unknown options {sorted(unknown)}")
     opt = {**_EVAL_OPTIONS, **options}
     window, max_context, feedback, batch_size = opt["window"], opt["max_context"], opt["feedback"], opt["batch_size"]
+    _check_batch_size(batch_size)
     timing = opt["timing"] or resolve_timing(model)
     rollout = model.rollout_settings(window, max_context, feedback)
     data = _read_eval_clips(model, manifest, horizon, opt["num_clips"], opt["context_frames"], opt["context_s"],
@@ -1163,10 +1179,11 @@ def plot_quality(report: dict[str, Any], path: str | os.PathLike) -> Path:
 
 
 def write_eval_report(report: dict[str, Any], out_dir: str | os.PathLike) -> tuple[Path, Path]:
-    """DIR/forecast_eval.json and DIR/forecast_eval.png."""
+    """DIR/forecast_eval.json and DIR/forecast_eval.png. Numbers that are not finite (the standard error
+    over a single clip or video is inf) are written as null: JSON has no Infinity or NaN."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    json_path = atomic_write_bytes(json.dumps(report, indent=2).encode(), out_dir / "forecast_eval.json")
+    json_path = atomic_write_bytes((json_text(report, indent=2) + "\n").encode(), out_dir / "forecast_eval.json")
     return json_path, plot_quality(report, out_dir / "forecast_eval.png")
 
 
@@ -1235,10 +1252,21 @@ def add_forecast_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
 
 
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+def _check_options(args: argparse.Namespace) -> None:
+    """ForecastError for a numeric option out of range, before the checkpoint or any video is read."""
+    for option, value in (("--horizon", args.horizon), ("--batch-size", args.batch_size), ("--clips", args.clips),
+                          ("--window", args.window), ("--max-context", args.max_context)):
+        if value is not None and value < 1:
+            raise ForecastError(f"{option} must be >= 1, got {value}")
+    if args.context_frames is not None and args.context_frames < 1:
+        raise ForecastError(f"--context-frames must be a positive multiple of the tubelet size, got {args.context_frames}")
+    if args.frame_step is not None and args.frame_step < 1:
+        raise ForecastError(f"--frame-step must be a positive integer, got {args.frame_step}")
+    for option, value in (("--fps", args.fps), ("--context-s", args.context_s)):
+        if value is not None and not (math.isfinite(value) and value > 0):
+            raise ForecastError(f"{option} must be > 0, got {value}")
+    if not (math.isfinite(args.start) and args.start >= 0):
+        raise ForecastError(f"--start must be >= 0 seconds, got {args.start}")
 
 
 def forecast_videos(
@@ -1303,13 +1331,14 @@ def forecast_videos(
 
 
 def save_latents(path: str | os.PathLike, latents: Tensor, metadata: dict[str, Any]) -> Path:
-    """Write {"latents": (V, M, D)} with JSON-encoded string metadata (atomically)."""
+    """Write {"latents": (V, M, D)} with JSON-encoded string metadata (atomically); numbers that are not
+    finite (a standard error over one video is inf) are encoded as null."""
     from safetensors.torch import save
 
     path = Path(path)
     if path.suffix != ".safetensors":
         raise ForecastError(f"--out {path}: give a .safetensors file name for the latents")
-    data = save({"latents": latents.contiguous()}, metadata={k: json.dumps(v) for k, v in metadata.items()})
+    data = save({"latents": latents.contiguous()}, metadata={k: json_text(v) for k, v in metadata.items()})
     return atomic_write_bytes(data, path)
 
 
@@ -1325,9 +1354,9 @@ def load_latents(path: str | os.PathLike) -> tuple[Tensor, dict[str, Any]]:
 def run_forecast(args: argparse.Namespace) -> int:
     """`worldmodel forecast`: returns an exit code (2 with a message on stderr for unusable input)."""
     try:
-        if args.horizon < 1:
-            raise ForecastError(f"--horizon must be >= 1, got {args.horizon}")
-        model = WorldModel.load(args.checkpoint, device=_device(args.device))
+        _check_options(args)
+        device = resolve_device(args.device)  # before the checkpoint is read: a bad --device fails at once
+        model = WorldModel.load(args.checkpoint, device=device)
         timing = resolve_timing(model, args.fps, args.frame_step)
         common = dict(context_frames=args.context_frames, context_s=args.context_s, timing=timing,
                       window=args.window, max_context=args.max_context, feedback=args.feedback)
@@ -1363,6 +1392,6 @@ def run_forecast(args: argparse.Namespace) -> int:
             print(format_quality_table(meta["quality"]))
         print(f"wrote {out}: latents {tuple(latents.shape)} for {len(args.video)} video(s)")
         return 0
-    except (ForecastError, VideoError, CheckpointError, FileNotFoundError) as err:
+    except (ForecastError, VideoError, CheckpointError, DeviceError, FileNotFoundError) as err:
         print(f"worldmodel forecast: error: {err}", file=sys.stderr)
         return 2
