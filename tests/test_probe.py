@@ -354,8 +354,38 @@ def test_probe_learns_better_than_chance_on_the_built_in_corpus(tmp_path, corpus
     assert sum(row.get("chosen", False) for row in metrics["hp_search"] if row["kind"] == "attentive") == 1
 
 
-def test_random_checkpoint_end_to_end_writes_the_contract(tmp_path, corpus, tiny_ckpt):
+def _only_atomic_writes(monkeypatch, out: Path) -> list[str]:
+    """Refuse plain writes (`Path.write_text`, `savefig` to a file) into `out`, and record the names of the
+    files written through `atomic_write_bytes` (the list returned)."""
+    import worldmodel.checkpoints
+    import worldmodel.probe
+    from matplotlib.figure import Figure
+
+    written: list[str] = []
+    atomic, write_text, savefig = worldmodel.checkpoints.atomic_write_bytes, Path.write_text, Figure.savefig
+
+    def recording(data: bytes, path):
+        written.append(Path(path).name)
+        return atomic(data, path)
+
+    def write_text_outside(self, *args, **kwargs):
+        assert out not in Path(self).parents, f"{self}: written in place, not atomically"
+        return write_text(self, *args, **kwargs)
+
+    def savefig_to_memory(self, target, *args, **kwargs):
+        assert not isinstance(target, (str, Path)), f"{target}: a figure saved in place, not atomically"
+        return savefig(self, target, *args, **kwargs)
+
+    monkeypatch.setattr(worldmodel.checkpoints, "atomic_write_bytes", recording)
+    monkeypatch.setattr(worldmodel.probe, "atomic_write_bytes", recording)
+    monkeypatch.setattr(Path, "write_text", write_text_outside)
+    monkeypatch.setattr(Figure, "savefig", savefig_to_memory)
+    return written
+
+
+def test_random_checkpoint_end_to_end_writes_the_contract(tmp_path, corpus, tiny_ckpt, monkeypatch):
     out = tmp_path / "random"
+    written = _only_atomic_writes(monkeypatch, out)
     args = _args(
         out, "--checkpoint", "random", "--config-from", str(tiny_ckpt), "--train-annotations",
         str(corpus / "annotations" / "train.csv"), "--val-annotations", str(corpus / "annotations" / "val.csv"),
@@ -381,6 +411,10 @@ def test_random_checkpoint_end_to_end_writes_the_contract(tmp_path, corpus, tiny
     assert (out / "report.md").read_text().startswith("# Probe report")
     assert (out / "per_class_recall.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (out / "vocabulary.json").is_file() and (out / "probe_attentive.pt").is_file()
+    # every output is written atomically (readers see the old file or the whole new one)
+    outputs = {"metrics.json", "report.md", "per_class_recall.png", "vocabulary.json", "probe_attentive.pt", "probe_linear.pt"}
+    assert outputs <= set(written)
+    assert not [p.name for p in out.iterdir() if p.name.endswith(".tmp")]
     # a second run reads the features back from the disk cache
     assert run_probe(args) == 0
     again = json.loads((out / "metrics.json").read_text())
@@ -430,10 +464,12 @@ def test_bad_inputs_exit_with_a_message(tmp_path, tiny_ckpt):
 
 
 def _quick_linear_probe_args(checkpoint: Path, corpus: Path) -> tuple[str, ...]:
-    """A fast classification probe on the tiny corpus: linear heads, a 2-learning-rate grid, 2 epochs."""
+    """A fast classification probe on the tiny corpus (the kitchen labels: every validation label is also a
+    training label): linear heads, a 2-learning-rate grid, 2 epochs."""
+    train_manifest, val_manifest = _kitchen_manifests(corpus)
     return (
-        "--checkpoint", str(checkpoint), "--train-manifest", str(corpus / "manifest_train.csv"),
-        "--val-manifest", str(corpus / "manifest_val.csv"), "--num-clips", "2", "--num-frames", "4",
+        "--checkpoint", str(checkpoint), "--train-manifest", str(train_manifest),
+        "--val-manifest", str(val_manifest), "--num-clips", "2", "--num-frames", "4",
         "--probe", "linear", "--lr", "1e-3", "3e-3", "--wd", "0.01", "--epochs", "2", "--workers", "0",
     )  # fmt: skip
 
@@ -457,16 +493,21 @@ def test_repeats_report_the_mean_of_independent_probe_seeds(tmp_path, corpus, ti
         run_probe(_args(tmp_path / "bad", *common, "--repeats", "0"))
 
 
+def _moved_checkpoint(tiny_ckpt: Path, path: Path) -> Path:
+    """The tiny checkpoint with a target encoder that moved away from the context encoder."""
+    ckpt = torch.load(tiny_ckpt, weights_only=True)
+    generator = torch.Generator().manual_seed(1)
+    for name, tensor in ckpt["state_dict"].items():
+        if name.startswith("target_encoder.") and tensor.is_floating_point():
+            tensor.add_(0.5 * torch.randn(tensor.shape, generator=generator))
+    atomic_torch_save(ckpt, path)
+    return path
+
+
 def test_auto_encoder_is_chosen_on_held_out_training_videos(tmp_path, corpus, tiny_ckpt):
     """--encoder auto (the default) probes both encoders on the held-out TRAINING videos, keeps the better
     one and is then exactly the run with that encoder given explicitly; validation never decides."""
-    ckpt = torch.load(tiny_ckpt, weights_only=True)
-    generator = torch.Generator().manual_seed(1)
-    for name, tensor in ckpt["state_dict"].items():  # a target encoder that moved away from the context encoder
-        if name.startswith("target_encoder.") and tensor.is_floating_point():
-            tensor.add_(0.5 * torch.randn(tensor.shape, generator=generator))
-    moved = tmp_path / "moved.ckpt"
-    atomic_torch_save(ckpt, moved)
+    moved = _moved_checkpoint(tiny_ckpt, tmp_path / "moved.ckpt")
     common = _quick_linear_probe_args(moved, corpus)
     assert run_probe(_args(tmp_path / "auto", *common, "--repeats", "2")) == 0
     metrics = json.loads((tmp_path / "auto" / "metrics.json").read_text())
@@ -519,3 +560,142 @@ def test_blocks_probes_the_encoder_cut_after_k_blocks(tmp_path, corpus, tiny_ckp
         run_probe(_args(tmp_path / "b2", "--checkpoint", str(tiny_ckpt), *data, "--blocks", "2"))
     with pytest.raises(SystemExit, match="use one or the other"):
         run_probe(_args(tmp_path / "bf", "--checkpoint", str(tiny_ckpt), *data, "--blocks", "0", "--forecast"))
+
+
+# ---------------------------------------------------------------------------------------------- model sources
+def test_a_one_encoder_export_is_probed_with_the_encoder_it_holds(tmp_path, corpus, tiny_ckpt):
+    """`worldmodel export` keeps only the target encoder unless told --encoder both. Asking such a folder for
+    the other encoder is an error (it used to probe the one there is under the name asked for), and auto
+    probes the one encoder there is, under its own name."""
+    from worldmodel.checkpoints import export_model
+
+    moved = _moved_checkpoint(tiny_ckpt, tmp_path / "moved.ckpt")
+    trained = build_world_model(str(moved))
+    folders = {"target": export_model(moved, tmp_path / "target_only"),  # the default: --encoder target
+               "context": export_model(moved, tmp_path / "context_only", encoder="context")}  # fmt: skip
+    for held, missing in (("target", "context"), ("context", "target")):
+        out = tmp_path / f"no_{missing}"
+        with pytest.raises(SystemExit, match=f"holds only the {held} encoder .* no {missing} encoder to probe") as info:
+            run_probe(_args(out, *_quick_linear_probe_args(folders[held], corpus), "--encoder", missing))
+        assert info.value.code == 2 and "\n" not in str(info.value)
+        assert "worldmodel export CKPT DIR --encoder both" in str(info.value)
+        assert not out.exists()  # refused before any work
+    for held, folder in folders.items():
+        out = tmp_path / f"auto_{held}"
+        assert run_probe(_args(out, *_quick_linear_probe_args(folder, corpus))) == 0
+        metrics = json.loads((out / "metrics.json").read_text())
+        assert metrics["encoder"] == held and metrics["encoders_in_checkpoint"] == [held]
+        assert list(metrics["encoder_selection"][0]["held_out_key"]) == [held]
+        probed = trained.target_encoder if held == "target" else trained.context_encoder
+        assert metrics["weights_sha256"] == weights_hash([probed])  # the features are that encoder's
+        assert f"auto, but the checkpoint holds only the {held} encoder" in (out / "report.md").read_text()
+
+
+def test_config_from_takes_whatever_checkpoint_takes(tmp_path, corpus, tiny_ckpt):
+    """--config-from reads a run folder, an exported folder, a V-JEPA 2 checkpoint or a folder imported from
+    one, as --checkpoint does; the random weights are those of that architecture."""
+    from test_import_vjepa2 import write_reference_checkpoint
+    from worldmodel.checkpoints import export_model
+    from worldmodel.forecast import WorldModel
+
+    def weights(model) -> str:
+        return weights_hash([model.context_encoder, model.target_encoder, model.predictor])
+
+    run = tmp_path / "runs" / "tiny"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "checkpoints" / "last.ckpt").write_bytes(tiny_ckpt.read_bytes())
+    exported = export_model(tiny_ckpt, tmp_path / "export")  # the target encoder only
+    reference = build_world_model("random", config_from=str(tiny_ckpt), seed=1)
+    for source in (run, exported):
+        model = build_world_model("random", config_from=str(source), seed=1)
+        assert weights(model) == weights(reference), source  # the same architecture, the same seeded weights
+
+    pt = tmp_path / "vitt.pt"
+    write_reference_checkpoint(pt)
+    imported = export_model(pt, tmp_path / "imported")  # what `worldmodel import-vjepa2` writes
+    trained = WorldModel.load(imported)
+    shapes = {k: v.shape for k, v in trained.predictor.state_dict().items()}
+    randoms = [build_world_model("random", config_from=str(source), seed=1) for source in (pt, imported)]
+    for model in randoms:
+        assert model.target_encoder.cfg == trained.target_encoder.cfg  # width, depth, rotary layout ...
+        assert model.target_encoder.cfg.rope_layout == "vjepa2"
+        assert {k: v.shape for k, v in model.predictor.state_dict().items()} == shapes
+        assert weights_hash([model.target_encoder]) != weights_hash([trained.target_encoder])  # not its weights
+        assert weights_hash([model.target_encoder]) == weights_hash([model.context_encoder])  # as at step 0
+        assert model.config["format"] == "vjepa2"  # its normalisation, image size ...
+    assert weights(randoms[0]) == weights(randoms[1])
+    assert weights(build_world_model("random", config_from=str(pt), seed=2)) != weights(randoms[0])
+
+    # through the command line: a random baseline of an exported model's architecture
+    out = tmp_path / "random_export"
+    assert run_probe(_args(out, *_quick_linear_probe_args(Path("random"), corpus), "--config-from", str(exported))) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["checkpoint"] == f"random(seed=0, config_from={exported})"
+    assert metrics["weights_sha256"] == weights_hash([build_world_model("random", config_from=str(tiny_ckpt)).target_encoder])
+
+
+# ---------------------------------------------------------------------------------------------- classification labels
+def _write_manifest(path: Path, lines: list[tuple[str, int]]) -> Path:
+    path.write_text("".join(f"{video} {label}\n" for video, label in lines))
+    return path
+
+
+def test_classification_classes_are_the_training_labels(tmp_path, corpus):
+    """The head is sized by the training labels; a validation label no training video has is -1 (like an
+    unseen action pair), and the held-out part of the search is labelled by the videos it is fitted on."""
+    from worldmodel.probe import classification_clip_sets
+
+    videos = sorted(str(p) for p in (corpus / "videos").glob("*.mp4"))
+    train_manifest = _write_manifest(tmp_path / "train.txt", list(zip(videos[:4], [0, 2, 3, 2])))
+    val_manifest = _write_manifest(tmp_path / "val.txt", list(zip(videos[4:8], [0, 1, 2, 7])))
+    cfg = ProbeConfig(num_frames=4, num_clips=2)
+    train, val = classification_clip_sets(str(train_manifest), str(val_manifest), cfg, 32)
+    outputs, labels = val.label_space(np.arange(len(train)))
+    assert outputs == {"label": 4}  # 1 + the largest training label, not 8 for the validation label 7
+    assert labels["label"].tolist() == [0, 0, -1, -1, 2, 2, -1, -1]  # 1 and 7: no training video has them
+    outputs, labels = train.label_space(np.arange(len(train)))
+    assert outputs == {"label": 4} and labels["label"].tolist() == [0, 0, 2, 2, 3, 3, 2, 2]
+    outputs, labels = train.label_space(np.array([0, 1, 2, 3]))  # fitted on the first two videos (0 and 2)
+    assert outputs == {"label": 3} and labels["label"].tolist() == [0, 0, 2, 2, -1, -1, 2, 2]
+
+
+def test_validation_labels_unseen_in_training_are_misses(tmp_path, corpus, tiny_ckpt):
+    """Validation videos whose label no training video has used to get head outputs of their own and be
+    scored by chance; they are misses now, and the mean-class recall averages the classes seen in training."""
+    train_manifest, val_manifest = _kitchen_manifests(corpus)
+    val = [(str(corpus / line.split()[0]), int(line.split()[1])) for line in val_manifest.read_text().split("\n") if line]
+    common = [a for a in _quick_linear_probe_args(tiny_ckpt, corpus)]
+    common[common.index("--val-manifest") + 1] = str(_write_manifest(tmp_path / "unseen.txt", [(v, 99) for v, _ in val]))
+    out = tmp_path / "unseen"
+    assert run_probe(_args(out, *common)) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["outputs"] == {"label": 8}  # the 8 kitchens of training, not 100 outputs
+    assert metrics["label_num_unlabelled"] == metrics["num_val"] == len(val)
+    assert metrics["label_top1"] == metrics["label_top5"] == 0.0
+    assert metrics["label_recall@1"] is None and metrics["per_class_recall"]["label"] == []  # no class to average
+    assert f"{len(val)} validation videos have a label no training video has" in (out / "report.md").read_text()
+    assert (out / "per_class_recall.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    mixed = [val[0]] + [(v, 99) for v, _ in val[1:]]  # one video keeps its kitchen
+    common[common.index("--val-manifest") + 1] = str(_write_manifest(tmp_path / "mixed.txt", mixed))
+    out = tmp_path / "mixed"
+    assert run_probe(_args(out, *common)) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["label_num_unlabelled"] == len(val) - 1
+    rows = metrics["per_class_recall"]["label"]
+    assert [(r["class"], r["support"]) for r in rows] == [(val[0][1], 1)]  # the unseen label is no class
+    assert metrics["label_recall@1"] == rows[0]["recall@1"]
+    assert metrics["label_top1"] == pytest.approx(rows[0]["recall@1"] / len(val))  # the others are misses
+
+
+# ---------------------------------------------------------------------------------------------- device
+def test_a_device_this_machine_lacks_is_a_one_line_error(tmp_path, tiny_ckpt, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    for device, expected in (("cuda", "--device cuda: CUDA is not available on this machine"),
+                             ("cuda:1", "--device cuda:1: CUDA is not available on this machine"),
+                             ("gpu", "--device gpu: ")):  # fmt: skip
+        out = tmp_path / device
+        with pytest.raises(SystemExit, match=expected) as info:
+            run_probe(_args(out, "--checkpoint", str(tiny_ckpt), "--device", device, "--corpus", str(tmp_path / "none")))
+        assert info.value.code == 2 and "\n" not in str(info.value)
+        assert not out.exists() and not (tmp_path / "none").exists()  # refused before any work

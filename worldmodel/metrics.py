@@ -11,7 +11,8 @@ Definitions (scores (N, C) of N samples over C classes, labels (N,) with -1 for 
 - ``top-k accuracy`` = hits at k / N over *all* samples.
 
 Labels of -1 (an action whose verb + noun pair never occurs in training, see
-`worldmodel.data.annotations`) have no output that could be right:
+`worldmodel.data.annotations`; a classification video whose label no training video has, see
+`worldmodel.probe.classification_clip_sets`) have no output that could be right:
 
 - they are misses in top-k accuracy and stay in its denominator;
 - they are not a class, so they are left out of mean-class recall (no class average includes them).

@@ -2,14 +2,17 @@
 
 What a run does (`worldmodel probe`, or `run_probe(args)`):
 
-1. **Frozen model.** A `worldmodel.forecast.WorldModel` from a pretraining checkpoint, or the same
-   architecture with seeded random weights (`--checkpoint random`: `JEPAPretrainer()`'s default
-   hyper-parameters, or those of `--config-from CKPT`). Which encoder: `--encoder target` (the EMA
+1. **Frozen model.** A `worldmodel.forecast.WorldModel` from a pretraining checkpoint (or its run
+   folder, an exported or imported folder, a V-JEPA 2 checkpoint), or seeded random weights
+   (`--checkpoint random`: `JEPAPretrainer()`'s default architecture, or that of `--config-from`, which
+   takes any of the same sources). Which encoder: `--encoder target` (the EMA
    target, what V-JEPA 2 probes), `context`, or `auto` (the default): both are probed in step 4 and
    the one whose best head scores higher on the held-out TRAINING videos is kept, a choice made like
    the learning rate's. Early in training the EMA target is still close to its random initialisation
    and the context encoder is the better one; after a long run it is usually the target. When the two
-   have identical weights (random weights, one shared encoder) there is nothing to choose.
+   have identical weights (random weights, one shared encoder) there is nothing to choose. A folder
+   exported with one encoder (`worldmodel export`'s default keeps the target one) is probed with that
+   encoder under `auto`, and asking for the other one is an error.
    `--blocks K` probes the tokens after the encoder's first K blocks (then its final LayerNorm)
    instead of after all of them: where in depth the features are (random weights are cut alike).
 2. **Clips.** Anticipation: for every annotated action, the `num_frames` frames at `fps` whose last
@@ -18,7 +21,8 @@ What a run does (`worldmodel probe`, or `run_probe(args)`):
    code). With `--train-anticipation-s 0.5 1.0 1.5` every training action gives one clip per gap (V-JEPA 2
    jitters the gap in [0.25, 1.75] s while training its probe); held-out training clips are scored,
    and validation is run, at `--anticipation-s` only. Classification (`path label` manifests):
-   `num_clips` clips spread evenly over each video.
+   `num_clips` clips spread evenly over each video; the classes are the training videos' labels, and a
+   validation video with a label no training video has is labelled -1, as an unseen action pair is.
    Frames are resized (shorter side) and centre-cropped to the encoder's `img_size`.
 3. **Features, once.** Encoder tokens (B, N, D) of every clip are computed in batches under
    `torch.no_grad` and kept in memory (and, with `--disk-cache`, in ``OUT/feature_cache/<key>.pt``,
@@ -33,8 +37,9 @@ What a run does (`worldmodel probe`, or `run_probe(args)`):
    probe kind (attentive, linear), is trained at once on the shared features of 80% of the TRAINING
    videos (split by video) and scored on the held-out 20%; validation data is never used to choose.
    The selection key is, in order: the mean over outputs of mean-class recall@5, then of recall@1,
-   then of top-1 accuracy. For anticipation the held-out part is labelled exactly as validation is:
-   actions are the verb+noun pairs of the fitted part, other pairs are -1.
+   then of top-1 accuracy. The held-out part is labelled exactly as validation is: for anticipation
+   actions are the verb+noun pairs of the fitted part, other pairs are -1; for classification the
+   classes are the labels of the fitted part's videos, other labels are -1.
 5. **Retrain, evaluate once.** The chosen setting of each probe kind is retrained from the same
    initialisation on all training data (the action vocabulary then covers all training pairs, so the
    fitted head cannot simply be reused) and evaluated once on validation.
@@ -42,7 +47,8 @@ What a run does (`worldmodel probe`, or `run_probe(args)`):
    ``verb_top1``, ... of the first probe kind, ``num_train``, ``num_val``, and everything else: chosen
    hyper-parameters, the held-out grid, every probe kind's metrics, per-class recall, a class-prior
    baseline, timing), ``report.md``, ``per_class_recall.png``, the trained probes (``probe_<kind>.pt``)
-   and the action vocabulary (``vocabulary.json``).
+   and the action vocabulary (``vocabulary.json``); each file is written atomically (a reader, or a
+   run killed while writing, sees the previous file or the whole new one).
 7. **Repeats** (`--repeats N`). With a few hundred labelled clips, the held-out split and the heads'
    initialisation move recall@1 by several points between probe seeds. `--repeats N` runs steps 4-5
    N times with probe seeds SEED..SEED+N-1 on the same features (extracted once; the weights of
@@ -51,7 +57,8 @@ What a run does (`worldmodel probe`, or `run_probe(args)`):
 
 Scoring (see `worldmodel.metrics`): mean-class recall@k averages over the classes present in the
 evaluated split; top-k accuracy counts every sample, and validation actions whose pair never occurs in
-training (label -1) count as misses there and are left out of the class average.
+training, like validation videos whose label no training video has (label -1, counted in
+``<output>_num_unlabelled``), count as misses there and are left out of the class average.
 
 Training: AdamW (no weight decay on biases, norms, query tokens), a linear warm-up then cosine decay to
 zero, cross-entropy (default) or sigmoid focal loss (alpha 0.25, gamma 2, V-JEPA 2's choice for EK100),
@@ -66,7 +73,10 @@ costs nothing to start.
 from __future__ import annotations
 
 import argparse
+import copy
 import hashlib
+import inspect
+import io
 import json
 import math
 import os
@@ -84,9 +94,16 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 from worldmodel.checkpoints import (
+    ENCODER_ROLES,
     CheckpointError,
+    _build_predictor,
+    _predictor_arch,
+    _read_export_config,
     atomic_torch_save,
     atomic_write_bytes,
+    load_model_parts,
+    resolve_device,
+    resolve_model_path,
     safe_torch_load,
     weights_hash,
 )
@@ -106,9 +123,11 @@ __all__ = [
     "HeadSetting",
     "ManifestClips",
     "ProbeConfig",
+    "ProbeInputError",
     "add_probe_arguments",
     "anticipation_clip_sets",
     "build_world_model",
+    "checkpoint_encoders",
     "classification_clip_sets",
     "evaluate_heads",
     "extract_features",
@@ -220,30 +239,62 @@ def head_grid(cfg: ProbeConfig) -> list[HeadSetting]:
 
 
 # ============================================================================================ model
-def _hparams(path: str | os.PathLike) -> dict[str, Any]:
-    ckpt = safe_torch_load(path)
-    if not isinstance(ckpt, dict) or "hyper_parameters" not in ckpt:
-        raise CheckpointError(f"{path}: not a worldmodel pretraining checkpoint (no 'hyper_parameters'); --config-from needs one")
-    return {k: v for k, v in ckpt["hyper_parameters"].items() if not str(k).startswith("_")}
+def _takes_jepa_arguments(config: Mapping[str, Any]) -> bool:
+    """Whether `config` holds `JEPAPretrainer` arguments only: the hyper-parameters of a worldmodel
+    pretraining run, as its checkpoint and the folders exported from it carry them (a V-JEPA 2 model's
+    describe its import instead)."""
+    from worldmodel.pretrain import JEPAPretrainer
+
+    return set(config) <= set(inspect.signature(JEPAPretrainer.__init__).parameters) - {"self"}
 
 
 def build_world_model(checkpoint: str, encoder: str = "target", config_from: str | None = None, seed: int = 0):
-    """The frozen `WorldModel`: from a checkpoint, or "random": seeded random weights of the same
-    architecture (`JEPAPretrainer()` defaults, or the hyper-parameters stored in `config_from`)."""
+    """The frozen `WorldModel`: from a checkpoint, or "random": seeded random weights of an architecture.
+
+    checkpoint: anything `WorldModel.load` reads (a pretraining checkpoint or its run folder, an exported
+    or imported folder, a V-JEPA 2 checkpoint), or "random". config_from (with "random" only): a model
+    source of the same kinds whose architecture the random weights take (default: `JEPAPretrainer()`'s).
+    A worldmodel pretraining run's hyper-parameters build a `JEPAPretrainer`, so the weights are those
+    its pretraining starts from; another model (V-JEPA 2) is rebuilt from its encoder's and predictor's
+    build recipe, in the same order, and its EMA target starts as a copy of the context encoder, as
+    pretraining's does. The source's weights are read to find its architecture, then dropped."""
     from worldmodel.forecast import WorldModel
+    from worldmodel.models.vit import VideoViT
     from worldmodel.pretrain import JEPAPretrainer
 
     if checkpoint != "random":
         if config_from is not None:
             raise ValueError("--config-from only applies to --checkpoint random (a checkpoint brings its own config)")
         return WorldModel.load(checkpoint, encoder=encoder)
-    config = _hparams(config_from) if config_from is not None else {}
-    torch.manual_seed(seed)
-    module = JEPAPretrainer(**config)
-    config = {k: v for k, v in dict(module.hparams).items() if not str(k).startswith("_")}
-    target = module.target_encoder if module.target_encoder is not None else module.encoder
     source = f"random(seed={seed}" + (f", config_from={config_from})" if config_from else ")")
-    return WorldModel(module.encoder, target, module.predictor, config, encoder=encoder, source=source)
+    parts = load_model_parts(config_from) if config_from is not None else None
+    if parts is None or _takes_jepa_arguments(parts.config):
+        torch.manual_seed(seed)
+        module = JEPAPretrainer(**(parts.config if parts is not None else {}))
+        config = {k: v for k, v in dict(module.hparams).items() if not str(k).startswith("_")}
+        target = module.target_encoder if module.target_encoder is not None else module.encoder
+        return WorldModel(module.encoder, target, module.predictor, config, encoder=encoder, source=source)
+    encoder_cfg, predictor_arch, config = parts.encoder.cfg, _predictor_arch(parts.predictor), parts.config
+    del parts  # the source's weights are not needed any more
+    torch.manual_seed(seed)
+    context = VideoViT(encoder_cfg)
+    predictor = _build_predictor(predictor_arch)
+    return WorldModel(context, copy.deepcopy(context), predictor, config, encoder=encoder, source=source)
+
+
+def checkpoint_encoders(checkpoint: str) -> tuple[str, ...]:
+    """The encoders a model source holds, of ("target", "context"): for an exported or imported folder
+    those its config.json lists under "encoders" (`worldmodel export` keeps only the target encoder
+    unless given `--encoder both`); a pretraining checkpoint or run folder, a V-JEPA 2 checkpoint and
+    random weights hold both. A SIGReg model's one shared encoder is listed under both names."""
+    if checkpoint == "random":
+        return ENCODER_ROLES
+    path = resolve_model_path(checkpoint)
+    if not path.is_dir():
+        return ENCODER_ROLES
+    stored = _read_export_config(path)["encoders"]
+    held = tuple(role for role in ENCODER_ROLES if isinstance(stored, dict) and role in stored)
+    return held or ENCODER_ROLES  # a damaged entry: loading the folder reports it
 
 
 def cut_encoder_blocks(encoders: Iterable[nn.Module], blocks: int) -> None:
@@ -430,7 +481,13 @@ def anticipation_clip_sets(
 
 
 def classification_clip_sets(train_manifest: str, val_manifest: str, cfg: ProbeConfig, img_size: int) -> tuple[ClipSet, ClipSet]:
-    """Train and val ClipSets of `num_clips` clips per manifest video, labelled with the manifest's labels."""
+    """Train and val ClipSets of `num_clips` clips per manifest video, labelled with the manifest's labels.
+
+    The classes are the labels of the TRAINING videos, as the actions of anticipation are its training
+    pairs: the head has ``1 + max(training label)`` outputs, and a validation video whose label no
+    training video has keeps its place with label -1 (a miss in top-k accuracy, no class in the
+    mean-class recall; counted in ``label_num_unlabelled``). The held-out part of the hyper-parameter
+    search is labelled the same way by the videos it is fitted on."""
     evaluation, training, shorter = _transforms(cfg, img_size)
     sampler = ClipSampler(num_frames=cfg.num_frames, fps=cfg.fps)
     entries = {"train": read_manifest(train_manifest), "val": read_manifest(val_manifest)}
@@ -441,11 +498,23 @@ def classification_clip_sets(train_manifest: str, val_manifest: str, cfg: ProbeC
                 f"{manifest}: {len(unlabelled)} video(s) have no label (e.g. {unlabelled[0]}); a classification "
                 "probe needs 'path label' lines"
             )
-    num_classes = 1 + max(e.label for split in entries.values() for e in split)
+    labels = {split: torch.tensor([e.label for e in split_entries]).repeat_interleave(cfg.num_clips)
+              for split, split_entries in entries.items()}  # fmt: skip
+    train_classes = torch.unique(labels["train"])
+    unseen = sorted({e.label for e in entries["val"]} - set(train_classes.tolist()))
+    if unseen:
+        count = sum(e.label in unseen for e in entries["val"])
+        _log(f"{val_manifest}: {count} of {len(entries['val'])} validation videos have a label no training video has "
+             f"({', '.join(map(str, unseen[:10]))}{' ...' if len(unseen) > 10 else ''}); they are kept as label -1, "
+             "misses for top-k accuracy and outside the mean-class recall")  # fmt: skip
 
-    def clip_set(split: str, manifest: str) -> ClipSet:
+    def space(split: str, classes: Tensor) -> tuple[dict[str, int], dict[str, Tensor]]:
+        """Outputs for the labels `classes`, and the split's labels with the others as -1."""
+        known = torch.isin(labels[split], classes)
+        return {"label": int(classes.max()) + 1}, {"label": torch.where(known, labels[split], -1)}
+
+    def clip_set(split: str, manifest: str, label_space: Callable) -> ClipSet:
         split_entries = entries[split]
-        labels = torch.tensor([e.label for e in split_entries]).repeat_interleave(cfg.num_clips)
         fingerprint = {
             "task": "classification",
             "manifest": _sha256_file(manifest),
@@ -457,12 +526,19 @@ def classification_clip_sets(train_manifest: str, val_manifest: str, cfg: ProbeC
             dataset=ManifestClips(split_entries, sampler, cfg.num_clips, evaluation, shorter, cfg.seed),
             video_ids=np.array([e.path for e in split_entries]).repeat(cfg.num_clips),
             sample_ids=np.arange(len(split_entries)).repeat(cfg.num_clips),
-            label_space=lambda rows: ({"label": num_classes}, {"label": labels}),
+            label_space=label_space,
             fingerprint=fingerprint,
             train_dataset=ManifestClips(split_entries, sampler, cfg.num_clips, training, shorter, cfg.seed) if training else None,
         )
 
-    return clip_set("train", train_manifest), clip_set("val", val_manifest)
+    # training rows define the classes (all of them for the final head, the fitted part in the search);
+    # validation is always labelled with the classes of all training videos
+    def train_space(rows: np.ndarray) -> tuple[dict[str, int], dict[str, Tensor]]:
+        return space("train", torch.unique(labels["train"][torch.as_tensor(rows, dtype=torch.long)]))
+
+    train = clip_set("train", train_manifest, train_space)
+    val = clip_set("val", val_manifest, lambda rows: space("val", train_classes))
+    return train, val
 
 
 def split_by_video(video_ids: np.ndarray, fraction: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -1031,26 +1107,32 @@ def plot_per_class_recall(per_class: Mapping[str, list[dict]], path: str | os.Pa
     import matplotlib.pyplot as plt
 
     heads = [h for h, rows in per_class.items() if rows]
-    fig, axes = plt.subplots(len(heads), 1, figsize=(10, 3.2 * max(1, len(heads))), squeeze=False)
-    for ax, head in zip(axes[:, 0], heads):
-        rows = sorted(per_class[head], key=lambda r: -r["support"])[:max_classes]
-        rows = sorted(rows, key=lambda r: r["class"])
-        labels = [r.get("name", str(r["class"])) for r in rows]
-        values = [r[f"recall@{k}"] for r in rows]
-        ax.bar(range(len(rows)), values, color="tab:blue")
-        ax.set_xticks(range(len(rows)))
-        ax.set_xticklabels(labels, rotation=60, ha="right", fontsize=7)
-        ax.set_ylim(0, 1.05)
-        ax.set_ylabel(f"recall@{k}")
-        mean = float(np.mean(values)) if values else float("nan")
-        shown = "" if len(per_class[head]) <= max_classes else f", {max_classes} most frequent of {len(per_class[head])}"
-        ax.set_title(f"{head}: per-class recall@{k} (mean {mean:.3f}{shown})", fontsize=9)
-        ax.axhline(mean, color="tab:red", lw=0.8, ls="--")
+    if not heads:  # every validation sample is labelled -1 (a class never seen in training)
+        fig, ax = plt.subplots(figsize=(10, 2))
+        ax.axis("off")
+        ax.text(0.5, 0.5, "no validation sample has a class seen in training: no per-class recall",
+                ha="center", va="center", fontsize=10)  # fmt: skip
+    else:
+        fig, axes = plt.subplots(len(heads), 1, figsize=(10, 3.2 * len(heads)), squeeze=False)
+        for ax, head in zip(axes[:, 0], heads):
+            rows = sorted(per_class[head], key=lambda r: -r["support"])[:max_classes]
+            rows = sorted(rows, key=lambda r: r["class"])
+            labels = [r.get("name", str(r["class"])) for r in rows]
+            values = [r[f"recall@{k}"] for r in rows]
+            ax.bar(range(len(rows)), values, color="tab:blue")
+            ax.set_xticks(range(len(rows)))
+            ax.set_xticklabels(labels, rotation=60, ha="right", fontsize=7)
+            ax.set_ylim(0, 1.05)
+            ax.set_ylabel(f"recall@{k}")
+            mean = float(np.mean(values)) if values else float("nan")
+            shown = "" if len(per_class[head]) <= max_classes else f", {max_classes} most frequent of {len(per_class[head])}"
+            ax.set_title(f"{head}: per-class recall@{k} (mean {mean:.3f}{shown})", fontsize=9)
+            ax.axhline(mean, color="tab:red", lw=0.8, ls="--")
     fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=110)
+    buffer = io.BytesIO()  # rendered in memory, then written atomically: never a half-written PNG
+    fig.savefig(buffer, format="png", dpi=110)
     plt.close(fig)
-    return path
+    return atomic_write_bytes(buffer.getvalue(), path)
 
 
 def _encoder_note(metrics: Mapping[str, Any]) -> str:
@@ -1060,6 +1142,8 @@ def _encoder_note(metrics: Mapping[str, Any]) -> str:
     selections = metrics.get("encoder_selection") or []
     compared = sorted({name for sel in selections for name in sel["held_out_key"]})
     if len(compared) < 2:
+        if len(metrics.get("encoders_in_checkpoint") or ENCODER_ROLES) < 2:
+            return f"{metrics['encoder']}; auto, but the checkpoint holds only the {metrics['encoder']} encoder"
         return f"{metrics['encoder']}; auto, but target and context weights are identical"
     chosen = [sel["chosen"] for sel in selections]
     by_seed = "" if len(set(chosen)) == 1 else " (per probe seed: " + ", ".join(
@@ -1115,8 +1199,10 @@ def write_report(metrics: Mapping[str, Any], path: str | os.PathLike) -> Path:
     lines += [
         "",
         "Mean-class recall@k averages over the classes present in validation; top1 counts every sample. "
-        + (f"{metrics.get('action_num_unlabelled', 0)} validation actions have a verb+noun pair never seen in training "
-           "(label -1): misses for top1, left out of the class average." if metrics["task"] == "anticipation" else ""),
+        + (f"{int(metrics.get('action_num_unlabelled') or 0)} validation actions have a verb+noun pair never seen in "
+           "training (label -1): misses for top1, left out of the class average." if metrics["task"] == "anticipation" else
+           f"{int(metrics.get('label_num_unlabelled') or 0)} validation videos have a label no training video has "
+           "(label -1): misses for top1, left out of the class average."),
         "",
         "## Hyper-parameter grid (held-out training videos)",
         "",
@@ -1140,9 +1226,7 @@ def write_report(metrics: Mapping[str, Any], path: str | os.PathLike) -> Path:
         "![per-class recall](per_class_recall.png)",
         "",
     ]
-    path = Path(path)
-    path.write_text("\n".join(lines))
-    return path
+    return atomic_write_bytes("\n".join(lines).encode(), path)
 
 
 def _json_safe(value: Any) -> Any:
@@ -1164,9 +1248,12 @@ def add_probe_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of `worldmodel probe`."""
     d = ProbeConfig()
     g = parser.add_argument_group("model")
-    g.add_argument("--checkpoint", required=True, help="pretraining checkpoint (.ckpt), or 'random' for seeded random weights")
+    g.add_argument("--checkpoint", required=True,
+                   help="pretraining checkpoint (.ckpt) or its run folder, an exported or imported model folder, a "
+                        "V-JEPA 2 checkpoint, or 'random' for seeded random weights")
     g.add_argument("--config-from", default=None, metavar="CKPT",
-                   help="with --checkpoint random: take the architecture from this checkpoint (default: JEPAPretrainer() defaults)")
+                   help="with --checkpoint random: take the architecture from this model (anything --checkpoint "
+                        "accepts; default: JEPAPretrainer() defaults)")
     g.add_argument("--encoder", choices=("auto", "target", "context"), default="auto",
                    help="which encoder to probe: the EMA target, the context encoder, or (default) auto: the one whose "
                         "probe scores best on held-out TRAINING videos, chosen like the learning rate")
@@ -1213,7 +1300,7 @@ def add_probe_arguments(parser: argparse.ArgumentParser) -> None:
                    help="run the protocol N times with probe seeds SEED..SEED+N-1 on the same features; "
                         "metrics.json's headline keys become the means, 'repeats' holds mean, std and values")
     g = parser.add_argument_group("compute")
-    g.add_argument("--device", default="auto", help="cpu, cuda, ... (default: cuda when available)")
+    g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N, ... (default auto: cuda when available)")
     g.add_argument("--threads", type=int, default=None, help="torch intra-op threads (feature extraction)")
     g.add_argument("--head-threads", type=int, default=1, help="torch threads while training the probe heads (default 1)")
     g.add_argument("--workers", type=int, default=d.num_workers, help="decoding processes")
@@ -1246,9 +1333,7 @@ def _data_description(args: argparse.Namespace) -> tuple[str, dict[str, str]]:
 
 
 def _config_from_args(args: argparse.Namespace) -> ProbeConfig:
-    device = args.device
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = str(resolve_device(args.device))  # checked before any work: a one-line error, not a traceback
     return ProbeConfig(
         num_frames=args.num_frames, fps=args.fps, anticipation_s=args.anticipation_s,
         train_anticipation_s=tuple(args.train_anticipation_s) if args.train_anticipation_s else None, img_size=args.img_size,
@@ -1262,12 +1347,27 @@ def _config_from_args(args: argparse.Namespace) -> ProbeConfig:
     )  # fmt: skip
 
 
+class ProbeInputError(SystemExit):
+    """`worldmodel probe` stopped by an unusable input: exit status 2 (as the other commands), with the
+    one-line message (already printed to stderr) as its text."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(2)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
 def run_probe(args: argparse.Namespace) -> int:
-    """`worldmodel probe`: see the module docstring. Returns 0; errors in the inputs exit with a message."""
+    """`worldmodel probe`: see the module docstring. Returns 0; an unusable input (a file, an option, a
+    device) prints one line to stderr and exits with status 2 (`ProbeInputError`)."""
     try:
         return _run_probe(args)
     except (FileNotFoundError, ValueError, CheckpointError, VideoError, ForecastError) as err:
-        raise SystemExit(f"worldmodel probe: {err}") from err
+        message = f"worldmodel probe: error: {err}"
+        print(message, file=sys.stderr, flush=True)
+        raise ProbeInputError(message) from err
 
 
 def _run_probe(args: argparse.Namespace) -> int:
@@ -1279,13 +1379,25 @@ def _run_probe(args: argparse.Namespace) -> int:
         raise ValueError(f"--repeats must be >= 1, got {args.repeats}")
     if args.config_from is not None and args.checkpoint != "random":
         raise ValueError("--config-from only applies to --checkpoint random (a checkpoint brings its own config)")
+    held = checkpoint_encoders(args.checkpoint)  # an exported folder may hold one encoder only
+    if args.encoder != "auto" and args.encoder not in held:
+        raise ValueError(
+            f"--encoder {args.encoder}: {args.checkpoint} holds only the {held[0]} encoder (its config.json lists "
+            f"\"encoders\": {json.dumps(list(held))}), so there is no {args.encoder} encoder to probe; probe the "
+            f"{held[0]} one (--encoder {held[0]}, or auto), or export both encoders from the checkpoint it came from: "
+            "`worldmodel export CKPT DIR --encoder both` (V-JEPA 2 weights: `worldmodel import-vjepa2 CKPT DIR --encoder both`)"
+        )
     task, paths = _data_description(args)
     if cfg.forecast and task != "anticipation":
         raise ValueError("--forecast applies to action anticipation only")
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
 
-    first = "context" if args.encoder == "context" else "target"
+    candidates = held if args.encoder == "auto" else (args.encoder,)
+    if args.encoder == "auto" and len(held) == 1:
+        _log(f"note: {args.checkpoint} holds only the {held[0]} encoder (it was written without --encoder both); "
+             "auto probes that one")  # fmt: skip
+    first = candidates[0]
     world_model = build_world_model(args.checkpoint, first, args.config_from, cfg.seed).to(cfg.device)
     modules = {"target": world_model.target_encoder, "context": world_model.context_encoder}
     enc_cfg = modules[first].cfg
@@ -1307,10 +1419,9 @@ def _run_probe(args: argparse.Namespace) -> int:
         note = anchor.past_fit_note(horizon)
         if note:
             _log(f"note: {note}")
-    model_keys = {name: {"weights": weights_hash([modules[name]] + extra), "encoder": name}
-                  for name in (("target", "context") if args.encoder == "auto" else (args.encoder,))}
+    model_keys = {name: {"weights": weights_hash([modules[name]] + extra), "encoder": name} for name in candidates}
     # the same extra modules follow each encoder in its hash, so equal hashes mean equal encoder weights
-    if args.encoder == "auto" and model_keys["target"]["weights"] == model_keys["context"]["weights"]:
+    if len(model_keys) == 2 and model_keys["target"]["weights"] == model_keys["context"]["weights"]:
         del model_keys["context"]  # one encoder (random weights, SIGReg, or a target that never moved): nothing to choose
     depth = f"depth {enc_cfg.depth}" + (f", probed after block {cfg.encoder_blocks}" if cfg.encoder_blocks is not None else "")
     _log(f"model: {world_model.source} ({' or '.join(model_keys)} encoder, width {enc_cfg.embed_dim}, {depth}); "
@@ -1357,6 +1468,7 @@ def _run_probe(args: argparse.Namespace) -> int:
         "checkpoint": str(world_model.source),
         "encoder": result["encoder"],
         "encoder_requested": args.encoder,
+        "encoders_in_checkpoint": list(held),
         "encoder_selection": [{"seed": seed, "chosen": r["encoder"], "held_out_key": r["encoder_selection"]}
                               for seed, r in zip(seeds, results)],
         "weights_sha256": model_keys[result["encoder"]]["weights"],
@@ -1380,7 +1492,7 @@ def _run_probe(args: argparse.Namespace) -> int:
         "timing": timing,
         "config": asdict(cfg),
     })  # fmt: skip
-    (out_dir / "metrics.json").write_text(json.dumps(_json_safe(metrics), indent=1) + "\n")
+    atomic_write_bytes((json.dumps(_json_safe(metrics), indent=1) + "\n").encode(), out_dir / "metrics.json")
     write_report(metrics, out_dir / "report.md")
     plot_per_class_recall(headline["per_class"], out_dir / "per_class_recall.png")
     for kind, probe in result["probes"].items():

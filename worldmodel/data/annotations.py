@@ -363,9 +363,10 @@ class ActionVocabulary:
             raise ValueError(f"not an action vocabulary: {err!r}") from None
 
     def save(self, path: str | os.PathLike) -> None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(self.to_dict(), indent=1) + "\n")
+        """Write the vocabulary as JSON, atomically (readers see the old file or the whole new one)."""
+        from worldmodel.checkpoints import atomic_write_bytes  # here: data loading need not import Lightning
+
+        atomic_write_bytes((json.dumps(self.to_dict(), indent=1) + "\n").encode(), path)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "ActionVocabulary":
