@@ -20,13 +20,11 @@ import torch
 
 from worldmodel.checkpoints import (
     CheckpointError,
-    DeviceError,
     atomic_torch_save,
     atomic_write_bytes,
-    json_text,
-    resolve_device,
     safe_torch_load,
 )
+from worldmodel.cliutil import DeviceError, json_text, resolve_device
 
 SAVER = textwrap.dedent(
     """

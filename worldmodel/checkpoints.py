@@ -12,9 +12,6 @@ only tensors and plain containers are unpickled, never code. A file that would n
 load is refused with an error that names it; a file that is not a torch checkpoint at all (an error
 page saved by a failed download, a text file) is named as such.
 
-Also here, because the CLIs share them: `json_text` (JSON without NaN / Infinity, which are not JSON)
-and `resolve_device` (a --device value checked before any work is done).
-
 Models for inference (`load_model_parts` -> `ModelParts`: encoder, predictor, config) come from one of:
 
 - a `worldmodel pretrain` checkpoint (.ckpt, or its run folder);
@@ -48,7 +45,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.plugins.io import TorchCheckpointIO
@@ -261,70 +257,6 @@ class LastCheckpoint(Callback):
     def on_train_end(self, trainer, pl_module) -> None:
         # runs limited by max_epochs (or stopped early) end on an epoch boundary: save that state too
         self._save(trainer)
-
-
-# ---------------------------------------------------------------------------------------------- shared by the CLIs
-def json_safe(value: Any) -> Any:
-    """`value` with every float that is not finite (NaN, +-inf) as None, numpy scalars as Python numbers,
-    tuples as lists and mapping keys as strings: what JSON can hold. A standard error over one sample is
-    inf in memory and null in a file; JSON has no Infinity or NaN, and strict readers reject them."""
-    if isinstance(value, (float, np.floating)):
-        return float(value) if math.isfinite(value) else None
-    if isinstance(value, np.integer):
-        return int(value)
-    if isinstance(value, np.bool_):
-        return bool(value)
-    if isinstance(value, dict):
-        return {str(k): json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_safe(v) for v in value]
-    return value
-
-
-def json_text(value: Any, **dumps_options: Any) -> str:
-    """`json.dumps` of `json_safe(value)` that refuses NaN and Infinity (`allow_nan=False`), so that every
-    file worldmodel writes is valid JSON."""
-    return json.dumps(json_safe(value), allow_nan=False, **dumps_options)
-
-
-class DeviceError(ValueError):
-    """A --device value that torch cannot use on this machine; the message says why and what to pass."""
-
-
-def resolve_device(name: str | torch.device, option: str = "--device") -> torch.device:
-    """A device name checked before any work is done: "auto" (cuda when available, else cpu), "cpu",
-    "cuda", "cuda:N", "mps", ... Raises DeviceError with a one-line message that starts with
-    f"{option} {name}:" when torch does not know the name or cannot use the device here."""
-    if str(name) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    where = f"{option} {name}"
-    try:
-        device = torch.device(name)
-    except (RuntimeError, ValueError, TypeError):
-        raise DeviceError(
-            f"{where}: not a device name torch knows; pass auto, cpu, or for an NVIDIA GPU cuda or cuda:N"
-        ) from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            why = (f"torch {torch.__version__} is built without CUDA" if torch.version.cuda is None
-                   else f"torch {torch.__version__} is built with CUDA {torch.version.cuda}, but no GPU is visible")
-            raise DeviceError(f"{where}: CUDA is not available on this machine ({why}); use {option} cpu")
-        count = torch.cuda.device_count()
-        if device.index is not None and device.index >= count:
-            have = "cuda:0" if count == 1 else f"cuda:0 .. cuda:{count - 1}"
-            raise DeviceError(f"{where}: this machine has {count} CUDA device{'s' if count != 1 else ''} ({have})")
-        return device
-    if device.type == "meta":
-        raise DeviceError(f"{where}: the meta device holds no data; pass auto, cpu, cuda or cuda:N")
-    if device.type != "cpu":
-        try:  # mps, xpu, ...: whether this build and machine can hold a tensor there
-            torch.empty(0, device=device)
-        except Exception as err:  # torch raises RuntimeError, AssertionError, ... for an unusable backend
-            msg = (str(err).splitlines() or [type(err).__name__])[0].split(". ")[0].rstrip(".")[:160]
-            raise DeviceError(
-                f"{where}: torch {torch.__version__} cannot use it on this machine ({msg}); use {option} cpu"
-            ) from None
-    return device
 
 
 # ---------------------------------------------------------------------------------------------- models

@@ -107,13 +107,11 @@ from torch import Tensor, nn
 
 from worldmodel.checkpoints import (
     CheckpointError,
-    DeviceError,
     atomic_write_bytes,
-    json_text,
     load_model_roles,
-    resolve_device,
     weights_hash,
 )
+from worldmodel.cliutil import DeviceError, json_text, resolve_device
 from worldmodel.data.transforms import ResizeCenterCropVideo, normalize_video
 from worldmodel.data.video import ClipSampler, VideoError, read_frames, read_video_info
 from worldmodel.masks import FutureMask, build_mask_kinds

@@ -102,11 +102,11 @@ from worldmodel.checkpoints import (
     atomic_torch_save,
     atomic_write_bytes,
     load_model_parts,
-    resolve_device,
     resolve_model_path,
     safe_torch_load,
     weights_hash,
 )
+from worldmodel.cliutil import json_text, resolve_device
 from worldmodel.data.annotations import ActionVocabulary, read_annotations
 from worldmodel.data.datasets import AnticipationDataset, ManifestEntry, collate_samples, read_manifest, to_video
 from worldmodel.data.transforms import RandomResizedCropVideo, ResizeCenterCropVideo
@@ -1229,20 +1229,6 @@ def write_report(metrics: Mapping[str, Any], path: str | os.PathLike) -> Path:
     return atomic_write_bytes("\n".join(lines).encode(), path)
 
 
-def _json_safe(value: Any) -> Any:
-    if isinstance(value, float):
-        return None if math.isnan(value) or math.isinf(value) else value
-    if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, (np.integer,)):
-        return int(value)
-    if isinstance(value, (np.floating,)):
-        return _json_safe(float(value))
-    return value
-
-
 # ============================================================================================ CLI
 def add_probe_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of `worldmodel probe`."""
@@ -1492,7 +1478,7 @@ def _run_probe(args: argparse.Namespace) -> int:
         "timing": timing,
         "config": asdict(cfg),
     })  # fmt: skip
-    atomic_write_bytes((json.dumps(_json_safe(metrics), indent=1) + "\n").encode(), out_dir / "metrics.json")
+    atomic_write_bytes((json_text(metrics, indent=1) + "\n").encode(), out_dir / "metrics.json")
     write_report(metrics, out_dir / "report.md")
     plot_per_class_recall(headline["per_class"], out_dir / "per_class_recall.png")
     for kind, probe in result["probes"].items():
