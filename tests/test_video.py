@@ -282,9 +282,11 @@ def test_a_nominal_rate_the_frames_do_not_follow_is_replaced_by_the_timestamps(t
         container.mux(stream.encode())
     video = read_video_info(path)
     assert video.num_frames == 250
-    assert video.fps == pytest.approx(25.0, rel=0.005)  # not 30: frame 200 is at 8 s, not 6.67 s
+    # not 30: frame 200 is at 8 s, not 6.67 s (within 1 %: a container may not store the last frame's
+    # duration, and then the span ends at its start)
+    assert video.fps == pytest.approx(25.0, rel=0.01), video
     (clip,) = read_clips(path, ClipSampler(num_frames=4, fps=5.0), mode="start")
-    assert clip.indices.tolist() == [0, 5, 10, 15] and clip.timestamps[1] == pytest.approx(0.2, rel=0.005)
+    assert clip.indices.tolist() == [0, 5, 10, 15] and clip.timestamps[1] == pytest.approx(0.2, rel=0.01), clip
 
 
 def test_frames_taken_over_without_copy_equal_decords_copy_and_outlive_the_reader(make_video):
