@@ -13,5 +13,6 @@ set -euo pipefail
 NODES=${SLURM_JOB_NUM_NODES:-1}
 GPUS=${SLURM_NTASKS_PER_NODE:-8}
 # --resume auto: a requeued job continues from run_dir/checkpoints/last.ckpt, mid-epoch and exactly.
-srun python -m worldmodel.cli pretrain \
-  --trainer.num_nodes "$NODES" --trainer.devices "$GPUS" --resume auto "$@"
+# "$@" (with its --config) first: options after a --config override it, and these must match srun's layout
+srun python -m worldmodel.cli pretrain "$@" \
+  --trainer.num_nodes "$NODES" --trainer.devices "$GPUS" --resume auto

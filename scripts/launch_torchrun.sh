@@ -15,5 +15,5 @@ MASTER_PORT=${MASTER_PORT:-29500}
 exec torchrun \
   --nproc_per_node "$NPROC" --nnodes "$NNODES" --node_rank "$NODE_RANK" \
   --master_addr "$MASTER_ADDR" --master_port "$MASTER_PORT" \
-  -m worldmodel.cli pretrain \
-  --trainer.devices "$NPROC" --trainer.num_nodes "$NNODES" "$@"
+  -m worldmodel.cli pretrain "$@" \
+  --trainer.devices "$NPROC" --trainer.num_nodes "$NNODES"  # after "$@": a --config there must not reset them

@@ -1212,7 +1212,9 @@ def format_quality_table(report: dict[str, Any]) -> str:
 # ---------------------------------------------------------------------------------------------- CLI
 def add_forecast_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of `worldmodel forecast`."""
-    parser.add_argument("--checkpoint", required=True, help="pretraining checkpoint (.ckpt)")
+    parser.add_argument("--checkpoint", required=True,
+                        help="pretraining checkpoint (.ckpt) or its run folder, an exported or imported model folder, "
+                        "or a V-JEPA 2 checkpoint")
     what = parser.add_mutually_exclusive_group(required=True)
     what.add_argument("--video", nargs="+", metavar="FILE", help="forecast these videos")
     what.add_argument("--eval", metavar="MANIFEST", help="measure forecast quality over a manifest's clips")
