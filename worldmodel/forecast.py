@@ -105,12 +105,7 @@ import torch.nn.functional as F
 from einops import rearrange, repeat
 from torch import Tensor, nn
 
-from worldmodel.checkpoints import (
-    CheckpointError,
-    atomic_write_bytes,
-    load_model_roles,
-    weights_hash,
-)
+from worldmodel.checkpoints import CheckpointError, atomic_write_bytes, load_model_roles, weights_hash
 from worldmodel.cliutil import DeviceError, json_text, resolve_device
 from worldmodel.data.transforms import ResizeCenterCropVideo, normalize_video
 from worldmodel.data.video import ClipSampler, VideoError, read_frames, read_video_info

@@ -87,10 +87,10 @@ def check_data_matches_model(hparams: Any, datamodule: Any) -> None:
     data = getattr(datamodule, "hparams", None)
     if data is None:
         return
-    pairs = [("img_size", "crop_size", "the crop side in pixels"), ("num_frames", "num_frames", "frames per clip")]
+    pairs = [("img_size", "crop_size"), ("num_frames", "num_frames")]  # (model's, data's)
     wrong = [
         f"model.{m}={hparams[m]} but data.{d}={data[d]}"
-        for m, d, _ in pairs if d in data and m in hparams and int(data[d]) != int(hparams[m])
+        for m, d in pairs if d in data and m in hparams and int(data[d]) != int(hparams[m])
     ]
     if wrong:
         raise ConfigError(

@@ -29,7 +29,7 @@ from lightning.pytorch.loggers.logger import rank_zero_experiment
 from worldmodel.checkpoints import AtomicCheckpointIO, LastCheckpoint
 from worldmodel.data.datamodule import DataErrorCallback, VideoDataModule
 from worldmodel.data.loader import DataProgressCallback
-from worldmodel.pretrain import ConfigError, JEPAPretrainer, check_data_matches_model
+from worldmodel.pretrain import ConfigError, JEPAPretrainer
 
 
 class _HistoryWriter(ExperimentWriter):
@@ -150,13 +150,12 @@ def run_pretrain_cli(argv: list[str]) -> PretrainCLI:
             auto_configure_optimizers=False,
             parser_kwargs={"prog": "worldmodel pretrain"},
         )
-        check_data_matches_model(cli.model.hparams, cli.datamodule)
     except (ValueError, FileNotFoundError) as err:  # a setting the classes refuse: say which, no traceback
         raise SystemExit(f"worldmodel pretrain: error: {err}") from None
     ckpt = resolve_resume(cli.config["resume"], cli.config["run_dir"])
     try:
         cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=ckpt)
-    except (ConfigError, FileNotFoundError) as err:  # found at setup, before the first step
+    except (ConfigError, FileNotFoundError) as err:  # found at setup (data vs model, schedules), before any step
         raise SystemExit(f"worldmodel pretrain: error: {err}") from None
     final = Path(cli.config["run_dir"]) / "checkpoints" / "last.ckpt"
     if cli.trainer.is_global_zero:
