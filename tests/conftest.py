@@ -76,6 +76,30 @@ def write_video(
     return path
 
 
+def write_vfr_video(path: str | os.PathLike, gaps_ms=(20,) * 20 + (100,) * 20, size=(64, 64)) -> Path:
+    """A variable frame rate H.264 mp4: frame i shows index i (`frame_index`), and frame i + 1 starts
+    gaps_ms[i] after frame i (default: frames 0-20 start 20 ms apart, at 0-0.4 s, then 100 ms apart:
+    frame 39 starts at 2.3 s)."""
+    import av
+    from fractions import Fraction
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=30)
+        stream.height, stream.width = size
+        stream.pix_fmt = "yuv420p"
+        stream.codec_context.time_base = Fraction(1, 1000)
+        pts = 0
+        for i, gap in enumerate(gaps_ms):
+            frame = av.VideoFrame.from_ndarray(index_frame(i, size), format="rgb24")
+            frame.pts, frame.time_base = pts, Fraction(1, 1000)
+            container.mux(stream.encode(frame))
+            pts += gap
+        container.mux(stream.encode())
+    return path
+
+
 @pytest.fixture
 def make_video(tmp_path):
     """Factory: make_video(name_or_path, num_frames=32, fps=8.0, size=(64, 64), gray=False) -> Path.

@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from conftest import write_vfr_video
 from worldmodel.data.annotations import (
     ActionSegment,
     ActionVocabulary,
@@ -94,6 +95,13 @@ def test_frame_numbers_use_the_videos_fps(tmp_path, make_video):
     assert a.start_s == pytest.approx(0.5)
     with pytest.raises(ValueError, match=r"frames\.csv:2.*videos_dir"):
         read_annotations(csv_path)
+
+
+def test_frame_numbers_in_a_variable_frame_rate_video_are_the_frames_times(tmp_path):
+    write_vfr_video(tmp_path / "videos" / "vfr.mp4")  # frames 0-20 at 0-0.4 s, then 100 ms apart
+    csv_path = _write(tmp_path / "frames.csv", "video_id,start_frame,stop_frame,verb_class,noun_class\nvfr,10,30,1,2\n")
+    (segment,) = read_annotations(csv_path, videos_dir=tmp_path / "videos")
+    assert (segment.start_s, segment.stop_s) == pytest.approx((0.2, 1.4), abs=1e-6)
 
 
 def test_annotation_errors_name_file_and_line(tmp_path):

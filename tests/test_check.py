@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 
+from conftest import write_vfr_video
 from worldmodel.data.check import CHECK_COLUMNS, check_videos, format_check_table, run_check
 
 
@@ -83,3 +84,14 @@ def test_run_check_on_a_folder_and_on_a_missing_manifest(make_video, tmp_path, c
     assert "total 2 videos: ok 2" in capsys.readouterr().out
     assert run_check(str(tmp_path / "no_such_manifest.txt")) == 1
     assert "no_such_manifest.txt" in capsys.readouterr().err
+
+
+def test_check_marks_variable_frame_rate_videos(make_video, tmp_path):
+    constant = make_video(tmp_path / "c.mp4", num_frames=16, fps=8.0)
+    variable = write_vfr_video(tmp_path / "v.mp4")
+    rows = check_videos([str(constant), str(variable)])
+    assert [row["frame_rate"] for row in rows] == ["constant", "variable"]
+    assert rows[1]["status"] == "ok" and rows[1]["duration_s"] > 2.3  # frame 39 starts at 2.3 s
+    table = format_check_table(rows)
+    assert f"{rows[1]['fps']} vfr" in table and f"{rows[0]['fps']} vfr" not in table
+    assert "variable frame rate: 1 of the ok videos" in table

@@ -487,9 +487,10 @@ def test_anticipation_action_after_the_video_end_is_an_error(epic, tmp_path):
     assert late.context_indices(4).tolist() == [68, 72, 76, 80]  # ends at 5.05 s: frame 80
 
 
-def test_anticipation_refuses_a_variable_frame_rate_video(tmp_path):
-    """Slow first half, fast second half: at the average rate frame 17 would be at 2.0 s, it is at 3.4 s,
-    after the action at 3.0 s. The window cannot be placed from frame numbers: an error, not a leak."""
+def test_anticipation_places_contexts_in_a_variable_frame_rate_video_by_time(tmp_path):
+    """Slow first part (frames 0-20, 200 ms apart: 0-4 s), then fast (33 ms apart). At the average rate
+    (8.6 fps) frame 17 would be at 2.0 s; it is at 3.4 s, after an action at 3.0 s. Placed by the frames'
+    real times, every context ends at or before its action's start minus the gap."""
     import av
     from fractions import Fraction
 
@@ -500,18 +501,27 @@ def test_anticipation_refuses_a_variable_frame_rate_video(tmp_path):
         stream.width, stream.height, stream.pix_fmt = 32, 32, "yuv420p"
         stream.codec_context.time_base = Fraction(1, 1000)
         pts = 0
-        for i in range(40):  # 20 frames 200 ms apart, then 20 frames 33 ms apart
+        for i in range(40):  # frame i shows gray level 6 i
             frame = av.VideoFrame.from_ndarray(np.full((32, 32, 3), 6 * i, np.uint8), format="rgb24")
             frame.pts, frame.time_base = pts, Fraction(1, 1000)
             container.mux(stream.encode(frame))
             pts += 200 if i < 20 else 33
         container.mux(stream.encode())
     csv_path = tmp_path / "val.csv"
-    csv_path.write_text("video_id,start_timestamp,stop_timestamp,verb_class,noun_class\nV01,3.0,3.5,0,0\n")
+    csv_path.write_text("video_id,start_timestamp,stop_timestamp,verb_class,noun_class\nV01,3.0,3.5,0,0\n"
+                        "V01,4.5,4.6,0,0\n")
     vocabulary = ActionVocabulary.from_annotations(read_annotations(csv_path))
-    dataset = AnticipationDataset(str(csv_path), str(tmp_path / "videos"), vocabulary, num_frames=4, fps=2.0)
-    with pytest.raises(VideoError, match=r"V01.mp4: unsupported: variable frame rate: frame \d+ starts at"):
-        dataset[0]
+    slow = AnticipationDataset(str(csv_path), str(tmp_path / "videos"), vocabulary, num_frames=4, fps=2.5)
+    item = slow[0]  # ends at 2.0 s (frame 10), back in steps of 0.4 s
+    assert slow.context_indices(0).tolist() == [4, 6, 8, 10]
+    levels = item["video"].float().mean(dim=(0, 2, 3))  # (T,) the frames' gray levels
+    assert torch.allclose(levels, torch.tensor([24.0, 36.0, 48.0, 60.0]), atol=3)
+    assert item["end_s"] == pytest.approx(2.0, abs=1e-6) and item["end_s"] <= 3.0 - 1.0
+    fast = AnticipationDataset(str(csv_path), str(tmp_path / "videos"), vocabulary, num_frames=4, fps=10.0,
+                               anticipation_s=0.2)
+    # ends at 4.3 s: frame 29 starts at 4.297 s; then 100 ms back each: 4.198 (26), 4.099 (23), 4.0 (20)
+    assert fast.context_indices(1).tolist() == [20, 23, 26, 29]
+    assert fast[1]["end_s"] == pytest.approx(4.297, abs=1e-6)
 
 
 def test_anticipation_missing_videos_are_an_error(epic, tmp_path):

@@ -15,7 +15,7 @@ import pytest
 import torch
 from einops import rearrange
 
-from conftest import moving_squares, write_video
+from conftest import moving_squares, write_vfr_video, write_video
 from worldmodel.checkpoints import atomic_torch_save, load_model_parts
 from worldmodel.data.transforms import ResizeCenterCropVideo, normalize_video
 from worldmodel.data.video import read_frames
@@ -276,6 +276,20 @@ def test_cli_writes_latents_with_metadata(checkpoint, model, video_folder, tmp_p
     assert meta["clips"][0]["context_frame_indices"] == [12, 14, 16, 18]
     assert meta["clips"][0]["future_frame_indices"] == [20, 22, 24, 26]
     assert not meta["clips"][0]["future_available"] and "quality" not in meta
+
+
+def test_cli_places_frames_of_a_variable_frame_rate_video_by_their_times(checkpoint, tmp_path):
+    video = write_vfr_video(tmp_path / "vfr.mp4")  # frames 0-20 at 0-0.4 s, then 100 ms apart
+    out = tmp_path / "vfr.safetensors"
+    assert cli(["--checkpoint", checkpoint, "--video", video, "--out", out, "--fps", 5, "--start", 0.0,
+                "--context-frames", 4, "--horizon", 2, "--device", "cpu"]) == 0
+    clip = load_latents(out)[1]["clips"][0]
+    # 200 ms apart in time, so 10 frames apart in the fast part and 2 in the slow one
+    assert clip["context_frame_indices"] == [0, 10, 20, 22]
+    assert clip["future_frame_indices"] == [24, 26, 28, 30] and clip["future_available"]
+    assert clip["context_timestamps"] + clip["future_timestamps"] == pytest.approx(
+        [0.2 * i for i in range(8)], abs=1e-6
+    )
 
 
 def test_cli_refuses_a_context_past_the_end(checkpoint, video_folder, tmp_path, capsys):

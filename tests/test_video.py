@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import frame_index, index_frame, write_video
+from conftest import frame_index, index_frame, write_vfr_video, write_video
 from worldmodel.data.video import (
     ClipSampler,
     VideoError,
@@ -234,24 +234,61 @@ def test_ten_bit_decodes_correctly(tmp_path):
             assert np.abs(decoded.numpy().astype(int) - pyav_rgb(path).astype(int)).max() <= 1
 
 
-def test_variable_frame_rate_uses_the_average_rate(tmp_path):
-    path = tmp_path / "vfr.mp4"
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("libx264", rate=30)
-        stream.width, stream.height, stream.pix_fmt = 64, 64, "yuv420p"
-        stream.codec_context.time_base = Fraction(1, 1000)
-        pts = 0
-        for i in range(40):  # 20 frames 20 ms apart, then 20 frames 100 ms apart: 2.4 s in all
-            frame = av.VideoFrame.from_ndarray(index_frame(i, (64, 64)), format="rgb24")
-            frame.pts, frame.time_base = pts, Fraction(1, 1000)
-            container.mux(stream.encode(frame))
-            pts += 20 if i < 20 else 100
-        container.mux(stream.encode())
+def test_variable_frame_rate_info_and_frame_step(tmp_path):
+    path = write_vfr_video(tmp_path / "vfr.mp4")
     video = read_video_info(path)
     assert video.num_frames == 40
     assert 15 < video.fps < 20  # frames / duration, not the 50 fps of the first half
+    assert video.variable_rate
+    assert video.frame_starts[:3] == pytest.approx([0.0, 0.02, 0.04])
+    assert video.frame_starts[-1] == pytest.approx(2.3, abs=1e-6)  # float32 in decord
+    # frame_step counts frames whatever their times
     (clip,) = read_clips(path, ClipSampler(num_frames=4, frame_step=10), mode="start")
     assert decoded_indices(clip.frames) == [0, 10, 20, 30]
+    assert clip.timestamps == pytest.approx([0.0, 0.2, 0.4, 1.4], abs=1e-6)
+
+
+def test_variable_frame_rate_clips_are_placed_by_the_frames_times(tmp_path):
+    """At the average rate (16.7 fps) a 5 fps clip would step 3.3 frames: 60 ms in the fast part, 330 ms
+    in the slow one. Placed by time, every step is 200 ms (+- half a frame) wherever the clip is."""
+    path = write_vfr_video(tmp_path / "vfr.mp4")
+    sampler = ClipSampler(num_frames=4, fps=5.0)
+    (first,) = read_clips(path, sampler, mode="start")
+    # frame starts 0, .02, ..., .4 (frames 0-20), then .5, .6, ... (frames 21-39)
+    assert decoded_indices(first.frames) == [0, 10, 20, 22] == first.indices.tolist()
+    assert first.timestamps == pytest.approx([0.0, 0.2, 0.4, 0.6], abs=1e-6)
+    for clip in read_clips(path, sampler, mode="uniform", num_clips=6):
+        assert decoded_indices(clip.frames) == clip.indices.tolist()
+        # each frame is the one nearest to its time: within half the slow part's 100 ms
+        assert np.abs(clip.timestamps - clip.timestamps[0] - 0.2 * np.arange(4)).max() <= 0.05 + 1e-9
+    (last,) = read_clips(path, ClipSampler(num_frames=4, duration_s=1.6), mode="uniform", num_clips=1)
+    info = read_video_info(path)
+    # "center" of the starts that fit: a 1.2 s span ends within half a frame of the last start (2.3 s)
+    assert last.timestamps[-1] - last.timestamps[0] == pytest.approx(1.2, abs=0.05)
+    assert last.timestamps[-1] <= info.frame_starts[-1] + 0.5 / info.fps
+    # ending at a time: the last frame starting at or before it, then back in steps of 1 / fps
+    assert sampler.indices_ending_at(info, 1.0).tolist() == [20, 22, 24, 26]  # .4 .6 .8 1.0
+    assert sampler.indices_ending_at(info, 0.1).tolist() == [0, 0, 0, 5]  # before the start: frame 0
+    # a clip longer than the video: skip refuses, repeat_last clamps to the last frame
+    long = ClipSampler(num_frames=4, fps=1.0)
+    with pytest.raises(VideoError, match=r"4-frame clip spans 3.0\d s but the video has 40 frames \(2.3\d s\)") as err:
+        ClipSampler(num_frames=4, fps=1.0, short_policy="skip").indices(info, mode="start")
+    assert err.value.reason == "too_short"
+    assert long.indices(info, mode="start")[0].tolist() == [0, 26, 36, 39]
+    assert not long.fits(info) and sampler.fits(info)
+    # from a start time, not clamped: frames past the end continue at the average rate
+    from_start = long.indices_starting_at(info, 0.0)
+    assert from_start[:3].tolist() == [0, 26, 36] and from_start[3] == 39 + round(0.7 * info.fps)
+
+
+def test_constant_frame_rate_keeps_frame_number_formulas(make_video):
+    path = make_video(num_frames=50, fps=25.0)
+    video = read_video_info(path)
+    assert not video.variable_rate and video.frame_starts is None
+    sampler = ClipSampler(num_frames=5, fps=8.0)
+    assert sampler.indices_starting_at(video, 0.5).tolist() == (13 + sampler.span_indices(video)).tolist()
+    (clip,) = read_clips(path, sampler, mode="start")
+    assert clip.timestamps == pytest.approx(clip.indices / 25.0)
 
 
 def test_sound_fps_falls_back_to_timestamps():

@@ -705,7 +705,7 @@ def _read_vjepa2(
     arch = _vjepa2_predictor_arch(pred_state, path, cfg.embed_dim, pred_num_heads)
     if predictor_positions == "reference":
         arch["square_grid"] = (img_size if isinstance(img_size, int) else img_size[0]) // cfg.patch_size
-    predictor = _load_exact(lambda: _build_predictor(arch), pred_state, path, "predictor", copy=True)
+    predictor = _load_exact(lambda: build_predictor(arch), pred_state, path, "predictor", copy=True)
     base = VIT_SIZES.get(variant, {})
     overrides = {k: getattr(cfg, k) for k in ("embed_dim", "depth", "num_heads", "mlp_ratio") if base.get(k) != getattr(cfg, k)}
     config = {
@@ -743,7 +743,9 @@ def _normalization() -> dict[str, Any]:
     return {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD), "input": "RGB in [0, 1] (uint8 / 255)"}
 
 
-def _build_predictor(arch: dict[str, Any]) -> Predictor:
+def build_predictor(arch: dict[str, Any]) -> Predictor:
+    """A freshly initialised predictor of the architecture `predictor_arch` describes (the export format's
+    "predictor" entry)."""
     arch = dict(arch)
     square_grid = arch.pop("square_grid", None)
     if square_grid:
@@ -786,7 +788,8 @@ def _encoder_arch(encoder: VideoViT) -> dict[str, Any]:
     return arch
 
 
-def _predictor_arch(predictor: Predictor) -> dict[str, Any]:
+def predictor_arch(predictor: Predictor) -> dict[str, Any]:
+    """The build arguments of `predictor` (JSON-safe): `build_predictor(predictor_arch(p))` has its shapes."""
     block = predictor.predictor_blocks[0]
     arch = dict(
         embed_dim=predictor.embed_dim,
@@ -813,7 +816,7 @@ def _predictor_arch(predictor: Predictor) -> dict[str, Any]:
 def _describe(loaded: _LoadedModel, roles: dict[str, str]) -> dict[str, Any]:
     """The human-readable part of config.json (the exact build recipe is in "architecture")."""
     encoder = next(iter(loaded.encoders.values()))
-    cfg, pred = encoder.cfg, _predictor_arch(loaded.predictor)
+    cfg, pred = encoder.cfg, predictor_arch(loaded.predictor)
     return {
         "variant": loaded.config.get("variant") or loaded.config.get("encoder"),
         "img_size": list(cfg.img_size) if isinstance(cfg.img_size, tuple) else cfg.img_size,
@@ -882,7 +885,7 @@ def _write_export(loaded: _LoadedModel, path: Path, out_dir: str | os.PathLike, 
         "format_version": EXPORT_VERSION,
         "export_id": export_id,
         **_describe(loaded, prefixes),
-        "architecture": {"encoder": _encoder_arch(encoder), "predictor": _predictor_arch(loaded.predictor)},
+        "architecture": {"encoder": _encoder_arch(encoder), "predictor": predictor_arch(loaded.predictor)},
         "hyper_parameters": loaded.config,
         "data": loaded.data_config,
         "source": {**loaded.source, **({"exported_from": str(path)} if path.is_dir() else {})},
@@ -905,7 +908,8 @@ def _write_export(loaded: _LoadedModel, path: Path, out_dir: str | os.PathLike, 
     return out_dir
 
 
-def _read_export_config(folder: Path) -> dict[str, Any]:
+def read_export_config(folder: Path) -> dict[str, Any]:
+    """The config.json of an exported / imported model folder, checked to be one (CheckpointError if not)."""
     path = folder / CONFIG_FILE
     if not path.is_file():
         raise CheckpointError(
@@ -954,7 +958,7 @@ def _read_safetensors(path: Path, prefixes: set[str], export_id: str) -> dict[st
 
 
 def _read_exported(folder: Path, roles: tuple[str, ...]) -> _LoadedModel:
-    config = _read_export_config(folder)
+    config = read_export_config(folder)
     stored: dict[str, str] = config["encoders"]  # role -> tensor prefix
     if not stored or not set(stored) <= set(ENCODER_ROLES):
         raise CheckpointError(f"{folder / CONFIG_FILE}: bad \"encoders\" entry {stored!r}; re-run `worldmodel export`")
@@ -971,9 +975,9 @@ def _read_exported(folder: Path, roles: tuple[str, ...]) -> _LoadedModel:
     arch = config["architecture"]
     try:
         encoder_cfg = VideoViTConfig(**{**arch["encoder"], "img_size": _as_size(arch["encoder"]["img_size"])})
-        predictor_arch = dict(arch["predictor"])
+        pred_arch = dict(arch["predictor"])
         with torch.device("meta"):
-            _build_predictor(predictor_arch)
+            build_predictor(pred_arch)
     except (TypeError, KeyError, ValueError) as err:
         raise CheckpointError(
             f"{folder / CONFIG_FILE}: its \"architecture\" entry does not build a model with this version of "
@@ -985,7 +989,7 @@ def _read_exported(folder: Path, roles: tuple[str, ...]) -> _LoadedModel:
         if prefix not in modules:
             modules[prefix] = _load_exact(lambda: VideoViT(encoder_cfg), part(prefix), where, prefix)
         encoders[role] = modules[prefix]
-    predictor = _load_exact(lambda: _build_predictor(predictor_arch), part("predictor"), where, "predictor")
+    predictor = _load_exact(lambda: build_predictor(pred_arch), part("predictor"), where, "predictor")
     return _LoadedModel(
         encoders=encoders,
         predictor=predictor,
@@ -1087,7 +1091,7 @@ def run_export(args: argparse.Namespace) -> int:
 
 
 def _summary(out_dir: Path) -> str:
-    config = _read_export_config(out_dir)
+    config = read_export_config(out_dir)
     pred = config["predictor"]
     encoders = ", ".join(f"{role} -> {prefix}.*" for role, prefix in config["encoders"].items())
     return (

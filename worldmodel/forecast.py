@@ -108,7 +108,7 @@ from torch import Tensor, nn
 from worldmodel.checkpoints import CheckpointError, atomic_write_bytes, load_model_roles, weights_hash
 from worldmodel.cliutil import DeviceError, json_text, resolve_device
 from worldmodel.data.transforms import ResizeCenterCropVideo, normalize_video
-from worldmodel.data.video import ClipSampler, VideoError, read_frames, read_video_info
+from worldmodel.data.video import ClipSampler, VideoError, VideoInfo, read_frames, read_video_info
 from worldmodel.masks import FutureMask, build_mask_kinds
 from worldmodel.objectives import target_features
 
@@ -644,16 +644,16 @@ class ForecastClip:
     future: Tensor | None  # uint8 (C, horizon * tubelet, S, S), None when the video ends before
     context_indices: np.ndarray  # int64 (k * tubelet,) source frames
     future_indices: np.ndarray  # int64 (horizon * tubelet,) source frames the forecast stands for
-    video_fps: float
+    video: VideoInfo  # frame count, rate and (variable rate) frame times
     timing: ClipTiming
 
     def metadata(self) -> dict[str, Any]:
         return {
             "video": self.path,
             "context_frame_indices": self.context_indices.tolist(),
-            "context_timestamps": (self.context_indices / self.video_fps).round(6).tolist(),
+            "context_timestamps": self.video.times_of(self.context_indices).round(6).tolist(),
             "future_frame_indices": self.future_indices.tolist(),
-            "future_timestamps": (self.future_indices / self.video_fps).round(6).tolist(),
+            "future_timestamps": self.video.times_of(self.future_indices).round(6).tolist(),
             "future_available": self.future is not None,
         }
 
@@ -726,9 +726,8 @@ def read_forecast_clip(
     num_context = context_frame_count(model, timing, info.fps, context_frames, context_s, where=path)
     if start_s < 0:
         raise ForecastError(f"--start must be >= 0 seconds, got {start_s}")
-    start = math.floor(start_s * info.fps + 0.5)
-    offsets = timing.sampler(num_context + horizon * tubelet).span_indices(info)  # (T,)
-    indices = start + offsets
+    # the frame nearest to start_s, then the clip's frames (by real frame times in a variable-rate video)
+    indices = timing.sampler(num_context + horizon * tubelet).indices_starting_at(info, start_s)  # (T,)
     context_idx, future_idx = indices[:num_context], indices[num_context:]
     needed = int(future_idx[-1]) + 1 if require_future else int(context_idx[-1]) + 1
     if needed > info.num_frames:
@@ -749,7 +748,7 @@ def read_forecast_clip(
         future=video[:, num_context:] if has_future else None,
         context_indices=context_idx,
         future_indices=future_idx,
-        video_fps=info.fps,
+        video=info,
         timing=timing,
     )
 
@@ -904,7 +903,7 @@ def _eval_clip_indices(
     total = num_context + horizon * model.tubelet_size
     sampler = timing.sampler(total)
     span = int(sampler.span_indices(info)[-1]) + 1
-    if span > info.num_frames:
+    if not sampler.fits(info):
         raise ForecastError(
             f"{path}: video too short for forecast evaluation: {num_context} context frames + {horizon} future "
             f"tubelets = {total} frames sampled with {timing.as_dict()} span {span} source frames "

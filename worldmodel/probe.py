@@ -96,9 +96,9 @@ from torch.utils.data import DataLoader, Dataset
 from worldmodel.checkpoints import (
     ENCODER_ROLES,
     CheckpointError,
-    _build_predictor,
-    _predictor_arch,
-    _read_export_config,
+    build_predictor,
+    predictor_arch,
+    read_export_config,
     atomic_torch_save,
     atomic_write_bytes,
     load_model_parts,
@@ -274,11 +274,11 @@ def build_world_model(checkpoint: str, encoder: str = "target", config_from: str
         config = {k: v for k, v in dict(module.hparams).items() if not str(k).startswith("_")}
         target = module.target_encoder if module.target_encoder is not None else module.encoder
         return WorldModel(module.encoder, target, module.predictor, config, encoder=encoder, source=source)
-    encoder_cfg, predictor_arch, config = parts.encoder.cfg, _predictor_arch(parts.predictor), parts.config
+    encoder_cfg, pred_arch, config = parts.encoder.cfg, predictor_arch(parts.predictor), parts.config
     del parts  # the source's weights are not needed any more
     torch.manual_seed(seed)
     context = VideoViT(encoder_cfg)
-    predictor = _build_predictor(predictor_arch)
+    predictor = build_predictor(pred_arch)
     return WorldModel(context, copy.deepcopy(context), predictor, config, encoder=encoder, source=source)
 
 
@@ -292,7 +292,7 @@ def checkpoint_encoders(checkpoint: str) -> tuple[str, ...]:
     path = resolve_model_path(checkpoint)
     if not path.is_dir():
         return ENCODER_ROLES
-    stored = _read_export_config(path)["encoders"]
+    stored = read_export_config(path)["encoders"]
     held = tuple(role for role in ENCODER_ROLES if isinstance(stored, dict) and role in stored)
     return held or ENCODER_ROLES  # a damaged entry: loading the folder reports it
 

@@ -6,7 +6,8 @@ An annotation CSV has one action segment per row. Columns (header names as in EP
 - the segment's time: ``start_timestamp`` / ``stop_timestamp`` as ``HH:MM:SS.ff`` (``HH:MM:SS``,
   ``MM:SS`` and plain seconds such as ``12.5`` are accepted too), or ``start_frame`` / ``stop_frame``.
   A row with frame numbers and no timestamps gets its seconds as ``frame / fps`` (frame 0 is the first
-  decoded frame) from the video's own frame rate (`read_video_info`) or an fps given by the caller;
+  decoded frame) from the video's own frame rate (`read_video_info`; for a variable frame rate video,
+  the frame's real start time) or an fps given by the caller;
 - ``verb_class`` and ``noun_class`` (required, integers >= 0); ``verb`` and ``noun`` names (optional).
 
 Vocabulary and pairs unseen in training
@@ -36,7 +37,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from worldmodel.data.video import VIDEO_EXTENSIONS, read_video_info
+import numpy as np
+
+from worldmodel.data.video import VIDEO_EXTENSIONS, VideoInfo, read_video_info
 
 __all__ = [
     "ActionSegment",
@@ -159,19 +162,19 @@ def read_annotations(
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"annotation file {path} does not exist")
-    fps_cache: dict[str, float] = {}
+    info_cache: dict[str, VideoInfo] = {}
 
-    def video_fps(video_id: str, participant_id: str | None, where: str) -> float:
+    def frame_time(video_id: str, participant_id: str | None, where: str, frame: int) -> float:
         if fps is not None:
-            return float(fps)
+            return frame / float(fps)
         if videos_dir is None:
             raise ValueError(
                 f"{where}: row gives start_frame/stop_frame without timestamps; pass videos_dir "
                 "(the frame rate is read from the video) or fps"
             )
-        if video_id not in fps_cache:
-            fps_cache[video_id] = read_video_info(find_video(videos_dir, video_id, participant_id)).fps
-        return fps_cache[video_id]
+        if video_id not in info_cache:
+            info_cache[video_id] = read_video_info(find_video(videos_dir, video_id, participant_id))
+        return float(info_cache[video_id].times_of(np.array([frame]))[0])
 
     segments: list[ActionSegment] = []
     with open(path, newline="", encoding="utf-8-sig") as f:
@@ -195,7 +198,7 @@ def read_annotations(
             row = {k: (v.strip() if isinstance(v, str) else "") for k, v in row.items() if k is not None}
             if not any(row.values()):
                 continue  # blank line
-            segments.append(_parse_row(row, where, video_fps))
+            segments.append(_parse_row(row, where, frame_time))
     if not segments:
         raise ValueError(f"{path}: no annotation rows")
     return segments
@@ -217,7 +220,7 @@ def _parse_int(row: dict, column: str, where: str, minimum: int = 0) -> int:
     return number
 
 
-def _parse_row(row: dict, where: str, video_fps) -> ActionSegment:
+def _parse_row(row: dict, where: str, frame_time) -> ActionSegment:
     video_id = row.get("video_id", "")
     if not video_id:
         raise ValueError(f"{where}: empty video_id")
@@ -232,10 +235,9 @@ def _parse_row(row: dict, where: str, video_fps) -> ActionSegment:
     if start_s is None:
         if start_frame is None:
             raise ValueError(f"{where}: row has neither start_timestamp nor start_frame")
-        rate = video_fps(video_id, participant_id, where)
-        start_s = start_frame / rate
+        start_s = frame_time(video_id, participant_id, where, start_frame)
         if stop_s is None and stop_frame is not None:
-            stop_s = stop_frame / rate
+            stop_s = frame_time(video_id, participant_id, where, stop_frame)
     if stop_s is None:
         stop_s = start_s  # an instant; anticipation only needs the start
     if stop_s < start_s:

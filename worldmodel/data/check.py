@@ -3,8 +3,11 @@
 Each video is opened and decoded at its first, middle and last frame (the last one forces the
 decoder through the final group of pictures, where truncated files fail). One row per video:
 
-    path, status ("ok" / "bad"), reason ("" or a VideoError reason), detail, frames, fps, width,
-    height, duration_s, codec, pix_fmt
+    path, status ("ok" / "bad"), reason ("" or a VideoError reason), detail, frames, fps (the average
+    rate), width, height, duration_s, codec, pix_fmt, frame_rate ("constant" / "variable")
+
+A variable frame rate video is usable: clips are placed by its frames' real times (see
+`worldmodel.data.video`); the table marks its rate with "vfr" and the totals count such videos.
 
 `format_check_table` prints them with totals (ok, bad by reason); `run_check` is the command.
 """
@@ -23,6 +26,7 @@ from worldmodel.data.video import VideoError, read_frames, read_video_info
 
 CHECK_COLUMNS: tuple[str, ...] = (
     "path", "status", "reason", "detail", "frames", "fps", "width", "height", "duration_s", "codec", "pix_fmt",
+    "frame_rate",
 )
 
 
@@ -43,6 +47,7 @@ def check_video(path: str) -> dict:
         width=info.width,
         height=info.height,
         duration_s=round(info.duration_s, 3),
+        frame_rate="variable" if info.variable_rate else "constant",
     )
     row["codec"], row["pix_fmt"] = _stream_format(path)
     return row
@@ -75,7 +80,8 @@ def format_check_table(rows: list[dict]) -> str:
     lines = []
     for row in rows:
         size = f"{row['width']}x{row['height']}" if row["status"] == "ok" else ""
-        cells = (row["status"], row["reason"], row["frames"], row["fps"], size, row["duration_s"], row["path"])
+        fps = f"{row['fps']} vfr" if row["frame_rate"] == "variable" else str(row["fps"])
+        cells = (row["status"], row["reason"], row["frames"], fps, size, row["duration_s"], row["path"])
         lines.append(tuple(str(cell) for cell in cells))
     widths = [max([len(h)] + [len(line[i]) for line in lines]) for i, h in enumerate(header)]
     out = ["  ".join(cell.ljust(w) for cell, w in zip(header, widths)).rstrip()]
@@ -94,6 +100,9 @@ def format_check_table(rows: list[dict]) -> str:
     out.append("")
     totals = f"total {len(rows)} videos: ok {len(ok)} ({hours:.2f} h), bad {len(bad)}"
     out.append(totals + (f" ({reasons})" if bad else ""))
+    variable = sum(row["frame_rate"] == "variable" for row in ok)
+    if variable:
+        out.append(f"variable frame rate: {variable} of the ok videos (\"vfr\"; clips are placed by their frames' times)")
     return "\n".join(out)
 
 

@@ -35,8 +35,6 @@ from worldmodel.data.video import (
     ClipSampler,
     VideoError,
     VideoInfo,
-    check_constant_rate,
-    frame_start_times,
     read_clips,
     read_frames,
     read_video_info,
@@ -434,8 +432,9 @@ class AnticipationDataset(Dataset):
     The clip has ``num_frames`` frames at ``fps`` (default 32 at 8 fps: 4 s); its LAST frame is the last
     video frame at or before ``start_s - anticipation_s`` (frames before the video start repeat the first
     frame). Every annotation row gives exactly one item, in file order: evaluation never skips a row,
-    so a missing video is an error at construction and an undecodable one an error when read, as is a
-    variable frame rate video (windows are placed at frame / fps) and an action after its video's end.
+    so a missing video is an error at construction and an undecodable one an error when read, as is an
+    action after its video's end. Windows are placed by time: in a variable frame rate video by the
+    frames' real start times (`worldmodel.data.video`), so a context never runs past its gap.
 
     Items add ``verb``, ``noun``, ``action`` (= ``label``; -1 for a pair unseen in training),
     ``start_s`` (action start), ``end_s`` (time of the context's last frame), ``anticipation_s`` and
@@ -507,10 +506,8 @@ class AnticipationDataset(Dataset):
 
     def _info(self, video_id: str) -> VideoInfo:
         if video_id not in self._infos:
-            info = read_video_info(self.video_paths[video_id])
-            # windows are placed at frame / fps: a variable-rate video would misplace them, so refuse it
-            check_constant_rate(info, frame_start_times(info.path))
-            self._infos[video_id] = info
+            # a variable frame rate video comes with its frames' start times: windows are placed by those
+            self._infos[video_id] = read_video_info(self.video_paths[video_id])
         return self._infos[video_id]
 
     def context_indices(self, index: int) -> np.ndarray:
@@ -555,7 +552,7 @@ class AnticipationDataset(Dataset):
             "noun": segment.noun,
             "action": action,
             "start_s": segment.start_s,
-            "end_s": float(indices[-1]) / info.fps,
+            "end_s": float(info.times_of(indices[-1:])[0]),
             "anticipation_s": gap,
             "video_id": segment.video_id,
         }

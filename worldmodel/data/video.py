@@ -23,15 +23,24 @@ every clip at frame 0 and clamps offsets past the end to the last frame; ``"skip
 
 Time
 ----
-Every video is treated as constant frame rate at its *average* rate: frame i is at ``i / fps``
-seconds (`Clip.timestamps`). The average rate is the container's (decord's `get_avg_fps`), which
-mp4 / mov compute from the frames' own durations. Other containers (Matroska, WebM, AVI, ...) may
-report a nominal rate instead, so for them the frames' timestamps are read too (the span from the
-first frame's start to the last frame's end) and their count over that span replaces a container
-rate it contradicts by more than 1 %. A rate that is missing or absurd (0, NaN, > 1000) is recomputed
-the same way; when that fails too the video is refused (``reason="unsupported"``). For variable
-frame rate recordings (phones, screen captures) times are therefore approximate (by the jitter of the
-recording); re-encode them at a constant rate (``ffmpeg -i IN -r 30 OUT.mp4``) when exact times matter.
+A video's rate is its *average* rate: the container's (decord's `get_avg_fps`), which mp4 / mov
+compute from the frames' own durations. Other containers (Matroska, WebM, AVI, ...) may report a
+nominal rate instead, so for them the frames' timestamps are read too (the span from the first
+frame's start to the last frame's end) and their count over that span replaces a container rate it
+contradicts by more than 1 %. A rate that is missing or absurd (0, NaN, > 1000) is recomputed the
+same way; when that fails too the video is refused (``reason="unsupported"``).
+
+Constant frame rate videos (almost all files) put frame i at ``i / fps`` seconds, and the formulas
+above hold as written. Every video's frame start times are read too (from the container's index,
+no decoding: about 0.3 ms a file, cached per process); when some frame strays from ``i / fps`` by
+more than half a frame, the video has a *variable* frame rate (phones, screen captures, dropped
+frames) and `VideoInfo.frame_starts` holds the real start times (seconds from the first frame). Then
+clips are placed by time, not by frame number: with ``fps`` or ``duration_s``, frame i of a clip that
+starts at frame s is the frame whose start is nearest to ``start(s) + offset_time[i]`` (ties to the
+later frame), where ``offset_time[i]`` is ``i / fps`` or ``i * d / T``; a clip fits when its last
+time is within half an average frame of the last frame's start; `indices_ending_at` ends at the last
+frame starting at or before ``end_s``. ``frame_step`` counts frames whatever their times.
+`Clip.timestamps` are the frames' real start times.
 
 Pixel formats
 -------------
@@ -60,7 +69,7 @@ from __future__ import annotations
 import math
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Sequence
 
 import numpy as np
@@ -103,17 +112,59 @@ class VideoError(RuntimeError):
 
 @dataclass(frozen=True)
 class VideoInfo:
-    """What sampling needs to know about a video: its frame count and average frame rate."""
+    """What sampling needs to know about a video: its frame count and average frame rate, and for a
+    variable frame rate video the start time of every frame (seconds from the first frame)."""
 
     path: str
     num_frames: int
     fps: float
     width: int
     height: int
+    frame_starts: np.ndarray | None = field(default=None, compare=False, repr=False)
 
     @property
     def duration_s(self) -> float:
+        """num_frames / fps; for a variable frame rate video, the last frame's start + one average frame."""
+        if self.frame_starts is not None and len(self.frame_starts):
+            return float(self.frame_starts[-1]) + 1.0 / self.fps
         return self.num_frames / self.fps
+
+    @property
+    def variable_rate(self) -> bool:
+        return self.frame_starts is not None
+
+    def times_of(self, indices: np.ndarray) -> np.ndarray:
+        """Start times (seconds) of the frames at `indices`: float64. Indices past the last frame (a clip
+        the video is too short for) continue from it at the average rate."""
+        indices = np.asarray(indices, dtype=np.int64)
+        if self.frame_starts is None:
+            return indices / self.fps
+        last = len(self.frame_starts) - 1
+        inside = self.frame_starts[np.clip(indices, 0, last)]
+        return np.where(indices > last, self.frame_starts[last] + (indices - last) / self.fps, inside)
+
+    def frames_nearest(self, times: np.ndarray) -> np.ndarray:
+        """Index of the frame whose start is nearest to each time (ties: the later frame), clamped to
+        the video: int64. Only for variable frame rate videos (constant ones use the module's formulas)."""
+        starts = self.frame_starts
+        if starts is None:
+            raise ValueError(f"{self.path}: frames_nearest is for variable frame rate videos")
+        times = np.asarray(times, dtype=np.float64)
+        after = np.clip(np.searchsorted(starts, times, side="left"), 1, len(starts) - 1)
+        before = after - 1
+        later = (starts[after] - times) <= (times - starts[before])
+        nearest = np.where(later, after, before)
+        nearest = np.where(times <= starts[0], 0, nearest)
+        return np.where(times >= starts[-1], len(starts) - 1, nearest).astype(np.int64)
+
+    def last_frame_at(self, time_s: float) -> int:
+        """The last frame that starts at or before `time_s` seconds, clamped to [0, num_frames - 1]."""
+        # 1e-9 absorbs float error when time_s falls exactly on a frame's start
+        if self.frame_starts is None:
+            last = math.floor(time_s * self.fps + 1e-9)
+        else:
+            last = int(np.searchsorted(self.frame_starts, time_s + 1e-9, side="right")) - 1
+        return max(0, min(last, self.num_frames - 1))
 
 
 @dataclass
@@ -144,12 +195,30 @@ class ClipSampler:
             raise ValueError(f"ClipSampler.short_policy must be one of {SHORT_POLICIES}, got {self.short_policy!r}")
 
     def span_indices(self, info: VideoInfo) -> np.ndarray:
-        """Offsets of the T frames from the clip's first frame: int64 (T,), non-decreasing, [0] == 0."""
+        """Offsets of the T frames from the clip's first frame at the video's average rate: int64 (T,),
+        non-decreasing, [0] == 0 (exact for constant frame rate videos and for ``frame_step``)."""
         i = np.arange(self.num_frames, dtype=np.float64)
         if self.frame_step is not None:
             return (i * int(self.frame_step)).astype(np.int64)
         step = info.fps / self.fps if self.fps is not None else self.duration_s * info.fps / self.num_frames
         return np.floor(i * step + 0.5).astype(np.int64)
+
+    def offset_times(self) -> np.ndarray:
+        """Times of the T frames from the clip's start (``fps`` / ``duration_s`` only): float64 (T,)."""
+        if self.frame_step is not None:
+            raise ValueError("a frame_step clip is given in frames, not seconds")
+        i = np.arange(self.num_frames, dtype=np.float64)
+        return i / self.fps if self.fps is not None else i * (self.duration_s / self.num_frames)
+
+    def _timed(self, info: VideoInfo) -> bool:
+        """Whether this video's clips are placed by the frames' real start times (see the module docstring)."""
+        return info.frame_starts is not None and self.frame_step is None
+
+    def fits(self, info: VideoInfo) -> bool:
+        """Whether one clip fits in the video without repeating its last frame."""
+        if self._timed(info):
+            return bool(self.offset_times()[-1] < info.frame_starts[-1] + 0.5 / info.fps)
+        return int(self.span_indices(info)[-1]) + 1 <= info.num_frames
 
     def indices(
         self,
@@ -169,47 +238,76 @@ class ClipSampler:
             raise ValueError(f"num_clips must be >= 1, got {num_clips}")
         if mode in ("center", "start") and num_clips != 1:
             raise ValueError(f"mode={mode!r} gives one clip; use mode='uniform' for {num_clips} clips")
-        offsets = self.span_indices(info)  # (T,)
-        span = int(offsets[-1]) + 1
-        max_start = info.num_frames - span
+        if self._timed(info):
+            times = self.offset_times()  # (T,)
+            starts = info.frame_starts
+            # the last start s with starts[s] + times[-1] < starts[-1] + half a frame (see `fits`)
+            max_start = int(np.searchsorted(starts, starts[-1] + 0.5 / info.fps - times[-1], side="left")) - 1
+            span_text = f"{times[-1] + 1.0 / info.fps:.2f} s"
+        else:
+            offsets = self.span_indices(info)  # (T,)
+            span = int(offsets[-1]) + 1
+            max_start = info.num_frames - span
+            span_text = f"{span} frames ({span / info.fps:.2f} s)"
         if max_start < 0:
             if self.short_policy == "skip":
                 raise VideoError(
                     info.path,
                     "too_short",
-                    f"a {self.num_frames}-frame clip spans {span} frames ({span / info.fps:.2f} s) but the video "
-                    f"has {info.num_frames} ({info.duration_s:.2f} s); use shorter clips or short_policy='repeat_last'",
+                    f"a {self.num_frames}-frame clip spans {span_text} but the video has {info.num_frames} "
+                    f"frames ({info.duration_s:.2f} s); use shorter clips or short_policy='repeat_last'",
                 )
-            clamped = np.minimum(offsets, info.num_frames - 1)
+            clamped = info.frames_nearest(times) if self._timed(info) else np.minimum(offsets, info.num_frames - 1)
             return [clamped.copy() for _ in range(num_clips)]
         if mode == "random":
             rng = rng if rng is not None else np.random.default_rng()
-            starts = rng.integers(0, max_start + 1, size=num_clips)
+            starts_at = rng.integers(0, max_start + 1, size=num_clips)
         elif mode == "start":
-            starts = np.zeros(1, dtype=np.int64)
+            starts_at = np.zeros(1, dtype=np.int64)
         elif mode == "center" or num_clips == 1:
-            starts = np.array([max_start // 2])
+            starts_at = np.array([max_start // 2])
         else:  # uniform
-            starts = np.floor(np.arange(num_clips) * max_start / (num_clips - 1) + 0.5)
-        return [int(start) + offsets for start in starts]
+            starts_at = np.floor(np.arange(num_clips) * max_start / (num_clips - 1) + 0.5)
+        if self._timed(info):
+            return [info.frames_nearest(info.frame_starts[int(start)] + times) for start in starts_at]
+        return [int(start) + offsets for start in starts_at]
 
     def indices_ending_at(self, info: VideoInfo, end_s: float) -> np.ndarray:
         """The T frames whose last one is the last frame at or before `end_s` seconds: int64 (T,).
 
-        The last frame is ``floor(end_s * fps)`` (clamped to the video); indices before the video start
-        clamp to 0, so the first frame repeats (an action early in a video still gets a full context).
+        The last frame is ``floor(end_s * fps)`` (clamped to the video; for a variable frame rate video the
+        last frame starting at or before `end_s`); indices before the video start clamp to 0, so the first
+        frame repeats (an action early in a video still gets a full context).
         """
+        last = info.last_frame_at(end_s)
+        if self._timed(info):
+            times = self.offset_times()
+            return np.minimum(info.frames_nearest(info.frame_starts[last] - (times[-1] - times)), last)
         offsets = self.span_indices(info)  # (T,)
-        # 1e-9 absorbs float error when end_s falls exactly on a frame time (i / fps)
-        last = min(math.floor(end_s * info.fps + 1e-9), info.num_frames - 1)
         return np.clip(last - offsets[-1] + offsets, 0, info.num_frames - 1).astype(np.int64)
+
+    def indices_starting_at(self, info: VideoInfo, start_s: float) -> np.ndarray:
+        """The T frames of a clip whose first frame is the one nearest to `start_s` seconds: int64 (T,).
+
+        Not clamped: frames the clip needs past the video's end get indices >= num_frames (continuing at
+        the average rate), so that callers can say how much is missing.
+        """
+        if info.frame_starts is None:
+            return math.floor(start_s * info.fps + 0.5) + self.span_indices(info)
+        first = int(info.frames_nearest(np.array([start_s]))[0])
+        if self.frame_step is not None:
+            return first + self.span_indices(info)
+        times = info.frame_starts[first] + self.offset_times()
+        past = times - info.frame_starts[-1]
+        beyond = info.num_frames - 1 + np.floor(past * info.fps + 0.5).astype(np.int64)
+        return np.where(past < 0.5 / info.fps, info.frames_nearest(times), np.maximum(beyond, info.num_frames))
 
 
 @dataclass
 class Clip:
     frames: torch.Tensor  # uint8 (T, H, W, 3)
     indices: np.ndarray  # int64 (T,) source frame indices
-    timestamps: np.ndarray  # float64 (T,) seconds = indices / fps
+    timestamps: np.ndarray  # float64 (T,) seconds: indices / fps, or the frames' real starts (variable rate)
     path: str
 
 
@@ -218,43 +316,22 @@ class Clip:
 
 
 def read_video_info(path: str | os.PathLike, num_threads: int = 1) -> VideoInfo:
-    """Frame count, average frame rate and native size of a video (decodes its first frame)."""
+    """Frame count, average frame rate and native size of a video (decodes its first frame), and the
+    frames' start times when its frame rate is variable."""
     path = os.fspath(path)
     reader = _open_reader(path, None, num_threads)
     num_frames, fps = _frame_count_and_fps(path, reader)
     first = _decode(path, reader, np.zeros(1, dtype=np.int64), None)  # (1, H, W, 3)
-    return VideoInfo(path=path, num_frames=num_frames, fps=fps, width=first.shape[2], height=first.shape[1])
+    return VideoInfo(
+        path=path, num_frames=num_frames, fps=fps, width=first.shape[2], height=first.shape[1],
+        frame_starts=_variable_starts(path, reader, num_frames, fps),
+    )
 
 
 def frame_start_times(path: str | os.PathLike, num_threads: int = 1) -> np.ndarray:
     """Presentation time (seconds) at which each frame starts, as the container stores it: (num_frames,)."""
     path = os.fspath(path)
-    reader = _open_reader(path, None, num_threads)
-    try:
-        return np.asarray(reader.get_frame_timestamp(np.arange(len(reader))), dtype=np.float64)[:, 0]
-    except Exception as exc:
-        raise _diagnose(path, exc) from None
-
-
-def check_constant_rate(info: VideoInfo, starts: np.ndarray, tolerance_s: float = 0.1) -> None:
-    """Refuse a video whose frames stray from ``i / fps`` by more than one frame and `tolerance_s`.
-
-    Where exact times matter (an anticipation context must end before its action starts), a variable
-    frame rate would misplace clips read at the average rate; VideoError("unsupported") says so.
-    """
-    if not len(starts):
-        return
-    stray = starts - starts[0] - np.arange(len(starts)) / info.fps
-    worst = int(np.argmax(np.abs(stray)))
-    if abs(stray[worst]) > max(tolerance_s, 1.0 / info.fps):
-        raise VideoError(
-            info.path,
-            "unsupported",
-            f"variable frame rate: frame {worst} starts at {starts[worst] - starts[0]:.3f} s, a constant "
-            f"{info.fps:.3f} fps puts it at {worst / info.fps:.3f} s, so clips timed from frame numbers would "
-            "be misplaced (a context could run past its action's start); re-encode it at a constant rate: "
-            "`ffmpeg -i IN -r 30 OUT.mp4`",
-        )
+    return _frame_starts(path, _open_reader(path, None, num_threads))
 
 
 def read_frames(
@@ -296,15 +373,17 @@ def read_clips(
     path = os.fspath(path)
     reader = _open_reader(path, size, num_threads)
     num_frames, fps = _frame_count_and_fps(path, reader)
-    # sampling needs only the frame count and rate; the native size is not known without decoding
-    info = VideoInfo(path=path, num_frames=num_frames, fps=fps, width=0, height=0)
+    # sampling needs only the frame count, rate and (variable rate) frame times; the native size is not
+    # known without decoding
+    starts = _variable_starts(path, reader, num_frames, fps)
+    info = VideoInfo(path=path, num_frames=num_frames, fps=fps, width=0, height=0, frame_starts=starts)
     clip_indices = sampler.indices(info, mode=mode, num_clips=num_clips, rng=rng)
     all_indices = np.concatenate(clip_indices)  # (K*T,)
     frames = _decode(path, reader, all_indices, _decode_size(path, size), num_threads)  # (K*T, H, W, 3)
     clips = []
     for k, idx in enumerate(clip_indices):
         clip_frames = frames[k * len(idx) : (k + 1) * len(idx)]
-        clips.append(Clip(frames=clip_frames, indices=idx, timestamps=idx / fps, path=path))
+        clips.append(Clip(frames=clip_frames, indices=idx, timestamps=info.times_of(idx), path=path))
     return clips
 
 
@@ -395,6 +474,53 @@ def _frame_count_and_fps(path: str, reader) -> tuple[int, float]:
             "re-encode it at a constant rate: `ffmpeg -i IN -r 30 OUT.mp4`",
         )
     return num_frames, fps
+
+
+def _frame_starts(path: str, reader) -> np.ndarray:
+    try:
+        times = reader.get_frame_timestamp(np.arange(len(reader)))  # (N, 2): start, end of each frame
+        # decord hands out float32 seconds: 0.1 s comes back as 0.10000000149; to the microsecond, it is 0.1
+        return np.round(np.asarray(times, dtype=np.float64).reshape(-1, 2)[:, 0], 6)
+    except Exception as exc:
+        raise _diagnose(path, exc) from None
+
+
+_MISSING = object()
+_starts_cache: dict[tuple[str, int, int], np.ndarray | None] = {}
+
+
+def _variable_starts(path: str, reader, num_frames: int, fps: float) -> np.ndarray | None:
+    """The frames' start times (seconds from the first frame) when some frame strays from ``i / fps``
+    by more than half a frame, else None (constant frame rate). Cached per (path, size, mtime) in this
+    process: the container index is read once per file, not once per clip."""
+    stat = os.stat(path)
+    key = (path, stat.st_size, stat.st_mtime_ns)
+    cached = _starts_cache.get(key, _MISSING)
+    if cached is not _MISSING:
+        return cached
+    starts = _frame_starts(path, reader)[:num_frames]
+    if len(starts) != num_frames or not np.all(np.isfinite(starts)):
+        raise VideoError(
+            path, "unsupported", f"the container gives no usable frame times ({len(starts)} for {num_frames} "
+            f"frames); {_CONVERT_HINT}",
+        )
+    starts = starts - starts[0] if num_frames else starts
+    result = None
+    if num_frames and np.abs(starts - np.arange(num_frames) / fps).max() > 0.5 / fps:
+        backwards = np.flatnonzero(np.diff(starts) < 0)
+        if len(backwards):
+            k = int(backwards[0]) + 1
+            raise VideoError(
+                path, "unsupported",
+                f"variable frame rate with frame times that go backwards (frame {k} starts at {starts[k]:.3f} s, "
+                f"before frame {k - 1} at {starts[k - 1]:.3f} s), so its frames cannot be placed in time; "
+                "re-encode it at a constant rate: `ffmpeg -i IN -r 30 OUT.mp4`",
+            )
+        result = starts
+    if len(_starts_cache) >= 4096:  # bounded: a worker may see millions of files
+        _starts_cache.pop(next(iter(_starts_cache)))
+    _starts_cache[key] = result
+    return result
 
 
 def _rates_from_durations(path: str) -> bool:
