@@ -251,6 +251,9 @@ def rollout_plan(
     """
     if available < 1:
         raise ForecastError("forecast needs at least one context time step (one tubelet of frames)")
+    for name, value in (("horizon", horizon), ("max_context", max_context), ("window", window)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, np.integer))):
+            raise ForecastError(f"{name} must be a whole number of time steps (tubelets), got {value!r}")
     if horizon < 1:
         raise ForecastError(f"horizon must be >= 1 tubelet, got {horizon}")
     if max_context < 1:
@@ -477,10 +480,21 @@ class WorldModel(nn.Module):
     # ------------------------------------------------------------------ encoding
     def _as_input(self, video: Tensor) -> Tensor:
         """uint8 or float (B, C, T, H, W) / (C, T, H, W) -> normalised float (B, C, T, H, W) on the device."""
+        if not isinstance(video, Tensor):
+            video = torch.as_tensor(np.asarray(video))  # a numpy array (or nested lists) of frames
         if video.ndim == 4:
             video = video.unsqueeze(0)
-        if video.ndim != 5:
-            raise ForecastError(f"expected a video (B, C, T, H, W) or (C, T, H, W), got shape {tuple(video.shape)}")
+        cfg = self.context_encoder.cfg
+        if video.ndim != 5 or video.shape[1] != cfg.in_chans:
+            raise ForecastError(
+                f"expected a video (B, C, T, H, W) or (C, T, H, W) with C = {cfg.in_chans} channels, got shape "
+                f"{tuple(video.shape)}. Frames from read_frames / read_clips are (T, H, W, C): use "
+                "model.eval_transform()(frames), which also crops them to the model's size, or frames.permute(3, 0, 1, 2)"
+            )
+        if video.shape[2] < cfg.tubelet_size:
+            raise ForecastError(
+                f"the video has {video.shape[2]} frames; the model needs at least one tubelet ({cfg.tubelet_size} frames)"
+            )
         video = video.to(self.device)
         if video.dtype == torch.uint8:
             norm = self.config.get("normalization") or {}

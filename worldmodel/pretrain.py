@@ -27,6 +27,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.fabric.utilities.apply_func import move_data_to_device
 
 from worldmodel.data.transforms import normalize_video
 from worldmodel.masks import MaskCollator, build_mask_kinds
@@ -206,6 +207,38 @@ class JEPAPretrainer(L.LightningModule):
         if datamodule is not None and hasattr(datamodule, "collate_fn"):
             datamodule.collate_fn = self.mask_collator()
 
+    def configure_callbacks(self) -> list[L.Callback]:
+        """What a Trainer built by hand (not by `worldmodel pretrain`, which adds its own) needs for two of
+        pretraining's promises: `DataErrorCallback` (unusable videos counted, listed in data_errors.csv,
+        the run stopped past the failure share) and `DataProgressCallback` (exact mid-epoch resume).
+        Only the kinds the Trainer lacks are added."""
+        from worldmodel.data.datamodule import DataErrorCallback
+        from worldmodel.data.loader import DataProgressCallback
+
+        present = list(self.trainer.callbacks) if self._trainer is not None else []
+        return [kind() for kind in (DataErrorCallback, DataProgressCallback) if not any(isinstance(c, kind) for c in present)]
+
+    def _draw_masks(self, batch: dict[str, Any], grid: tuple[int, int, int], device: torch.device) -> list:
+        """Masks for a batch collated without `mask_collator()` (a DataLoader of one's own): drawn here
+        from each sample's (epoch, index), exactly as the collator draws them (a host sync per step)."""
+        if "epoch" not in batch or "index" not in batch:
+            raise ValueError(
+                "the batch has no 'masks', nor each sample's 'epoch' and 'index' to draw them from: give the "
+                "training DataLoader collate_fn=model.mask_collator() (VideoDataModule gets it at setup)"
+            )
+        if getattr(self, "_fallback_collator", None) is None:
+            self._fallback_collator = self.mask_collator()
+        collator = self._fallback_collator
+        if tuple(grid) != tuple(collator.grid):
+            raise ValueError(
+                f"the clips give a token grid {tuple(grid)}, the model's masks are drawn on {tuple(collator.grid)} "
+                f"(model.num_frames={self.hparams.num_frames}, model.img_size={self.hparams.img_size}): make the "
+                "clips that size"
+            )
+        epochs = torch.as_tensor(batch["epoch"]).reshape(-1).tolist()
+        indices = torch.as_tensor(batch["index"]).reshape(-1).tolist()
+        return move_data_to_device(collator.masks(epochs, indices), device)
+
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Refuse to resume into another architecture, naming the settings that differ (before Lightning
         would list every missing and unexpected weight)."""
@@ -292,7 +325,9 @@ class JEPAPretrainer(L.LightningModule):
 
         metrics: dict[str, torch.Tensor] = {}
         losses = []
-        masks = batch["masks"]
+        masks = batch.get("masks")
+        if masks is None:
+            masks = self._draw_masks(batch, grid, video.device)
         for mask, pred in zip(masks, self._predict(video, masks, grid)):
             kind_loss = jepa_loss(pred, gather_tokens(targets, mask.target_idx), mask.target_valid, kind=self.hparams.loss)
             losses.append(kind_loss)

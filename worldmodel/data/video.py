@@ -38,8 +38,10 @@ frames) and `VideoInfo.frame_starts` holds the real start times (seconds from th
 clips are placed by time, not by frame number: with ``fps`` or ``duration_s``, frame i of a clip that
 starts at frame s is the frame whose start is nearest to ``start(s) + offset_time[i]`` (ties to the
 later frame), where ``offset_time[i]`` is ``i / fps`` or ``i * d / T``; a clip fits when its last
-time is within half an average frame of the last frame's start; `indices_ending_at` ends at the last
-frame starting at or before ``end_s``. ``frame_step`` counts frames whatever their times.
+time is less than half an average frame after the last frame's start; the start frame s is chosen by
+`mode` as above among the starts that fit (so "random" is uniform over frames, not over seconds: a
+stretch recorded at twice the rate gets twice the clips); `indices_ending_at` ends at the last frame
+starting at or before ``end_s``. ``frame_step`` counts frames whatever their times.
 `Clip.timestamps` are the frames' real start times.
 
 Pixel formats

@@ -95,6 +95,11 @@ class Rope3D(nn.Module):
                 f"worldmodel/models/rope.py: unknown rope layout {layout!r}; use one of {ROPE_LAYOUTS} "
                 "('vjepa2' only to run imported V-JEPA 2 checkpoints)"
             )
+        if head_dim % 2:
+            raise ValueError(
+                f"worldmodel/models/rope.py: attention head size {head_dim} (width / heads) is odd; rotary "
+                "embedding rotates pairs of dims, so choose a width and head count whose ratio is even"
+            )
         chunk = 2 * ((head_dim // 3) // 2)
         if chunk == 0:
             raise ValueError(

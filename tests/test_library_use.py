@@ -1,0 +1,103 @@
+"""worldmodel used as a library, from one's own Python code and one's own Lightning Trainer (not the CLI)."""
+
+from __future__ import annotations
+
+import csv
+
+import lightning as L
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from worldmodel.data.datamodule import DataErrorCallback, VideoDataModule
+from worldmodel.data.datasets import ClipDataset, collate_samples
+from worldmodel.data.loader import DataProgressCallback
+from worldmodel.data.transforms import ResizeCenterCropVideo
+from worldmodel.data.video import ClipSampler
+from worldmodel.forecast import ForecastError, WorldModel
+from worldmodel.pretrain import JEPAPretrainer
+
+TINY = dict(
+    img_size=32, num_frames=4, encoder_kwargs={"depth": 1, "embed_dim": 48, "num_heads": 3},
+    pred_depth=1, pred_dim=32, pred_heads=2, collapse_every=0,
+)
+TRAINER = dict(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
+               enable_checkpointing=False)
+
+
+def tiny_model() -> JEPAPretrainer:
+    L.seed_everything(0, verbose=False)
+    return JEPAPretrainer(**TINY)
+
+
+def test_an_own_trainer_gets_the_data_callbacks_and_counts_bad_files(video_folder, tmp_path):
+    folder = video_folder(n=3, num_frames=16)
+    (folder / "broken.mp4").write_bytes(b"\x00" * 2048)  # not a video
+    manifest = tmp_path / "manifest.csv"
+    manifest.write_text("".join(f"{folder / name}\n" for name in ("v000.mp4", "broken.mp4", "v001.mp4", "v002.mp4")))
+    data = VideoDataModule(train_manifests=str(manifest), num_frames=4, frame_step=2, crop_size=32, batch_size=2,
+                           num_workers=0, samples_per_epoch=8)
+    trainer = L.Trainer(max_steps=4, default_root_dir=str(tmp_path / "run"), **TRAINER)
+    trainer.fit(tiny_model(), datamodule=data)
+    kinds = [type(c) for c in trainer.callbacks]
+    assert DataErrorCallback in kinds and DataProgressCallback in kinds
+    errors = [c for c in trainer.callbacks if isinstance(c, DataErrorCallback)][0].tracker
+    assert errors.num_failures >= 1  # the broken file was drawn and replaced, and it was counted
+    with open(errors.csv_path) as f:
+        rows = list(csv.DictReader(f))
+    assert rows and all(row["path"].endswith("broken.mp4") and row["reason"] == "not_video" for row in rows)
+
+    # callbacks of one's own are kept, not doubled
+    mine = DataErrorCallback(out_dir=str(tmp_path / "mine"))
+    trainer = L.Trainer(max_steps=1, callbacks=[mine], default_root_dir=str(tmp_path / "run2"), **TRAINER)
+    trainer.fit(tiny_model(), datamodule=data)
+    assert [c for c in trainer.callbacks if isinstance(c, DataErrorCallback)] == [mine]
+
+
+def test_a_dataloader_without_the_mask_collator_gets_the_same_masks(video_folder):
+    folder = video_folder(n=4, num_frames=16)
+    dataset = ClipDataset([str(folder / "manifest.csv")], ClipSampler(num_frames=4, frame_step=2), seed=0)
+    samples = [dataset[(0, i)] for i in range(2)]
+    model = tiny_model()
+    crop = ResizeCenterCropVideo(32)
+    samples = [{**s, "video": crop(s["video"].permute(1, 2, 3, 0))} for s in samples]  # (C, T, 32, 32)
+    plain = collate_samples(samples)  # what a DataLoader with collate_samples (or one's own collate) gives
+    assert "masks" not in plain
+    masked = model.mask_collator()(samples)
+    with torch.no_grad():
+        assert torch.equal(model.compute_loss(plain).loss, model.compute_loss(masked).loss)
+    with pytest.raises(ValueError, match=r"collate_fn=model.mask_collator\(\)"):
+        model.compute_loss({"video": plain["video"]})
+
+    # and a Trainer over a plain DataLoader trains
+    loader = DataLoader(
+        ClipDataset([str(folder / "manifest.csv")], ClipSampler(num_frames=4, frame_step=2), transform=crop, seed=0),
+        batch_size=2, collate_fn=collate_samples,
+    )
+    trainer = L.Trainer(max_steps=2, **TRAINER)
+    trainer.fit(model, train_dataloaders=loader)
+    assert trainer.global_step == 2
+
+
+def test_odd_attention_head_sizes_are_refused_when_the_model_is_built():
+    with pytest.raises(ValueError, match=r"attention head size 9 \(width / heads\) is odd"):
+        JEPAPretrainer(**{**TINY, "encoder_kwargs": {"depth": 1, "embed_dim": 54, "num_heads": 6}})
+    with pytest.raises(ValueError, match="attention head size 9"):
+        JEPAPretrainer(**{**TINY, "pred_dim": 36, "pred_heads": 4})
+
+
+def test_world_model_inputs_are_checked_with_the_layout_it_expects():
+    module = tiny_model()
+    target = module.target_encoder
+    world = WorldModel(module.encoder, target, module.predictor, dict(module.hparams))
+    frames = torch.randint(0, 256, (4, 32, 32, 3), dtype=torch.uint8)  # (T, H, W, C), as read_frames gives
+    with pytest.raises(ForecastError, match=r"C = 3 channels, got shape \(1, 4, 32, 32, 3\).*\(T, H, W, C\)"):
+        world.encode(frames)
+    clip = frames.permute(3, 0, 1, 2)  # (C, T, H, W)
+    assert torch.equal(world.encode(clip.numpy()), world.encode(clip))  # numpy arrays are taken too
+    with pytest.raises(ForecastError, match=r"the video has 1 frames; the model needs at least one tubelet \(2 frames\)"):
+        world.encode(clip[:, :1])
+    with pytest.raises(ForecastError, match="horizon must be a whole number of time steps"):
+        world.forecast(clip, 2.0)
+    assert world.forecast(clip, np.int64(1)).shape == world.forecast(clip, 1).shape
