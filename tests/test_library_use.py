@@ -101,3 +101,48 @@ def test_world_model_inputs_are_checked_with_the_layout_it_expects():
     with pytest.raises(ForecastError, match="horizon must be a whole number of time steps"):
         world.forecast(clip, 2.0)
     assert world.forecast(clip, np.int64(1)).shape == world.forecast(clip, 1).shape
+
+
+def test_plausible_mistakes_get_errors_that_name_them(tmp_path):
+    from worldmodel.data.annotations import ActionVocabulary, read_annotations
+    from worldmodel.data.video import read_clips
+    from worldmodel.metrics import TopKAccuracy, mean_class_recall
+    from worldmodel.models.vit import vit_tiny
+
+    csv_path = tmp_path / "train.csv"
+    csv_path.write_text("video_id,start_timestamp,stop_timestamp,verb_class,noun_class\nv,1.0,2.0,0,1\nv,3.0,4.0,2,1\n")
+    assert ActionVocabulary.from_annotations(csv_path) == ActionVocabulary.from_annotations(read_annotations(csv_path))
+    with pytest.raises(ValueError, match="whole number >= 1, got 4.5"):
+        ClipSampler(num_frames=4.5, fps=2.0)
+    with pytest.raises(TypeError, match="read_clips needs a ClipSampler"):
+        read_clips(csv_path, 4)
+    with pytest.raises(ValueError, match="labels must be integer class ids"):
+        mean_class_recall(torch.rand(3, 4), torch.tensor([0.0, 1.0, 2.0]), 1)
+    with pytest.raises(ValueError, match="top_k must be >= 1"):
+        TopKAccuracy(top_k=0)
+    encoder = vit_tiny(depth=1)
+    with pytest.raises(TypeError, match="normalize_video"):
+        encoder(torch.zeros(1, 3, 2, 32, 32, dtype=torch.uint8))
+    video = torch.randn(1, 3, 2, 32, 32)
+    idx = torch.tensor([[0, 3]])
+    assert torch.equal(encoder(video, idx.int()), encoder(video, idx))
+
+
+def test_the_package_exports_its_main_names():
+    import importlib
+    import subprocess
+    import sys
+
+    for package in ("worldmodel", "worldmodel.data", "worldmodel.models"):
+        module = importlib.import_module(package)
+        for name in module.__all__:
+            assert getattr(module, name) is not None, (package, name)
+    from worldmodel import JEPAPretrainer as exported
+    from worldmodel.data import ClipDataset as exported_dataset
+
+    assert exported is JEPAPretrainer and exported_dataset is ClipDataset
+    with pytest.raises(AttributeError, match="has no attribute 'Nope'"):
+        importlib.import_module("worldmodel").Nope
+    # decoding alone stays light: no Lightning, no models
+    code = "import sys, worldmodel.data.video; print('lightning' in sys.modules, 'worldmodel.models.vit' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split() == ["False", "False"]

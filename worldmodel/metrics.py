@@ -48,6 +48,8 @@ __all__ = [
 def _check(scores: Tensor, labels: Tensor) -> None:
     if scores.ndim != 2:
         raise ValueError(f"metrics: scores must be (N, C), got shape {tuple(scores.shape)}")
+    if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
+        raise ValueError(f"metrics: labels must be integer class ids (or -1), got dtype {labels.dtype}")
     if labels.shape != scores.shape[:1]:
         raise ValueError(f"metrics: labels must be (N,) = ({scores.shape[0]},), got shape {tuple(labels.shape)}")
     if labels.numel() and int(labels.max()) >= scores.shape[1]:
@@ -62,7 +64,8 @@ def _check(scores: Tensor, labels: Tensor) -> None:
 def topk_hits(scores: Tensor, labels: Tensor, k: int) -> Tensor:
     """Bool (N,): is the true class among the k highest scores? Always False for label -1.
 
-    Ties are broken by `torch.topk` (lowest index first among equal scores on CPU); k is capped at C.
+    Ties are broken by `torch.topk`, in an order it does not specify (a constant score row credits some
+    arbitrary k classes, not the lowest indices); k is capped at C.
     """
     _check(scores, labels)
     if k < 1:
@@ -148,6 +151,8 @@ class TopKAccuracy(Metric):
 
     def __init__(self, top_k: int = 1, **kwargs) -> None:
         super().__init__(**kwargs)
+        if top_k < 1:
+            raise ValueError(f"TopKAccuracy: top_k must be >= 1, got {top_k}")
         self.top_k = int(top_k)
         self.add_state("hits", default=torch.zeros((), dtype=torch.long), dist_reduce_fx="sum")
         self.add_state("total", default=torch.zeros((), dtype=torch.long), dist_reduce_fx="sum")

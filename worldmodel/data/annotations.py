@@ -289,18 +289,26 @@ class ActionVocabulary:
     @classmethod
     def from_annotations(
         cls,
-        train_segments: Sequence[ActionSegment],
+        train_segments: Sequence[ActionSegment] | str | os.PathLike,
         num_verbs: int | None = None,
         num_nouns: int | None = None,
-        eval_segments: Iterable[ActionSegment] = (),
+        eval_segments: Iterable[ActionSegment] | str | os.PathLike = (),
     ) -> "ActionVocabulary":
         """Build from training segments: actions are the training pairs.
 
-        ``num_verbs`` / ``num_nouns`` default to max class id + 1 over the training segments and
-        ``eval_segments`` (which count for the verb and noun heads' sizes but never add actions);
-        explicit counts (e.g. 97 verbs and 300 nouns for EPIC-KITCHENS-100) must cover every id seen.
+        Segments come from `read_annotations`; a CSV path is read with it (rows that give frame numbers
+        only need `read_annotations(path, videos_dir=...)` first). ``num_verbs`` / ``num_nouns`` default
+        to max class id + 1 over the training segments and ``eval_segments`` (which count for the verb
+        and noun heads' sizes but never add actions); explicit counts (e.g. 97 verbs and 300 nouns for
+        EPIC-KITCHENS-100) must cover every id seen.
         """
+        if isinstance(train_segments, (str, os.PathLike)):
+            train_segments = read_annotations(train_segments)
+        if isinstance(eval_segments, (str, os.PathLike)):
+            eval_segments = read_annotations(eval_segments)
         train_segments = list(train_segments)
+        if not all(isinstance(s, ActionSegment) for s in train_segments):
+            raise TypeError("from_annotations takes ActionSegments (from read_annotations) or an annotation CSV path")
         if not train_segments:
             raise ValueError("cannot build an action vocabulary from zero training segments")
         everything = train_segments + list(eval_segments)

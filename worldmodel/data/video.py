@@ -186,8 +186,9 @@ class ClipSampler:
                 f"ClipSampler needs exactly one of fps, frame_step, duration_s; got {chosen or 'none'}. "
                 "Example: ClipSampler(num_frames=16, fps=4)."
             )
-        if self.num_frames < 1:
-            raise ValueError(f"ClipSampler.num_frames must be >= 1, got {self.num_frames}")
+        if isinstance(self.num_frames, bool) or int(self.num_frames) != self.num_frames or self.num_frames < 1:
+            raise ValueError(f"ClipSampler.num_frames must be a whole number >= 1, got {self.num_frames}")
+        self.num_frames = int(self.num_frames)
         value = getattr(self, chosen[0])
         if not value > 0:
             raise ValueError(f"ClipSampler.{chosen[0]} must be > 0, got {value}")
@@ -372,6 +373,8 @@ def read_clips(
 
     size as in `read_frames`. num_threads: decord decoding threads (1 inside DataLoader workers).
     """
+    if not isinstance(sampler, ClipSampler):
+        raise TypeError(f"read_clips needs a ClipSampler, e.g. ClipSampler(num_frames=16, fps=4), got {sampler!r}")
     path = os.fspath(path)
     reader = _open_reader(path, size, num_threads)
     num_frames, fps = _frame_count_and_fps(path, reader)

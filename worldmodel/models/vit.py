@@ -141,10 +141,17 @@ class VideoViT(nn.Module):
             attends to. Outputs at padding positions are finite but meaningless.
         Returns (B, K, D) with token_idx, else (B, N, D), N = t*h*w in (t h w) raster order.
         """
+        if not video.is_floating_point():
+            raise TypeError(
+                f"VideoViT takes normalised float video, got {video.dtype}; uint8 clips go through "
+                "worldmodel.data.transforms.normalize_video first (WorldModel.encode does it)"
+            )
         grid = self.grid(video.shape)
         if video.ndim == 4:
             video = repeat(video, "b c h w -> b c t h w", t=self.cfg.tubelet_size)
         x = self.patch_embed(video)  # (B, N, D)
+        if token_idx is not None and token_idx.dtype != torch.long:
+            token_idx = token_idx.long()
         if token_idx is None:
             positions = grid_positions(grid, device=x.device)  # (N, 3)
         else:
