@@ -447,3 +447,40 @@ def test_video_error_pickles_and_checks_its_reason():
     assert str(again) == "/data/a.mp4: truncated: cut short"
     with pytest.raises(ValueError):
         VideoError("/data/a.mp4", "broken", "?")
+
+
+def test_unusable_or_steady_frame_times_mean_constant_rate():
+    from worldmodel.data.video import variable_rate_starts
+
+    steady = np.arange(300) / 30.0
+    assert variable_rate_starts(steady, 30.0) is None
+    assert variable_rate_starts(np.full(100, -3.689348732278538e17), 25.0) is None  # AVI's 'no timestamp'
+    assert variable_rate_starts(np.full(100, 9.2e15), 25.0) is None  # Matroska slideshow, MPEG-PS
+    assert variable_rate_starts(steady[::-1].copy(), 30.0) is None  # backwards
+    assert variable_rate_starts(steady * 10, 30.0) is None  # a span 10x what frames and rate say
+    # 29.97 fps frames under a declared 30 (within the rate tolerance): constant at their own rate
+    assert variable_rate_starts(np.arange(3000) * 1001 / 30000, 30.0) is None
+    # 120 fps times quantised to 8 ms steps (decord's float32 of a capture clock): constant
+    quantised = np.round(np.arange(200) / 120.0 / 0.0078125) * 0.0078125
+    assert variable_rate_starts(quantised, 120.0) is None
+    varying = np.concatenate([np.arange(20) * 0.02, 0.4 + np.arange(1, 21) * 0.1])
+    assert variable_rate_starts(varying + 5.0, 16.0) == pytest.approx(varying)  # relative to frame 0
+
+
+def test_h264_in_avi_reads_at_its_average_rate(tmp_path):
+    path = write_video(tmp_path / "clip.avi", [index_frame(i, (64, 64)) for i in range(60)], fps=25.0)
+    video = read_video_info(path)
+    assert not video.variable_rate and video.num_frames == 60
+    (clip,) = read_clips(path, ClipSampler(num_frames=4, fps=5.0), mode="center")
+    assert decoded_indices(clip.frames) == clip.indices.tolist() == [22, 27, 32, 37]
+    assert clip.timestamps == pytest.approx(clip.indices / 25.0)
+
+
+def test_frames_sharing_a_start_time_resolve_to_the_last_of_them():
+    starts = np.array([0.0, 0.1, 0.2, 0.3, 0.3, 0.5, 0.6, 0.7])
+    video = VideoInfo(path="dup.mp4", num_frames=8, fps=10.0, width=8, height=8, frame_starts=starts)
+    assert video.frames_nearest(np.array([0.3, 0.29, 0.0])).tolist() == [4, 4, 0]
+    assert video.last_frame_at(0.35) == 4
+    assert ClipSampler(num_frames=3, fps=10.0).indices_ending_at(video, 0.35).tolist() == [1, 2, 4]
+    # a start past the last frame is not moved onto it: the indices say how far short the video is
+    assert ClipSampler(num_frames=2, fps=10.0).indices_starting_at(video, 10.0).tolist() == [100, 101]

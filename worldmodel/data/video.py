@@ -32,9 +32,11 @@ same way; when that fails too the video is refused (``reason="unsupported"``).
 
 Constant frame rate videos (almost all files) put frame i at ``i / fps`` seconds, and the formulas
 above hold as written. Every video's frame start times are read too (from the container's index,
-no decoding: about 0.3 ms a file, cached per process); when some frame strays from ``i / fps`` by
-more than half a frame, the video has a *variable* frame rate (phones, screen captures, dropped
-frames) and `VideoInfo.frame_starts` holds the real start times (seconds from the first frame). Then
+no decoding: about 0.3 ms a file, cached per process); when some frame strays from the constant rate
+of the same first and last frame by more than half a frame and 20 ms, the video has a *variable* frame
+rate (phones, screen captures, dropped frames) and `VideoInfo.frame_starts` holds the real start
+times (seconds from the first frame). Files whose container gives no usable times (AVI and MPEG-PS
+often store a "no timestamp" marker) are read at their average rate (`variable_rate_starts`). Then
 clips are placed by time, not by frame number: with ``fps`` or ``duration_s``, frame i of a clip that
 starts at frame s is the frame whose start is nearest to ``start(s) + offset_time[i]`` (ties to the
 later frame), where ``offset_time[i]`` is ``i / fps`` or ``i * d / T``; a clip fits when its last
@@ -152,11 +154,13 @@ class VideoInfo:
         if starts is None:
             raise ValueError(f"{self.path}: frames_nearest is for variable frame rate videos")
         times = np.asarray(times, dtype=np.float64)
-        after = np.clip(np.searchsorted(starts, times, side="left"), 1, len(starts) - 1)
+        # before: the last frame starting at or before the time (the last of frames sharing a start)
+        after = np.clip(np.searchsorted(starts, times, side="right"), 1, len(starts) - 1)
         before = after - 1
         later = (starts[after] - times) <= (times - starts[before])
+        after = np.searchsorted(starts, starts[after], side="right") - 1  # the last frame sharing its start
         nearest = np.where(later, after, before)
-        nearest = np.where(times <= starts[0], 0, nearest)
+        nearest = np.where(times < starts[0], 0, nearest)
         return np.where(times >= starts[-1], len(starts) - 1, nearest).astype(np.int64)
 
     def last_frame_at(self, time_s: float) -> int:
@@ -297,6 +301,10 @@ class ClipSampler:
         """
         if info.frame_starts is None:
             return math.floor(start_s * info.fps + 0.5) + self.span_indices(info)
+        past_end = start_s - info.frame_starts[-1]
+        if past_end >= 0.5 / info.fps:  # no frame there: continue at the average rate, as for the rest
+            first = info.num_frames - 1 + math.floor(past_end * info.fps + 0.5)
+            return first + self.span_indices(info)
         first = int(info.frames_nearest(np.array([start_s]))[0])
         if self.frame_step is not None:
             return first + self.span_indices(info)
@@ -482,49 +490,61 @@ def _frame_count_and_fps(path: str, reader) -> tuple[int, float]:
 
 
 def _frame_starts(path: str, reader) -> np.ndarray:
+    """Every frame's start time as the container stores it (decord's float32 seconds, as float64)."""
     try:
         times = reader.get_frame_timestamp(np.arange(len(reader)))  # (N, 2): start, end of each frame
-        # decord hands out float32 seconds: 0.1 s comes back as 0.10000000149; to the microsecond, it is 0.1
-        return np.round(np.asarray(times, dtype=np.float64).reshape(-1, 2)[:, 0], 6)
+        return np.asarray(times, dtype=np.float64).reshape(-1, 2)[:, 0]
     except Exception as exc:
         raise _diagnose(path, exc) from None
 
 
+def variable_rate_starts(raw: np.ndarray, fps: float) -> np.ndarray | None:
+    """Frame start times relative to the first frame (rounded to the microsecond) when they show a
+    variable frame rate, else None.
+
+    Variable: some frame strays by more than half a frame and more than 20 ms from the constant rate of
+    the same first and last frame (less matters to no clip, and decord's float32 seconds round the times
+    of files with a large first timestamp, e.g. a capture clock, by up to 16 ms). None also when the times
+    cannot be used: fewer than 3 frames, a 'no timestamp' marker for every frame (AVI and MPEG-PS
+    files give one), times that go backwards, or a span that contradicts the frame count and `fps`
+    by more than 2x; such files are read at their average rate, as every file was before.
+    """
+    num_frames = len(raw)
+    if num_frames < 3 or not np.all(np.isfinite(raw)) or np.abs(raw).max() > 1e9:
+        return None
+    # decord's float32 seconds: 0.1 s comes back as 0.10000000149; to the microsecond, it is 0.1
+    starts = np.round(raw - raw[0], 6)
+    span, expected = float(starts[-1]), (num_frames - 1) / fps
+    if not (span > 0 and 0.5 <= span / expected <= 2.0) or np.any(np.diff(starts) < 0):
+        return None
+    slack = max(0.5 / fps, VARIABLE_RATE_MIN_STRAY_S)
+    constant = np.arange(num_frames) * (span / (num_frames - 1))
+    return starts if np.abs(starts - constant).max() > slack else None
+
+
+VARIABLE_RATE_MIN_STRAY_S = 0.02
 _MISSING = object()
 _starts_cache: dict[tuple[str, int, int], np.ndarray | None] = {}
+_STARTS_CACHE_ENTRIES = 4096  # files per process (a worker may see millions)
+_STARTS_CACHE_FRAMES = 10_000_000  # frame times kept per process (80 MB)
 
 
 def _variable_starts(path: str, reader, num_frames: int, fps: float) -> np.ndarray | None:
-    """The frames' start times (seconds from the first frame) when some frame strays from ``i / fps``
-    by more than half a frame, else None (constant frame rate). Cached per (path, size, mtime) in this
-    process: the container index is read once per file, not once per clip."""
+    """`variable_rate_starts` of the file, cached per (path, size, mtime) in this process: the container
+    index is read once per file, not once per clip."""
     stat = os.stat(path)
     key = (path, stat.st_size, stat.st_mtime_ns)
     cached = _starts_cache.get(key, _MISSING)
     if cached is not _MISSING:
         return cached
-    starts = _frame_starts(path, reader)[:num_frames]
-    if len(starts) != num_frames or not np.all(np.isfinite(starts)):
-        raise VideoError(
-            path, "unsupported", f"the container gives no usable frame times ({len(starts)} for {num_frames} "
-            f"frames); {_CONVERT_HINT}",
-        )
-    starts = starts - starts[0] if num_frames else starts
-    result = None
-    if num_frames and np.abs(starts - np.arange(num_frames) / fps).max() > 0.5 / fps:
-        backwards = np.flatnonzero(np.diff(starts) < 0)
-        if len(backwards):
-            k = int(backwards[0]) + 1
-            raise VideoError(
-                path, "unsupported",
-                f"variable frame rate with frame times that go backwards (frame {k} starts at {starts[k]:.3f} s, "
-                f"before frame {k - 1} at {starts[k - 1]:.3f} s), so its frames cannot be placed in time; "
-                "re-encode it at a constant rate: `ffmpeg -i IN -r 30 OUT.mp4`",
-            )
-        result = starts
-    if len(_starts_cache) >= 4096:  # bounded: a worker may see millions of files
-        _starts_cache.pop(next(iter(_starts_cache)))
+    result = variable_rate_starts(_frame_starts(path, reader)[:num_frames], fps) if num_frames else None
     _starts_cache[key] = result
+
+    def held() -> int:
+        return sum(len(v) for v in _starts_cache.values() if v is not None)
+
+    while len(_starts_cache) > 1 and (len(_starts_cache) > _STARTS_CACHE_ENTRIES or held() > _STARTS_CACHE_FRAMES):
+        _starts_cache.pop(next(iter(_starts_cache)))  # oldest first
     return result
 
 
