@@ -146,3 +146,14 @@ def test_the_package_exports_its_main_names():
     # decoding alone stays light: no Lightning, no models
     code = "import sys, worldmodel.data.video; print('lightning' in sys.modules, 'worldmodel.models.vit' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split() == ["False", "False"]
+
+
+def test_world_model_refuses_float_pixel_values_passed_as_a_normalised_clip():
+    module = tiny_model()
+    world = WorldModel(module.encoder, module.target_encoder, module.predictor, dict(module.hparams))
+    pixels = torch.randint(0, 256, (3, 4, 32, 32), dtype=torch.uint8)
+    with pytest.raises(ForecastError, match="looks like pixel values"):
+        world.encode(pixels.float())
+    from worldmodel.data.transforms import normalize_video
+
+    assert torch.allclose(world.encode(normalize_video(pixels[None])), world.encode(pixels))

@@ -241,6 +241,11 @@ class RolloutCall:
     keep: int  # how many of the W predictions are used (the rest lie past the horizon)
 
 
+# |value| no normalised clip reaches: (0 - 0.485) / 0.229 .. (1 - 0.406) / 0.225 is -2.1 .. 2.6 for ImageNet
+# statistics; 0-255 pixel values passed as float are far above it
+MAX_NORMALISED = 20.0
+
+
 def rollout_plan(
     available: int, horizon: int, nominal_steps: int, max_context: int, window: int | None = None
 ) -> list[RolloutCall]:
@@ -501,6 +506,12 @@ class WorldModel(nn.Module):
             video = normalize_video(video, **{k: tuple(norm[k]) for k in ("mean", "std") if k in norm})
         elif not video.is_floating_point():
             raise ForecastError(f"video must be uint8 or float (already normalised), got {video.dtype}")
+        elif video.numel() and float(video.detach().abs().amax()) > MAX_NORMALISED:
+            raise ForecastError(
+                f"float video holds values up to {float(video.detach().abs().amax()):.4g}: it looks like pixel "
+                "values (0-255), not a normalised clip; pass uint8 frames (normalised here) or normalise them "
+                "with worldmodel.data.transforms.normalize_video"
+            )
         return video.to(next(self.parameters()).dtype)
 
     def _encoder(self, name: str | None) -> nn.Module:
