@@ -484,3 +484,23 @@ def test_frames_sharing_a_start_time_resolve_to_the_last_of_them():
     assert ClipSampler(num_frames=3, fps=10.0).indices_ending_at(video, 0.35).tolist() == [1, 2, 4]
     # a start past the last frame is not moved onto it: the indices say how far short the video is
     assert ClipSampler(num_frames=2, fps=10.0).indices_starting_at(video, 10.0).tolist() == [100, 101]
+
+
+@pytest.mark.parametrize("name, container, codec", [("clip.mpg", "mpeg", "mpeg2video"), ("clip.ts", "mpegts", "libx264")])
+def test_mpeg_program_and_transport_streams_are_refused(tmp_path, name, container, codec):
+    """decord returns the wrong frames from these containers (frames 10, 8, 6, 4 asked for 34 ... 64 in
+    MPEG-PS; in MPEG-TS even frame 0 is a later one): an error saying how to remux, not wrong clips."""
+    path = tmp_path / name
+    with av.open(str(path), "w", format=container) as out:
+        stream = out.add_stream(codec, rate=25)
+        stream.width = stream.height = 64
+        stream.pix_fmt = "yuv420p"
+        for i in range(60):
+            for packet in stream.encode(av.VideoFrame.from_ndarray(index_frame(i, (64, 64)), format="rgb24")):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    for read in (lambda: read_video_info(path), lambda: read_frames(path, [10, 20])):
+        with pytest.raises(VideoError, match=r"MPEG (program|transport) stream.*ffmpeg -i IN -c copy OUT.mp4") as err:
+            read()
+        assert err.value.reason == "unsupported" and err.value.path == str(path)

@@ -55,8 +55,10 @@ compare pixels with the source or with PyAV's current FFmpeg). Known small devia
 FFmpeg: 10-bit 4:2:0 chroma is upsampled differently at sharp colour edges (no farther from the
 source), monochrome 10-bit HEVC is read as limited range (about 8% more contrast), 10/16-bit RGB is
 off by one level. A decoder output of any other shape is refused with ``reason="unsupported"`` and
-the ffmpeg command that converts the file. decord 0.6 cannot hand out some small resize widths (8,
-16, 24, 48, 72, ...); those are decoded at the native size and resized with `resize_frames`.
+the ffmpeg command that converts the file. MPEG program and transport streams (.mpg, .vob, .ts,
+.m2ts) are refused the same way: decord returns wrong frames from them (remux to mp4 first). decord
+0.6 cannot hand out some small resize widths (8, 16, 24, 48, 72, ...); those are decoded at the
+native size and resized with `resize_frames`.
 
 Failures
 --------
@@ -408,6 +410,7 @@ def _open_reader(path: str, size: int | tuple[int, int] | None, num_threads: int
     import decord
 
     _check_file(path)
+    _refuse_unseekable(path)
     height, width = _decode_size(path, size) or (-1, -1)
     try:
         return decord.VideoReader(path, width=width, height=height, num_threads=num_threads)
@@ -546,6 +549,28 @@ def _variable_starts(path: str, reader, num_frames: int, fps: float) -> np.ndarr
     while len(_starts_cache) > 1 and (len(_starts_cache) > _STARTS_CACHE_ENTRIES or held() > _STARTS_CACHE_FRAMES):
         _starts_cache.pop(next(iter(_starts_cache)))  # oldest first
     return result
+
+
+# containers whose frames decord 0.6 hands out wrong: asked for frames 34, 44, 54, 64 of an MPEG-PS
+# (.mpg, .vob) file it returns frames 10, 8, 6, 4, and in MPEG-TS (.ts, .m2ts) even frame 0 is frame 12-25
+_UNSEEKABLE = {"mpeg_ps": "an MPEG program stream (.mpg / .vob)", "mpeg_ts": "an MPEG transport stream (.ts / .m2ts)"}
+
+
+def _refuse_unseekable(path: str) -> None:
+    """VideoError("unsupported") for a container whose frames decord returns out of place."""
+    try:
+        with open(path, "rb") as f:
+            family = _container_family(f.read(512))
+    except OSError:
+        return  # the reader says what is wrong
+    if family in _UNSEEKABLE:
+        raise VideoError(
+            path,
+            "unsupported",
+            f"{_UNSEEKABLE[family]}: the decoder returns the wrong frames from such files (frame numbers are "
+            "not where it seeks); remux it into mp4 first: `ffmpeg -i IN -c copy OUT.mp4` (or re-encode: "
+            "`ffmpeg -i IN -c:v libx264 OUT.mp4`)",
+        )
 
 
 def _rates_from_durations(path: str) -> bool:
