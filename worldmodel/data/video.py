@@ -701,6 +701,8 @@ def _container_family(head: bytes) -> str | None:
             return family
     if len(head) > 188 and head[0] == 0x47 and head[188] == 0x47:
         return "mpeg_ts"
+    if len(head) > 196 and head[4] == 0x47 and head[196] == 0x47:
+        return "mpeg_ts"  # BDAV / M2TS: 192-byte packets, a 4-byte time code before each
     return None
 
 
