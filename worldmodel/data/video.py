@@ -699,10 +699,9 @@ def _container_family(head: bytes) -> str | None:
     for magic, family in signatures.items():
         if head.startswith(magic):
             return family
-    if len(head) > 188 and head[0] == 0x47 and head[188] == 0x47:
-        return "mpeg_ts"
-    if len(head) > 196 and head[4] == 0x47 and head[196] == 0x47:
-        return "mpeg_ts"  # BDAV / M2TS: 192-byte packets, a 4-byte time code before each
+    for first, packet in ((0, 188), (4, 192)):  # MPEG-TS; BDAV / M2TS (a 4-byte time code before each packet)
+        if len(head) > first + 2 * packet and all(head[first + k * packet] == 0x47 for k in range(3)):
+            return "mpeg_ts"
     return None
 
 
