@@ -501,6 +501,10 @@ def _frame_starts(path: str, reader) -> np.ndarray:
         raise _diagnose(path, exc) from None
 
 
+# frame times that stray less than this from a constant rate are a constant rate (see variable_rate_starts)
+VARIABLE_RATE_MIN_STRAY_S = 0.02
+
+
 def variable_rate_starts(raw: np.ndarray, fps: float) -> np.ndarray | None:
     """Frame start times relative to the first frame (rounded to the microsecond) when they show a
     variable frame rate, else None.
@@ -525,11 +529,11 @@ def variable_rate_starts(raw: np.ndarray, fps: float) -> np.ndarray | None:
     return starts if np.abs(starts - constant).max() > slack else None
 
 
-VARIABLE_RATE_MIN_STRAY_S = 0.02
 _MISSING = object()
 _starts_cache: dict[tuple[str, int, int], np.ndarray | None] = {}
 _STARTS_CACHE_ENTRIES = 4096  # files per process (a worker may see millions)
 _STARTS_CACHE_FRAMES = 10_000_000  # frame times kept per process (80 MB)
+_starts_cache_frames = 0  # frame times held now
 
 
 def _variable_starts(path: str, reader, num_frames: int, fps: float) -> np.ndarray | None:
@@ -540,14 +544,15 @@ def _variable_starts(path: str, reader, num_frames: int, fps: float) -> np.ndarr
     cached = _starts_cache.get(key, _MISSING)
     if cached is not _MISSING:
         return cached
+    global _starts_cache_frames
     result = variable_rate_starts(_frame_starts(path, reader)[:num_frames], fps) if num_frames else None
     _starts_cache[key] = result
-
-    def held() -> int:
-        return sum(len(v) for v in _starts_cache.values() if v is not None)
-
-    while len(_starts_cache) > 1 and (len(_starts_cache) > _STARTS_CACHE_ENTRIES or held() > _STARTS_CACHE_FRAMES):
-        _starts_cache.pop(next(iter(_starts_cache)))  # oldest first
+    _starts_cache_frames += 0 if result is None else len(result)
+    while len(_starts_cache) > 1 and (
+        len(_starts_cache) > _STARTS_CACHE_ENTRIES or _starts_cache_frames > _STARTS_CACHE_FRAMES
+    ):
+        dropped = _starts_cache.pop(next(iter(_starts_cache)))  # oldest first
+        _starts_cache_frames -= 0 if dropped is None else len(dropped)
     return result
 
 
