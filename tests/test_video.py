@@ -504,3 +504,40 @@ def test_mpeg_program_and_transport_streams_are_refused(tmp_path, name, containe
         with pytest.raises(VideoError, match=r"MPEG (program|transport) stream.*ffmpeg -i IN -c copy OUT.mp4") as err:
             read()
         assert err.value.reason == "unsupported" and err.value.path == str(path)
+
+
+@pytest.mark.parametrize("video_fps", [30.0, 25.0, 30000 / 1001])
+def test_timed_placement_on_regular_frames_equals_the_frame_number_formulas(video_fps):
+    """Frame times exactly i / fps (kept to the microsecond, as read from a file) through the time-based
+    path give the frame-number formulas' clips, ties included: one rule, two ways to compute it."""
+    for num_frames in (2, 3, 17, 90):
+        plain = VideoInfo(path="v.mp4", num_frames=num_frames, fps=video_fps, width=8, height=8)
+        starts = np.round(np.arange(num_frames) / video_fps, 6)
+        timed = VideoInfo(path="v.mp4", num_frames=num_frames, fps=video_fps, width=8, height=8, frame_starts=starts)
+        for settings in ({"fps": 4.0}, {"fps": 12.0}, {"fps": 60.0}, {"duration_s": 1.0013}, {"duration_s": 0.5}):
+            for length in (1, 2, 4, 8):
+                sampler = ClipSampler(num_frames=length, **settings)
+                case = (num_frames, settings, length)
+                assert sampler.fits(plain) == sampler.fits(timed), case
+                for mode, count in (("start", 1), ("center", 1), ("uniform", 3)):
+                    assert np.array_equal(np.stack(sampler.indices(plain, mode, count)),
+                                          np.stack(sampler.indices(timed, mode, count))), (case, mode)
+                for end_s in np.arange(0.0, num_frames / video_fps + 0.3, 1 / 48):
+                    assert sampler.indices_ending_at(plain, end_s).tolist() == \
+                        sampler.indices_ending_at(timed, end_s).tolist(), (case, end_s)
+                    # (a start exactly half way between frames is decided by float rounding in the frame
+                    # number formula, floor(12.4999... + 0.5) for 12.5 frames: compared off the midpoints)
+                    start_s = end_s + 1e-4
+                    assert sampler.indices_starting_at(plain, start_s).tolist() == \
+                        sampler.indices_starting_at(timed, start_s).tolist(), (case, start_s)
+
+
+def test_times_decord_rounded_onto_a_coarse_grid_are_a_constant_rate():
+    from worldmodel.data.video import variable_rate_starts
+
+    # a 30 fps file whose clock starts at 1e9 ms: decord's float32 puts every time on a 64 ms grid
+    grid = np.round(np.arange(90) / 30.0 / 0.064) * 0.064 * (1 + 1e-7 * np.sin(np.arange(90)))
+    assert variable_rate_starts(grid, 30.0) is None
+    # a real variable rate on a fine grid is still one
+    varying = np.concatenate([np.arange(30) / 30.0, 1.0 + np.arange(1, 31) * 0.2])
+    assert variable_rate_starts(varying, 60 / 7.0) is not None

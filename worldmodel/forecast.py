@@ -927,12 +927,16 @@ def _eval_clip_indices(
     num_context = context_frame_count(model, timing, info.fps, context_frames, context_s, where=path)
     total = num_context + horizon * model.tubelet_size
     sampler = timing.sampler(total)
-    span = int(sampler.span_indices(info)[-1]) + 1
     if not sampler.fits(info):
+        if info.variable_rate and sampler.frame_step is None:  # placed by time: say it in seconds
+            span = f"{sampler.offset_times()[-1] + 1.0 / info.fps:.2f} s"
+        else:
+            frames = int(sampler.span_indices(info)[-1]) + 1
+            span = f"{frames} source frames ({frames / info.fps:.2f} s)"
         raise ForecastError(
             f"{path}: video too short for forecast evaluation: {num_context} context frames + {horizon} future "
-            f"tubelets = {total} frames sampled with {timing.as_dict()} span {span} source frames "
-            f"({span / info.fps:.2f} s), the video has {info.num_frames} ({info.duration_s:.2f} s). Use a shorter "
+            f"tubelets = {total} frames sampled with {timing.as_dict()} span {span}, the video has "
+            f"{info.num_frames} frames ({info.duration_s:.2f} s). Use a shorter "
             "--horizon or context, a higher --fps / smaller --frame-step, remove the video from the manifest, "
             "or pass --skip-bad to leave such videos out."
         )

@@ -116,6 +116,11 @@ class VideoError(RuntimeError):
         return type(self), (self.path, self.reason, self.detail)
 
 
+# frame times are kept to the microsecond: comparisons between times allow this much, so a time half way
+# between two frames (a tie) is a tie, as in the constant-rate formulas, not decided by rounding
+TIME_TOLERANCE_S = 2e-6
+
+
 @dataclass(frozen=True)
 class VideoInfo:
     """What sampling needs to know about a video: its frame count and average frame rate, and for a
@@ -127,6 +132,12 @@ class VideoInfo:
     width: int
     height: int
     frame_starts: np.ndarray | None = field(default=None, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.frame_starts is not None and (len(self.frame_starts) != self.num_frames or not self.num_frames):
+            raise ValueError(
+                f"{self.path}: frame_starts holds {len(self.frame_starts)} times for {self.num_frames} frames"
+            )
 
     @property
     def duration_s(self) -> float:
@@ -149,9 +160,10 @@ class VideoInfo:
         inside = self.frame_starts[np.clip(indices, 0, last)]
         return np.where(indices > last, self.frame_starts[last] + (indices - last) / self.fps, inside)
 
-    def frames_nearest(self, times: np.ndarray) -> np.ndarray:
-        """Index of the frame whose start is nearest to each time (ties: the later frame), clamped to
-        the video: int64. Only for variable frame rate videos (constant ones use the module's formulas)."""
+    def frames_nearest(self, times: np.ndarray, ties: str = "later") -> np.ndarray:
+        """Index of the frame whose start is nearest to each time (`ties`: "later" or "earlier" frame, within
+        TIME_TOLERANCE_S), clamped to the video: int64. Of frames sharing a start, the last one. Only for
+        variable frame rate videos (constant ones use the module's formulas)."""
         starts = self.frame_starts
         if starts is None:
             raise ValueError(f"{self.path}: frames_nearest is for variable frame rate videos")
@@ -159,7 +171,8 @@ class VideoInfo:
         # before: the last frame starting at or before the time (the last of frames sharing a start)
         after = np.clip(np.searchsorted(starts, times, side="right"), 1, len(starts) - 1)
         before = after - 1
-        later = (starts[after] - times) <= (times - starts[before])
+        margin = TIME_TOLERANCE_S if ties == "later" else -TIME_TOLERANCE_S
+        later = (starts[after] - times) <= (times - starts[before]) + margin
         after = np.searchsorted(starts, starts[after], side="right") - 1  # the last frame sharing its start
         nearest = np.where(later, after, before)
         nearest = np.where(times < starts[0], 0, nearest)
@@ -171,7 +184,7 @@ class VideoInfo:
         if self.frame_starts is None:
             last = math.floor(time_s * self.fps + 1e-9)
         else:
-            last = int(np.searchsorted(self.frame_starts, time_s + 1e-9, side="right")) - 1
+            last = int(np.searchsorted(self.frame_starts, time_s + TIME_TOLERANCE_S, side="right")) - 1
         return max(0, min(last, self.num_frames - 1))
 
 
@@ -226,7 +239,7 @@ class ClipSampler:
     def fits(self, info: VideoInfo) -> bool:
         """Whether one clip fits in the video without repeating its last frame."""
         if self._timed(info):
-            return bool(self.offset_times()[-1] < info.frame_starts[-1] + 0.5 / info.fps)
+            return bool(self.offset_times()[-1] < info.frame_starts[-1] + 0.5 / info.fps - TIME_TOLERANCE_S)
         return int(self.span_indices(info)[-1]) + 1 <= info.num_frames
 
     def indices(
@@ -251,7 +264,8 @@ class ClipSampler:
             times = self.offset_times()  # (T,)
             starts = info.frame_starts
             # the last start s with starts[s] + times[-1] < starts[-1] + half a frame (see `fits`)
-            max_start = int(np.searchsorted(starts, starts[-1] + 0.5 / info.fps - times[-1], side="left")) - 1
+            limit = starts[-1] + 0.5 / info.fps - TIME_TOLERANCE_S - times[-1]
+            max_start = int(np.searchsorted(starts, limit, side="left")) - 1
             span_text = f"{times[-1] + 1.0 / info.fps:.2f} s"
         else:
             offsets = self.span_indices(info)  # (T,)
@@ -290,8 +304,16 @@ class ClipSampler:
         """
         last = info.last_frame_at(end_s)
         if self._timed(info):
-            times = self.offset_times()
-            return np.minimum(info.frames_nearest(info.frame_starts[last] - (times[-1] - times)), last)
+            times, starts = self.offset_times(), info.frame_starts
+            # as the constant-rate formula: the clip's first frame (nearest, ties to the earlier), then
+            # forward from it; before the video, frames continue back at the average rate (and clamp to 0)
+            first_time = starts[last] - times[-1]
+            if first_time >= starts[0]:
+                start = starts[int(info.frames_nearest(np.array([first_time]), ties="earlier")[0])]
+            else:
+                back = math.ceil((first_time - starts[0]) * info.fps - 0.5 - TIME_TOLERANCE_S * info.fps)
+                start = starts[0] + back / info.fps
+            return np.minimum(info.frames_nearest(start + times), last)
         offsets = self.span_indices(info)  # (T,)
         return np.clip(last - offsets[-1] + offsets, 0, info.num_frames - 1).astype(np.int64)
 
@@ -304,16 +326,17 @@ class ClipSampler:
         if info.frame_starts is None:
             return math.floor(start_s * info.fps + 0.5) + self.span_indices(info)
         past_end = start_s - info.frame_starts[-1]
-        if past_end >= 0.5 / info.fps:  # no frame there: continue at the average rate, as for the rest
-            first = info.num_frames - 1 + math.floor(past_end * info.fps + 0.5)
+        if past_end >= 0.5 / info.fps - TIME_TOLERANCE_S:  # no frame there: continue at the average rate, as for the rest
+            first = info.num_frames - 1 + math.floor(past_end * info.fps + 0.5 + TIME_TOLERANCE_S * info.fps)
             return first + self.span_indices(info)
         first = int(info.frames_nearest(np.array([start_s]))[0])
         if self.frame_step is not None:
             return first + self.span_indices(info)
         times = info.frame_starts[first] + self.offset_times()
         past = times - info.frame_starts[-1]
-        beyond = info.num_frames - 1 + np.floor(past * info.fps + 0.5).astype(np.int64)
-        return np.where(past < 0.5 / info.fps, info.frames_nearest(times), np.maximum(beyond, info.num_frames))
+        beyond = info.num_frames - 1 + np.floor(past * info.fps + 0.5 + TIME_TOLERANCE_S * info.fps).astype(np.int64)
+        inside = past < 0.5 / info.fps - TIME_TOLERANCE_S
+        return np.where(inside, info.frames_nearest(times), np.maximum(beyond, info.num_frames))
 
 
 @dataclass
@@ -505,13 +528,32 @@ def _frame_starts(path: str, reader) -> np.ndarray:
 VARIABLE_RATE_MIN_STRAY_S = 0.02
 
 
+def _time_grid(relative: np.ndarray) -> float:
+    """The step every time lies on (the smallest gap between frame starts, when all times are whole
+    multiples of it), else 0.
+
+    decord rounds a stream's timestamps to float32 before it subtracts the start time, so a file whose
+    clock starts at 1e6 s or 1e9 ms (a capture clock kept with -copyts) has every time on a coarse grid
+    (1/16 s, 64 ms): frames of a constant rate then look uneven by up to that step."""
+    gaps = np.diff(relative)
+    positive = gaps[gaps > 1e-4]  # closer starts are one time twice (float32 noise), not a 10 kHz frame rate
+    if not len(positive):
+        return 0.0
+    multiples = np.round(relative / positive.min())
+    step = float(np.dot(relative, multiples) / np.dot(multiples, multiples))  # least squares over all times
+    on_grid = np.abs(relative - multiples * step) <= 1e-6 + 1e-6 * np.abs(relative)  # float32 seconds
+    return step if bool(np.all(on_grid)) else 0.0
+
+
 def variable_rate_starts(raw: np.ndarray, fps: float) -> np.ndarray | None:
     """Frame start times relative to the first frame (rounded to the microsecond) when they show a
     variable frame rate, else None.
 
     Variable: some frame strays by more than half a frame and more than 20 ms from the constant rate of
     the same first and last frame (less matters to no clip, and decord's float32 seconds round the times
-    of files with a large first timestamp, e.g. a capture clock, by up to 16 ms). None also when the times
+    of files with a large first timestamp, e.g. a capture clock, by up to 16 ms), and by more than the
+    grid such rounding put every time on (64 ms for a clock at 1e9 ms; a grid coarser than a frame leaves
+    nothing to tell, and the file is read at its average rate). None also when the times
     cannot be used: fewer than 3 frames, a 'no timestamp' marker for every frame (AVI and MPEG-PS
     files give one), times that go backwards, or a span that contradicts the frame count and `fps`
     by more than 2x; such files are read at their average rate, as every file was before.
@@ -519,12 +561,16 @@ def variable_rate_starts(raw: np.ndarray, fps: float) -> np.ndarray | None:
     num_frames = len(raw)
     if num_frames < 3 or not np.all(np.isfinite(raw)) or np.abs(raw).max() > 1e9:
         return None
+    relative = raw - raw[0]  # exact: float32 values in float64
     # decord's float32 seconds: 0.1 s comes back as 0.10000000149; to the microsecond, it is 0.1
-    starts = np.round(raw - raw[0], 6)
+    starts = np.round(relative, 6)
     span, expected = float(starts[-1]), (num_frames - 1) / fps
     if not (span > 0 and 0.5 <= span / expected <= 2.0) or np.any(np.diff(starts) < 0):
         return None
-    slack = max(0.5 / fps, VARIABLE_RATE_MIN_STRAY_S)
+    grid = _time_grid(relative)
+    if grid > 1.0 / fps:  # times coarser than a frame (decord's rounding) cannot show a variable rate
+        return None
+    slack = max(0.5 / fps, VARIABLE_RATE_MIN_STRAY_S, grid)
     constant = np.arange(num_frames) * (span / (num_frames - 1))
     return starts if np.abs(starts - constant).max() > slack else None
 
