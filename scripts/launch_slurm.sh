@@ -9,6 +9,11 @@
 #SBATCH --cpus-per-task=12
 #SBATCH --time=48:00:00
 #SBATCH --output=%x-%j.out
+#SBATCH --open-mode=append
+# ahead of the time limit (or a preemption) SLURM sends SIGUSR1: the run stops at the end of its batch,
+# writes checkpoints/last.ckpt there and requeues this job, which resumes exactly (--resume auto)
+#SBATCH --signal=USR1@120
+#SBATCH --requeue
 set -euo pipefail
 NODES=${SLURM_JOB_NUM_NODES:-1}
 GPUS=${SLURM_NTASKS_PER_NODE:-8}

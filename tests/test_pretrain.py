@@ -181,3 +181,79 @@ def test_loss_falls_on_builtin_corpus(tmp_path):
     last = sum(losses[s] for s in range(130, 150)) / 20
     assert math.isfinite(last)
     assert last < 0.8 * first, (first, last)
+
+
+def test_sigusr1_under_slurm_stops_at_a_batch_end_checkpoints_and_requeues(tmp_path, video_folder):
+    """What a SLURM time limit or preemption does with `#SBATCH --signal=USR1@120`: the run (srun-launched,
+    as the environment says) stops at the end of the batch in progress, writes last.ckpt there and
+    requeues its job; `--resume auto` then continues from that step."""
+    import os
+    import signal
+    import time
+
+    videos = video_folder(n=4, num_frames=16, size=(40, 40))
+    calls = tmp_path / "scontrol_calls.txt"
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    fake = bin_dir / "scontrol"
+    fake.write_text(f"#!/bin/sh\necho \"$@\" >> {calls}\n")
+    fake.chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "SLURM_NTASKS": "1", "SLURM_JOB_NAME": "wm",
+           "SLURM_JOB_ID": "4242", "SLURM_PROCID": "0", "SLURM_LOCALID": "0", "SLURM_NODEID": "0"}
+    run_dir = tmp_path / "run"
+    common = SMALL + ["--data.train_manifests", str(videos / "manifest.csv"), "--run_dir", str(run_dir),
+                      "--model.lr", "0.001", "--model.weight_decay", "0.04", "--model.ema_momentum", "0.996"]
+    args = common + ["--trainer.max_steps", "500", "--checkpoint_every", "1"]
+    proc = subprocess.Popen([sys.executable, "-m", "worldmodel.cli", "pretrain", *args], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    last = run_dir / "checkpoints" / "last.ckpt"
+    deadline = time.monotonic() + 240
+    while not last.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert last.exists(), "no first checkpoint"
+    proc.send_signal(signal.SIGUSR1)
+    out, err = proc.communicate(timeout=240)
+    assert proc.returncode == 0, err[-3000:]
+    step = safe_torch_load(last)["global_step"]
+    assert 1 <= step < 500
+    assert f"stopped by signal at step {step}" in out and "requeued SLURM job 4242" in out
+    assert calls.read_text().split() == ["requeue", "4242"]
+    assert not list(run_dir.glob("hpc_ckpt_*.ckpt"))  # Lightning's own mid-step save is off
+
+    resumed = run_pretrain(common + ["--trainer.max_steps", str(step + 2), "--resume", "auto"])
+    assert f"finished at step {step + 2}" in resumed.stdout
+    assert sorted(step_losses(run_dir)) == list(range(step + 2))
+
+
+def test_stop_on_signal_in_a_trainer_of_ones_own(tmp_path, video_folder):
+    import os
+    import signal
+
+    import lightning as L
+    from lightning.pytorch.callbacks import Callback
+
+    from worldmodel.checkpoints import LastCheckpoint
+    from worldmodel.data.datamodule import VideoDataModule
+    from worldmodel.pretrain import JEPAPretrainer
+    from worldmodel.pretrain_cli import StopOnSignal, requeue_job
+
+    class SignalAtBatch(Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            if batch_idx == 1:
+                os.kill(os.getpid(), signal.SIGUSR1)
+
+    videos = video_folder(n=4, num_frames=16, size=(40, 40))
+    before = signal.getsignal(signal.SIGUSR1)
+    stop = StopOnSignal()
+    trainer = L.Trainer(accelerator="cpu", max_steps=50, logger=False, enable_progress_bar=False,
+                        enable_model_summary=False, enable_checkpointing=False,
+                        callbacks=[SignalAtBatch(), stop, LastCheckpoint(tmp_path / "ckpt", every_n_steps=100)])
+    model = JEPAPretrainer(img_size=32, num_frames=4, encoder_kwargs={"depth": 1, "embed_dim": 48, "num_heads": 3},
+                           pred_depth=1, pred_dim=32, pred_heads=2, collapse_every=0)
+    data = VideoDataModule(train_manifests=str(videos / "manifest.csv"), num_frames=4, frame_step=2, crop_size=32,
+                           batch_size=2, num_workers=0)
+    trainer.fit(model, datamodule=data)
+    assert stop.received and trainer.global_step == 2  # the batch in progress finished, then it stopped
+    assert safe_torch_load(tmp_path / "ckpt" / "last.ckpt")["global_step"] == 2
+    assert signal.getsignal(signal.SIGUSR1) == before  # the handler is put back
+    assert requeue_job(None).startswith("not a SLURM job") if "SLURM_JOB_ID" not in os.environ else True

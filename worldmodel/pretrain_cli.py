@@ -7,6 +7,11 @@ On top of Lightning's own arguments this adds:
                              (more checkpoint callbacks, e.g. ModelCheckpoint, can be added in the config)
     --resume PATH|auto       continue from a checkpoint, mid-epoch and exactly; `auto` = DIR/checkpoints/last.ckpt
 
+Under SLURM (srun), SIGUSR1 stops the run at the end of the current batch, writes last.ckpt there and
+requeues the job (`scontrol requeue`), whose `--resume auto` continues exactly: ask SLURM for the signal
+ahead of the time limit with `#SBATCH --signal=USR1@120` (scripts/launch_slurm.sh does). Lightning's own
+handler, which saves an hpc_ckpt in the middle of a step that `--resume auto` would not read, is off.
+
 Checkpoints are written atomically and read with weights_only=True (`worldmodel.checkpoints`).
 Multi-GPU and multi-node runs are Lightning's: `--trainer.devices 8 --trainer.num_nodes 4
 --trainer.strategy ddp` under torchrun or SLURM (see scripts/).
@@ -16,11 +21,16 @@ from __future__ import annotations
 
 import csv
 import os
+import shutil
+import signal
+import subprocess
+import threading
 import warnings
 from pathlib import Path
 from typing import Any
 
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.fabric.plugins.environments import ClusterEnvironment, SLURMEnvironment
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
@@ -82,6 +92,54 @@ class RunCSVLogger(CSVLogger):
         return self._experiment
 
 
+class StopOnSignal(Callback):
+    """Stops training at the end of the batch during which `signum` arrived (any rank's signal stops all).
+
+    `LastCheckpoint` writes last.ckpt whenever the trainer stops, so the checkpoint holds that batch and
+    a resumed run continues exactly; `worldmodel pretrain` then requeues a SLURM job (`requeue_job`).
+    The handler is installed for fit only, from the main thread, and the previous one restored after.
+    """
+
+    def __init__(self, signum: int = signal.SIGUSR1) -> None:
+        self.signum = signum
+        self.received = False
+        self._previous: Any = None
+
+    def _on_signal(self, signum, frame) -> None:
+        self.received = True
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        if stage == "fit" and threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(self.signum, self._on_signal)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        stop = self.received
+        if trainer.world_size > 1:
+            stop = trainer.strategy.reduce_boolean_decision(stop, all=False)
+        if stop:
+            self.received = True
+            trainer.should_stop = True
+
+    def teardown(self, trainer, pl_module, stage: str) -> None:
+        if self._previous is not None:
+            signal.signal(self.signum, self._previous)
+            self._previous = None
+
+
+def requeue_job(job_id: str | None = None) -> str:
+    """Requeue this SLURM job (`scontrol requeue JOB`); returns what happened, for the log."""
+    job_id = job_id or os.environ.get("SLURM_JOB_ID")
+    if not job_id:
+        return "not a SLURM job: nothing requeued; continue with --resume auto"
+    scontrol = shutil.which("scontrol")
+    if scontrol is None:
+        return f"scontrol not found: job {job_id} not requeued; resubmit it (its --resume auto continues)"
+    done = subprocess.run([scontrol, "requeue", job_id], capture_output=True, text=True)
+    if done.returncode != 0:
+        return f"scontrol requeue {job_id} failed ({done.stderr.strip() or done.returncode}); resubmit the job"
+    return f"requeued SLURM job {job_id}"
+
+
 class PretrainCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_argument("--run_dir", type=str, default="runs/tiny", help="output folder of the run")
@@ -109,12 +167,17 @@ class PretrainCLI(LightningCLI):
         if not any(isinstance(c, DataErrorCallback) for c in callbacks):
             callbacks.append(DataErrorCallback(out_dir=str(run_dir)))
         callbacks.append(DataProgressCallback())
+        plugins = trainer_cfg.get("plugins") or []
+        plugins = plugins if isinstance(plugins, list) else [plugins]
+        if SLURMEnvironment.detect() and not any(isinstance(p, ClusterEnvironment) for p in plugins):
+            # our stop-at-a-batch-end on SIGUSR1 instead of Lightning's save-in-the-middle-of-a-step
+            plugins.append(SLURMEnvironment(auto_requeue=False))
+            if not any(isinstance(c, StopOnSignal) for c in callbacks):
+                callbacks.append(StopOnSignal())
         # last: callbacks run in list order at the end of a batch, so the checkpoint holds that batch's
         # data-error counts too
         callbacks.append(LastCheckpoint(run_dir / "checkpoints", every_n_steps=config["checkpoint_every"]))
         trainer_cfg["callbacks"] = callbacks
-        plugins = trainer_cfg.get("plugins") or []
-        plugins = plugins if isinstance(plugins, list) else [plugins]
         if not any(hasattr(p, "save_checkpoint") for p in plugins):
             plugins.append(AtomicCheckpointIO())
         trainer_cfg["plugins"] = plugins
@@ -158,6 +221,10 @@ def run_pretrain_cli(argv: list[str]) -> PretrainCLI:
     except (ConfigError, FileNotFoundError) as err:  # found at setup (data vs model, schedules), before any step
         raise SystemExit(f"worldmodel pretrain: error: {err}") from None
     final = Path(cli.config["run_dir"]) / "checkpoints" / "last.ckpt"
+    stopped = any(isinstance(c, StopOnSignal) and c.received for c in cli.trainer.callbacks)
     if cli.trainer.is_global_zero:
-        print(f"[worldmodel] finished at step {cli.trainer.global_step}; checkpoint: {final}")
+        if stopped:
+            print(f"[worldmodel] stopped by signal at step {cli.trainer.global_step}; checkpoint: {final}; {requeue_job()}")
+        else:
+            print(f"[worldmodel] finished at step {cli.trainer.global_step}; checkpoint: {final}")
     return cli
