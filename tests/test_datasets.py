@@ -180,6 +180,13 @@ def test_bad_files_are_skipped_counted_and_logged(tmp_path, make_video):
     summary = tracker.summary()
     assert f"{tracker.num_failures} unusable" in summary and "truncated" in summary and "data_errors.csv" in summary
     assert DataErrorTracker(str(tmp_path), rank=3).csv_path == tmp_path / "data_errors.rank3.csv"
+    # a short run above the limit (too few attempts to stop it) says so in its summary
+    short = DataErrorTracker(None, max_failure_ratio=0.1, min_samples=50)
+    short.update([("a.mp4", "corrupt", "x")] * 3, num_ok=5)
+    assert "WARNING: above max_failure_ratio=0.1, in too few attempts" in short.summary()
+    fine = DataErrorTracker(None, max_failure_ratio=0.5, min_samples=50)
+    fine.update([("a.mp4", "corrupt", "x")], num_ok=5)
+    assert "WARNING" not in fine.summary()
 
 
 def test_failure_threshold_raises_with_examples(tmp_path, make_video):

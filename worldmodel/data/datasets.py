@@ -238,6 +238,11 @@ class DataErrorTracker:
         )
         if self.num_failures and self.csv_path is not None:
             line += f"; list in {self.csv_path}"
+        if self.failure_ratio > self.max_failure_ratio and attempts < self.min_samples:
+            line += (
+                f". WARNING: above max_failure_ratio={self.max_failure_ratio:g}, in too few attempts to stop the "
+                f"run (the check starts at {self.min_samples}): check the data with `worldmodel data check MANIFEST`"
+            )
         return line
 
     def check(self) -> None:
