@@ -506,9 +506,9 @@ class WorldModel(nn.Module):
             video = normalize_video(video, **{k: tuple(norm[k]) for k in ("mean", "std") if k in norm})
         elif not video.is_floating_point():
             raise ForecastError(f"video must be uint8 or float (already normalised), got {video.dtype}")
-        elif video.numel() and float(video.detach().abs().amax()) > MAX_NORMALISED:
+        elif video.numel() and (largest := float(video.detach().abs().amax())) > MAX_NORMALISED:
             raise ForecastError(
-                f"float video holds values up to {float(video.detach().abs().amax()):.4g}: it looks like pixel "
+                f"float video holds values up to {largest:.4g}: it looks like pixel "
                 "values (0-255), not a normalised clip; pass uint8 frames (normalised here) or normalise them "
                 "with worldmodel.data.transforms.normalize_video"
             )
@@ -928,17 +928,12 @@ def _eval_clip_indices(
     total = num_context + horizon * model.tubelet_size
     sampler = timing.sampler(total)
     if not sampler.fits(info):
-        if info.variable_rate and sampler.frame_step is None:  # placed by time: say it in seconds
-            span = f"{sampler.offset_times()[-1] + 1.0 / info.fps:.2f} s"
-        else:
-            frames = int(sampler.span_indices(info)[-1]) + 1
-            span = f"{frames} source frames ({frames / info.fps:.2f} s)"
         raise ForecastError(
             f"{path}: video too short for forecast evaluation: {num_context} context frames + {horizon} future "
-            f"tubelets = {total} frames sampled with {timing.as_dict()} span {span}, the video has "
-            f"{info.num_frames} frames ({info.duration_s:.2f} s). Use a shorter "
-            "--horizon or context, a higher --fps / smaller --frame-step, remove the video from the manifest, "
-            "or pass --skip-bad to leave such videos out."
+            f"tubelets = {total} frames sampled with {timing.as_dict()} span {sampler.span_text(info, 'source frames')}, "
+            f"the video has {info.num_frames} frames ({info.duration_s:.2f} s). Use a shorter --horizon or context, "
+            "a higher --fps / smaller --frame-step, remove the video from the manifest, or pass --skip-bad to leave "
+            "such videos out."
         )
     mode = "uniform" if count > 1 else "center"
     return sampler.indices(info, mode=mode, num_clips=count), num_context, info.fps

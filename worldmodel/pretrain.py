@@ -226,9 +226,7 @@ class JEPAPretrainer(L.LightningModule):
                 "the batch has no 'masks', nor each sample's 'epoch' and 'index' to draw them from: give the "
                 "training DataLoader collate_fn=model.mask_collator() (VideoDataModule gets it at setup)"
             )
-        if getattr(self, "_fallback_collator", None) is None:
-            self._fallback_collator = self.mask_collator()
-        collator = self._fallback_collator
+        collator = self.mask_collator()  # microseconds to build, beside the step's host sync below
         if tuple(grid) != tuple(collator.grid):
             raise ValueError(
                 f"the clips give a token grid {tuple(grid)}, the model's masks are drawn on {tuple(collator.grid)} "

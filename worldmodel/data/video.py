@@ -236,11 +236,26 @@ class ClipSampler:
         """Whether this video's clips are placed by the frames' real start times (see the module docstring)."""
         return info.frame_starts is not None and self.frame_step is None
 
+    def _last_start(self, info: VideoInfo) -> int:
+        """The last frame a whole clip can start at; -1 when the video is shorter than one clip."""
+        if self._timed(info):
+            starts = info.frame_starts
+            # the last start s with starts[s] + times[-1] < starts[-1] + half a frame
+            limit = starts[-1] + 0.5 / info.fps - TIME_TOLERANCE_S - self.offset_times()[-1]
+            return int(np.searchsorted(starts, limit, side="left")) - 1
+        return info.num_frames - (int(self.span_indices(info)[-1]) + 1)
+
     def fits(self, info: VideoInfo) -> bool:
         """Whether one clip fits in the video without repeating its last frame."""
+        return self._last_start(info) >= 0
+
+    def span_text(self, info: VideoInfo, frames: str = "frames") -> str:
+        """How much of the video one clip spans, for messages: seconds for a clip placed by time (a
+        variable frame rate video), else "<n> `frames` (<seconds> s)"."""
         if self._timed(info):
-            return bool(self.offset_times()[-1] < info.frame_starts[-1] + 0.5 / info.fps - TIME_TOLERANCE_S)
-        return int(self.span_indices(info)[-1]) + 1 <= info.num_frames
+            return f"{self.offset_times()[-1] + 1.0 / info.fps:.2f} s"
+        span = int(self.span_indices(info)[-1]) + 1
+        return f"{span} {frames} ({span / info.fps:.2f} s)"
 
     def indices(
         self,
@@ -260,27 +275,19 @@ class ClipSampler:
             raise ValueError(f"num_clips must be >= 1, got {num_clips}")
         if mode in ("center", "start") and num_clips != 1:
             raise ValueError(f"mode={mode!r} gives one clip; use mode='uniform' for {num_clips} clips")
-        if self._timed(info):
-            times = self.offset_times()  # (T,)
-            starts = info.frame_starts
-            # the last start s with starts[s] + times[-1] < starts[-1] + half a frame (see `fits`)
-            limit = starts[-1] + 0.5 / info.fps - TIME_TOLERANCE_S - times[-1]
-            max_start = int(np.searchsorted(starts, limit, side="left")) - 1
-            span_text = f"{times[-1] + 1.0 / info.fps:.2f} s"
-        else:
-            offsets = self.span_indices(info)  # (T,)
-            span = int(offsets[-1]) + 1
-            max_start = info.num_frames - span
-            span_text = f"{span} frames ({span / info.fps:.2f} s)"
+        timed = self._timed(info)
+        times = self.offset_times() if timed else None  # (T,) seconds from the clip's first frame
+        offsets = None if timed else self.span_indices(info)  # (T,) frames from the clip's first frame
+        max_start = self._last_start(info)
         if max_start < 0:
             if self.short_policy == "skip":
                 raise VideoError(
                     info.path,
                     "too_short",
-                    f"a {self.num_frames}-frame clip spans {span_text} but the video has {info.num_frames} "
+                    f"a {self.num_frames}-frame clip spans {self.span_text(info)} but the video has {info.num_frames} "
                     f"frames ({info.duration_s:.2f} s); use shorter clips or short_policy='repeat_last'",
                 )
-            clamped = info.frames_nearest(times) if self._timed(info) else np.minimum(offsets, info.num_frames - 1)
+            clamped = info.frames_nearest(times) if timed else np.minimum(offsets, info.num_frames - 1)
             return [clamped.copy() for _ in range(num_clips)]
         if mode == "random":
             rng = rng if rng is not None else np.random.default_rng()
@@ -291,7 +298,7 @@ class ClipSampler:
             starts_at = np.array([max_start // 2])
         else:  # uniform
             starts_at = np.floor(np.arange(num_clips) * max_start / (num_clips - 1) + 0.5)
-        if self._timed(info):
+        if timed:
             return [info.frames_nearest(info.frame_starts[int(start)] + times) for start in starts_at]
         return [int(start) + offsets for start in starts_at]
 
