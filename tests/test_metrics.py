@@ -101,5 +101,28 @@ def test_classification_metrics_contract_keys_and_per_class_rows():
     assert out["action_top1"] == pytest.approx(1 / 3)  # the -1 sample counts as a miss
     assert out["action_recall@1"] == pytest.approx((1 + 0) / 2)  # classes 2 and 3 present
     assert out["action_num_unlabelled"] == 1
+    assert out["action_num_unseen_classes"] == 0  # nobody said which class the -1 sample is
     assert [r["class"] for r in out["per_class"]["verb"]] == [0, 1]  # class 2 absent: no row
     assert out["per_class"]["verb"][1] == {"class": 1, "support": 1, "name": "put", "recall@1": 1.0, "recall@5": 1.0}
+
+
+def test_unseen_classes_count_in_the_class_average_with_recall_zero():
+    """EK100: the average is over the classes present in the split. A pair the head has no output for is
+    such a class; each distinct one counts once, with recall 0, however many samples it has."""
+    scores = {"action": _scores([[0], [1], [1], [0], [2]], 3)}
+    labels = torch.tensor([0, -1, 1, 0, -1])
+    cases = [  # unseen ids of the -1 samples -> classes in the average at k = 1 (0: 2/2, 1: 1/1)
+        (torch.tensor([-1, 7, -1, -1, 7]), 1),  # one unseen pair, two samples
+        (torch.tensor([-1, 7, -1, -1, 8]), 2),  # two unseen pairs
+        (torch.tensor([-1, -1, -1, -1, -1]), 0),  # not said: outside the average, as before
+        (torch.tensor([5, 7, 6, 5, 7]), 1),  # ids on labelled samples are ignored
+    ]
+    for unseen, extra in cases:
+        out = classification_metrics(scores, {"action": labels, "action:unseen": unseen}, ks=(1,))
+        assert out["action_num_unseen_classes"] == extra
+        assert out["action_recall@1"] == pytest.approx(2 / (2 + extra))
+        assert out["action_top1"] == pytest.approx(3 / 5)  # unchanged: -1 samples are misses either way
+    only_unseen = classification_metrics(scores, {"action": torch.full((5,), -1), "action:unseen": torch.arange(5)}, ks=(1,))
+    assert only_unseen["action_recall@1"] == 0.0 and only_unseen["action_num_unseen_classes"] == 5
+    with pytest.raises(ValueError, match="action:unseen"):
+        classification_metrics(scores, {"action": labels, "action:unseen": torch.tensor([1, 2])})

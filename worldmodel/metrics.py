@@ -15,7 +15,11 @@ Labels of -1 (an action whose verb + noun pair never occurs in training, see
 `worldmodel.probe.classification_clip_sets`) have no output that could be right:
 
 - they are misses in top-k accuracy and stay in its denominator;
-- they are not a class, so they are left out of mean-class recall (no class average includes them).
+- in mean-class recall, their true classes are classes present in the split all the same: when the
+  caller says which they are (`classification_metrics`: ``labels["<head>:unseen"]``, the true class id
+  of each -1 sample), each distinct one enters the average with recall 0, as EPIC-KITCHENS-100 scores
+  a pair the model failed to rank. Without that, a -1 sample belongs to no class and counts nowhere
+  in the class average (`per_class_recall`, `mean_class_recall`, `MeanClassRecall`).
 
 Why not torchmetrics' ``MulticlassRecall(average="macro", top_k=k)``: its macro average keeps every
 class with a true positive, false positive *or* false negative, so a class absent from the split that
@@ -43,6 +47,8 @@ __all__ = [
     "topk_accuracy",
     "topk_hits",
 ]
+
+UNSEEN = ":unseen"  # labels["<head>" + UNSEEN]: the true class of each -1 sample of <head> (see the module note)
 
 
 def _check(scores: Tensor, labels: Tensor) -> None:
@@ -175,23 +181,38 @@ def classification_metrics(
 ) -> dict:
     """Metrics of several heads (e.g. verb, noun, action) as one flat dict plus per-class details.
 
+    labels may also hold ``"<head>:unseen"`` (N,): for each sample labelled -1, the id of its true class
+    when it has one (a class present in the split that the head has no output for, e.g. a verb + noun
+    pair never seen in training; ids in any numbering of such classes), else -1. Each distinct such
+    class counts in ``<head>_recall@<k>`` as a present class with recall 0.
+
     Returns ``{"<head>_recall@<k>": float, "<head>_top<k>": float for k in ks, ...,
     "per_class": {head: [{"class": c, "name": ..., "support": n, "recall@<k>": r, ...}, ...]},
-    "<head>_num_unlabelled": number of -1 labels}``; per_class lists the classes present in the split.
+    "<head>_num_unlabelled": number of -1 labels, "<head>_num_unseen_classes": distinct classes among
+    them}``; per_class lists the classes present in the split that the head has outputs for.
     """
     out: dict = {}
     per_class: dict[str, list[dict]] = {}
     for head, head_scores in scores.items():
         head_labels = labels[head].to(head_scores.device).long()
         head_scores = head_scores.float()
+        num_unseen = 0
+        if head + UNSEEN in labels:
+            unseen = labels[head + UNSEEN].to(head_labels.device).long()
+            if unseen.shape != head_labels.shape:
+                raise ValueError(f"metrics: labels[{head + UNSEEN!r}] must be (N,) like labels[{head!r}], "
+                                 f"got {tuple(unseen.shape)}")  # fmt: skip
+            num_unseen = int(torch.unique(unseen[(head_labels < 0) & (unseen >= 0)]).numel())
         recalls = {}
         for k in ks:
             recall, support = per_class_recall(head_scores, head_labels, k)
             recalls[k] = recall
             present = support > 0
-            out[f"{head}_recall@{k}"] = float(recall[present].mean()) if bool(present.any()) else math.nan
+            num_classes = int(present.sum()) + num_unseen  # the unseen classes: recall 0
+            out[f"{head}_recall@{k}"] = float(recall[present].sum()) / num_classes if num_classes else math.nan
             out[f"{head}_top{k}"] = topk_accuracy(head_scores, head_labels, k)
         out[f"{head}_num_unlabelled"] = int((head_labels < 0).sum())
+        out[f"{head}_num_unseen_classes"] = num_unseen
         names = (class_names or {}).get(head)
         rows = []
         for c in torch.nonzero(support > 0).flatten().tolist():

@@ -19,9 +19,9 @@ V-JEPA 2's evaluation, which drops those rows) and gets the action label ``-1``:
 
 - no output of the action head stands for it, so it can never be predicted correctly: it counts as a
   miss in top-1 / top-k accuracy of the action head;
-- for mean-class recall, ``-1`` is not a class with an output, so the class "unseen" is left out of
-  the class average (its samples still count in verb and noun metrics, and in action top-1 as errors).
-  The metrics code owns that computation; this is the treatment it is meant to implement.
+- for mean-class recall, the pair is still a class present in the split: the probe passes each -1
+  row's pair along, and every distinct unseen pair enters the class average with recall 0 (its rows
+  still count in the verb and noun metrics as usual). `worldmodel.metrics` owns that computation.
 
 The vocabulary is saved as JSON (`ActionVocabulary.save` / `load`) next to a trained probe, so that
 evaluation maps pairs to the same action ids as training did.
