@@ -95,3 +95,36 @@ def test_check_marks_variable_frame_rate_videos(make_video, tmp_path):
     table = format_check_table(rows)
     assert f"{rows[1]['fps']} vfr" in table and f"{rows[0]['fps']} vfr" not in table
     assert "variable frame rate: 1 of the ok videos" in table
+
+
+def _write_with_pyav(path, codec, frames=20):
+    import av
+    import numpy as np
+
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream(codec, rate=10)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        for i in range(frames):
+            image = np.full((48, 64, 3), 10 * i, np.uint8)
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
+        container.mux(stream.encode())
+    return path
+
+
+def test_a_folder_scan_finds_every_video_kind_and_says_what_it_left_out(make_video, tmp_path, capsys):
+    """Phone (.3gp), Flash (.flv) and Windows Media (.wmv) files are videos to a folder scan; an intact
+    file decord cannot read is "unsupported" (with the conversion), not "corrupt"; other files are
+    counted, not silently dropped."""
+    folder = tmp_path / "mixed"
+    make_video(folder / "a.mp4", num_frames=8)
+    _write_with_pyav(folder / "phone.3gp", "h264")
+    _write_with_pyav(folder / "old.flv", "flv")
+    _write_with_pyav(folder / "win.wmv", "mpeg4")  # MPEG-4 part 2 in ASF: decord 0.6 cannot count its frames
+    (folder / "notes.txt").write_text("shot list\n")
+    (folder / "LICENSE").write_text("cc-by\n")
+    assert run_check(str(folder)) == 1
+    out = capsys.readouterr().out
+    assert "total 4 videos: ok 3" in out and "bad 1 (unsupported 1)" in out
+    assert "win.wmv: unsupported: decord cannot read this file's mpeg4 video" in out and "ffmpeg -i IN" in out
+    assert "not listed: 2 other file(s) in the folder without a video extension" in out
+    assert ".txt 1" in out and "(no extension) 1" in out

@@ -72,9 +72,9 @@ def test_loader_resume_state_skips_consumed_batches(manifest):
     # the skip is one-shot: the next pass over the loader is the whole epoch again
     assert [batch["index"].tolist() for batch in resumed] == [batch["index"].tolist() for batch in full]
 
-    with pytest.raises(ValueError, match="seed 3 -> 4"):
+    with pytest.raises(ValueError, match="seed 3 in the checkpoint, 4 now"):
         _small(manifest, samples_per_epoch=8, seed=4).train_dataloader().load_state_dict(state)
-    with pytest.raises(ValueError, match="batch_size 2 -> 4"):
+    with pytest.raises(ValueError, match="batch_size 2 in the checkpoint, 4 now"):
         _small(manifest, samples_per_epoch=8, batch_size=4).train_dataloader().load_state_dict(state)
 
 

@@ -100,6 +100,11 @@ def test_resume_mid_epoch_continues_exactly(tmp_path, video_folder):
     )
     assert other.returncode != 0 and "Traceback" not in other.stderr
     assert "model.encoder_kwargs: checkpoint {'depth': 2" in other.stderr
+    # and with another batch size, which would replay other batches
+    bigger = run_pretrain([*common, "--data.batch_size", "3", "--run_dir", str(tmp_path / "bigger"),
+                           "--trainer.max_steps", "12", "--resume", str(part / "checkpoints/last.ckpt")], check=False)
+    assert bigger.returncode != 0 and "Traceback" not in bigger.stderr
+    assert "cannot resume exactly: batch_size 2 in the checkpoint, 3 now" in bigger.stderr
 
 
 def test_settings_that_cannot_work_are_one_line_errors_before_training(tmp_path, video_folder):
@@ -111,7 +116,10 @@ def test_settings_that_cannot_work_are_one_line_errors_before_training(tmp_path,
           '"warmup_steps": 8, "cooldown_steps": 8}'], "model.lr does not fit a run of 10 steps (trainer.max_steps)"),
         (["--optimizer", "SGD"], "unrecognized arguments: --optimizer"),  # the model's AdamW is the optimiser
         (["--model.encoder", "vit_nope"], "encoder must be one of"),
+        (["--data.manifest_weights", "[1, 2]"], "got 2 manifest weights for 1 manifests"),
+        (["--data.train_manifests", f"[{tmp_path / 'empty'}]"], "no video files found in this directory"),
     ]
+    (tmp_path / "empty").mkdir()
     for i, (args, message) in enumerate(cases):
         proc = run_pretrain(common + ["--run_dir", str(tmp_path / f"r{i}"), *args], check=False)
         assert proc.returncode != 0 and message in proc.stderr, (args, proc.stderr[-2000:])

@@ -167,6 +167,8 @@ def test_unseen_pairs_are_minus_one_and_holdout_labels_follow_the_fitted_vocabul
     assert outputs == {"verb": 3, "noun": 3, "action": 4}
     assert labels["action"].tolist() == [0, -1]
     assert labels["verb"].tolist() == [0, 1] and labels["noun"].tolist() == [0, 0]
+    # the unseen row's pair (1, 0) goes along, as verb * num_nouns + noun, for the class average
+    assert labels["action:unseen"].tolist() == [-1, 1 * 3 + 0]
     # fitting on P01_01 only: P02_01's pairs are unseen there, exactly as validation pairs are
     outputs, labels = train.label_space(np.array([0, 1]))
     assert outputs["action"] == 2 and outputs["verb"] == 3
@@ -456,6 +458,33 @@ def test_classification_probe_averages_clips_per_video(tmp_path, corpus, tiny_ck
     assert {"label_recall@5", "label_recall@1", "label_top1"} <= set(metrics)
 
 
+def test_an_unusable_validation_video_or_action_stops_the_probe_before_any_feature_work(tmp_path, corpus, tiny_ckpt, capsys):
+    """Found up front with a one-line error naming the file: not after the training features and the
+    whole hyper-parameter search, as a DataLoader worker's traceback."""
+    common = list(_quick_linear_probe_args(tiny_ckpt, corpus))
+    val_manifest = Path(common[common.index("--val-manifest") + 1])
+    (tmp_path / "cut.mp4").write_bytes(b"")
+    bad_val = corpus / "bad_val.txt"  # beside the other manifests: their paths are relative to it
+    bad_val.write_text(val_manifest.read_text() + f"{tmp_path / 'cut.mp4'} {val_manifest.read_text().split()[1]}\n")
+    common[common.index("--val-manifest") + 1] = str(bad_val)
+    with pytest.raises(SystemExit, match=r"cut\.mp4: empty: the file has zero bytes"):
+        run_probe(_args(tmp_path / "cls", *common))
+    said = capsys.readouterr()
+    assert "training items" not in said.out + said.err and not (tmp_path / "cls" / "metrics.json").exists()
+    # anticipation: an action after its video's end names the annotation line
+    ann = corpus / "annotations"
+    late = tmp_path / "late.csv"
+    lines = (ann / "val.csv").read_text().splitlines()
+    video_id = lines[1].split(",")[2]
+    late.write_text("\n".join(lines[:2]) + f"\nlate_0,{video_id[:3]},{video_id},00:10:00.00,00:10:00.00,00:10:01.00,"
+                    + ",".join(lines[1].split(",")[6:]) + "\n")  # fmt: skip
+    with pytest.raises(SystemExit, match=r"late\.csv:3: action late_0 starts at 600\.000 s, after the end of video"):
+        run_probe(_args(tmp_path / "ant", "--checkpoint", str(tiny_ckpt), "--train-annotations", str(ann / "train.csv"),
+                        "--val-annotations", str(late), "--videos", str(corpus / "videos"), "--workers", "0"))  # fmt: skip
+    said = capsys.readouterr()
+    assert "training items" not in said.out + said.err
+
+
 def test_bad_inputs_exit_with_a_message(tmp_path, tiny_ckpt):
     with pytest.raises(SystemExit, match="--train-annotations, --val-annotations and --videos"):
         run_probe(_args(tmp_path, "--checkpoint", str(tiny_ckpt), "--videos", str(tmp_path)))
@@ -653,6 +682,7 @@ def test_classification_classes_are_the_training_labels(tmp_path, corpus):
     outputs, labels = val.label_space(np.arange(len(train)))
     assert outputs == {"label": 4}  # 1 + the largest training label, not 8 for the validation label 7
     assert labels["label"].tolist() == [0, 0, -1, -1, 2, 2, -1, -1]  # 1 and 7: no training video has them
+    assert labels["label:unseen"].tolist() == [-1, -1, 1, 1, -1, -1, 7, 7]  # their true labels
     outputs, labels = train.label_space(np.arange(len(train)))
     assert outputs == {"label": 4} and labels["label"].tolist() == [0, 0, 2, 2, 3, 3, 2, 2]
     outputs, labels = train.label_space(np.array([0, 1, 2, 3]))  # fitted on the first two videos (0 and 2)
@@ -661,7 +691,8 @@ def test_classification_classes_are_the_training_labels(tmp_path, corpus):
 
 def test_validation_labels_unseen_in_training_are_misses(tmp_path, corpus, tiny_ckpt):
     """Validation videos whose label no training video has used to get head outputs of their own and be
-    scored by chance; they are misses now, and the mean-class recall averages the classes seen in training."""
+    scored by chance; they are misses now, and each such label is a class with recall 0 in the mean-class
+    recall (the contract: the average is over the classes present in the evaluated split)."""
     train_manifest, val_manifest = _kitchen_manifests(corpus)
     val = [(str(corpus / line.split()[0]), int(line.split()[1])) for line in val_manifest.read_text().split("\n") if line]
     common = [a for a in _quick_linear_probe_args(tiny_ckpt, corpus)]
@@ -672,8 +703,10 @@ def test_validation_labels_unseen_in_training_are_misses(tmp_path, corpus, tiny_
     assert metrics["outputs"] == {"label": 8}  # the 8 kitchens of training, not 100 outputs
     assert metrics["label_num_unlabelled"] == metrics["num_val"] == len(val)
     assert metrics["label_top1"] == metrics["label_top5"] == 0.0
-    assert metrics["label_recall@1"] is None and metrics["per_class_recall"]["label"] == []  # no class to average
-    assert f"{len(val)} validation videos have a label no training video has" in (out / "report.md").read_text()
+    assert metrics["label_num_unseen_classes"] == 1  # all are label 99
+    assert metrics["label_recall@1"] == metrics["label_recall@5"] == 0.0  # one class present, never ranked
+    assert metrics["per_class_recall"]["label"] == []  # no class the head has an output for
+    assert f"{len(val)} validation videos have a label no training video has (1 such labels)" in (out / "report.md").read_text()
     assert (out / "per_class_recall.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     mixed = [val[0]] + [(v, 99) for v, _ in val[1:]]  # one video keeps its kitchen
@@ -683,8 +716,9 @@ def test_validation_labels_unseen_in_training_are_misses(tmp_path, corpus, tiny_
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["label_num_unlabelled"] == len(val) - 1
     rows = metrics["per_class_recall"]["label"]
-    assert [(r["class"], r["support"]) for r in rows] == [(val[0][1], 1)]  # the unseen label is no class
-    assert metrics["label_recall@1"] == rows[0]["recall@1"]
+    assert [(r["class"], r["support"]) for r in rows] == [(val[0][1], 1)]  # the head's only class present
+    assert metrics["label_num_unseen_classes"] == 1
+    assert metrics["label_recall@1"] == pytest.approx(rows[0]["recall@1"] / 2)  # and label 99, recall 0
     assert metrics["label_top1"] == pytest.approx(rows[0]["recall@1"] / len(val))  # the others are misses
 
 

@@ -38,6 +38,7 @@ from lightning.pytorch.loggers.logger import rank_zero_experiment
 
 from worldmodel.checkpoints import AtomicCheckpointIO, LastCheckpoint
 from worldmodel.data.datamodule import DataErrorCallback, VideoDataModule
+from worldmodel.data.datasets import DataConfigError, DataFailureError
 from worldmodel.data.loader import DataProgressCallback
 from worldmodel.pretrain import ConfigError, JEPAPretrainer
 
@@ -218,8 +219,10 @@ def run_pretrain_cli(argv: list[str]) -> PretrainCLI:
     ckpt = resolve_resume(cli.config["resume"], cli.config["run_dir"])
     try:
         cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=ckpt)
-    except (ConfigError, FileNotFoundError) as err:  # found at setup (data vs model, schedules), before any step
+    except (ConfigError, DataConfigError, FileNotFoundError) as err:  # found at setup, before any step
         raise SystemExit(f"worldmodel pretrain: error: {err}") from None
+    except DataFailureError as err:  # too many unusable videos: the message lists them, a traceback adds nothing
+        raise SystemExit(f"worldmodel pretrain: stopped: {err}") from None
     final = Path(cli.config["run_dir"]) / "checkpoints" / "last.ckpt"
     stopped = any(isinstance(c, StopOnSignal) and c.received for c in cli.trainer.callbacks)
     if cli.trainer.is_global_zero:

@@ -56,9 +56,11 @@ What a run does (`worldmodel probe`, or `run_probe(args)`):
    ``metrics.json["repeats"]`` the mean, sample std and values of every metric of every probe kind.
 
 Scoring (see `worldmodel.metrics`): mean-class recall@k averages over the classes present in the
-evaluated split; top-k accuracy counts every sample, and validation actions whose pair never occurs in
+evaluated split; top-k accuracy counts every sample. Validation actions whose pair never occurs in
 training, like validation videos whose label no training video has (label -1, counted in
-``<output>_num_unlabelled``), count as misses there and are left out of the class average.
+``<output>_num_unlabelled``), are misses there, and each such pair (label) is a class present in the
+split with recall 0 in the class average (counted in ``<output>_num_unseen_classes``): no output of
+the head stands for it, so nothing can rank it.
 
 Training: AdamW (no weight decay on biases, norms, query tokens), a linear warm-up then cosine decay to
 zero, cross-entropy (default) or sigmoid focal loss (alpha 0.25, gamma 2, V-JEPA 2's choice for EK100),
@@ -112,7 +114,7 @@ from worldmodel.data.datasets import AnticipationDataset, ManifestEntry, collate
 from worldmodel.data.transforms import RandomResizedCropVideo, ResizeCenterCropVideo
 from worldmodel.data.video import ClipSampler, VideoError, VideoInfo, read_frames, read_video_info
 from worldmodel.forecast import ForecastAnchor, ForecastError
-from worldmodel.metrics import classification_metrics
+from worldmodel.metrics import UNSEEN, classification_metrics
 from worldmodel.models.probe import build_probe, no_weight_decay
 
 __all__ = [
@@ -348,6 +350,12 @@ class ManifestClips(Dataset):
     def __len__(self) -> int:
         return len(self.entries) * self.num_clips
 
+    def check(self) -> None:
+        """Open every video once (a `VideoError` naming the file for one that cannot be used), so that a
+        bad file stops the probe before hours of feature extraction, not in the middle of it."""
+        for index in range(0, len(self), self.num_clips):
+            self.clip_indices(index)
+
     def clip_indices(self, index: int) -> np.ndarray:
         entry = self.entries[index // self.num_clips]
         if entry.path not in self._infos:
@@ -447,7 +455,9 @@ def anticipation_clip_sets(
                 )
             actions = torch.tensor([final.action_id(s.verb, s.noun) for s in segments])
             outputs = {"verb": final.num_verbs, "noun": final.num_nouns, "action": final.num_actions}
-            return outputs, {"verb": verbs, "noun": nouns, "action": actions}
+            # the pair of each unseen action: a class of the split with recall 0 (see worldmodel.metrics)
+            unseen = torch.where(actions < 0, verbs * final.num_nouns + nouns, -1)
+            return outputs, {"verb": verbs, "noun": nouns, "action": actions, "action" + UNSEEN: unseen}
 
         fingerprint = {
             "task": "anticipation",
@@ -485,8 +495,8 @@ def classification_clip_sets(train_manifest: str, val_manifest: str, cfg: ProbeC
 
     The classes are the labels of the TRAINING videos, as the actions of anticipation are its training
     pairs: the head has ``1 + max(training label)`` outputs, and a validation video whose label no
-    training video has keeps its place with label -1 (a miss in top-k accuracy, no class in the
-    mean-class recall; counted in ``label_num_unlabelled``). The held-out part of the hyper-parameter
+    training video has keeps its place with label -1 (a miss in top-k accuracy, and its label a class
+    with recall 0 in the mean-class recall; counted in ``label_num_unlabelled``). The held-out part of the hyper-parameter
     search is labelled the same way by the videos it is fitted on."""
     evaluation, training, shorter = _transforms(cfg, img_size)
     sampler = ClipSampler(num_frames=cfg.num_frames, fps=cfg.fps)
@@ -506,12 +516,13 @@ def classification_clip_sets(train_manifest: str, val_manifest: str, cfg: ProbeC
         count = sum(e.label in unseen for e in entries["val"])
         _log(f"{val_manifest}: {count} of {len(entries['val'])} validation videos have a label no training video has "
              f"({', '.join(map(str, unseen[:10]))}{' ...' if len(unseen) > 10 else ''}); they are kept as label -1, "
-             "misses for top-k accuracy and outside the mean-class recall")  # fmt: skip
+             "misses for top-k accuracy, and classes with recall 0 in the mean-class recall")  # fmt: skip
 
     def space(split: str, classes: Tensor) -> tuple[dict[str, int], dict[str, Tensor]]:
         """Outputs for the labels `classes`, and the split's labels with the others as -1."""
         known = torch.isin(labels[split], classes)
-        return {"label": int(classes.max()) + 1}, {"label": torch.where(known, labels[split], -1)}
+        return {"label": int(classes.max()) + 1}, {"label": torch.where(known, labels[split], -1),
+                                                   "label" + UNSEEN: torch.where(known, -1, labels[split])}
 
     def clip_set(split: str, manifest: str, label_space: Callable) -> ClipSet:
         split_entries = entries[split]
@@ -933,7 +944,7 @@ def evaluate_heads(
     """`classification_metrics` of the probe on the items `rows` (views of a sample averaged)."""
     rows_t = torch.as_tensor(rows, dtype=torch.long)
     scores = predict_scores(probe, features, rows, cfg)
-    row_labels = {name: labels[name][rows_t] for name in scores}
+    row_labels = {name: value[rows_t] for name, value in labels.items() if name.removesuffix(UNSEEN) in scores}
     scores, row_labels = average_views(scores, row_labels, sample_ids[rows])
     return classification_metrics(scores, row_labels, class_names=class_names)
 
@@ -1200,9 +1211,11 @@ def write_report(metrics: Mapping[str, Any], path: str | os.PathLike) -> Path:
         "",
         "Mean-class recall@k averages over the classes present in validation; top1 counts every sample. "
         + (f"{int(metrics.get('action_num_unlabelled') or 0)} validation actions have a verb+noun pair never seen in "
-           "training (label -1): misses for top1, left out of the class average." if metrics["task"] == "anticipation" else
+           f"training ({int(metrics.get('action_num_unseen_classes') or 0)} such pairs): misses for top1, and "
+           "classes with recall 0 in the class average." if metrics["task"] == "anticipation" else
            f"{int(metrics.get('label_num_unlabelled') or 0)} validation videos have a label no training video has "
-           "(label -1): misses for top1, left out of the class average."),
+           f"({int(metrics.get('label_num_unseen_classes') or 0)} such labels): misses for top1, and classes with "
+           "recall 0 in the class average."),
         "",
         "## Hyper-parameter grid (held-out training videos)",
         "",
@@ -1418,6 +1431,8 @@ def _run_probe(args: argparse.Namespace) -> int:
         train, val, vocab = anticipation_clip_sets(paths["train_annotations"], paths["val_annotations"], paths["videos"], cfg, img_size)
     else:
         train, val = classification_clip_sets(paths["train_manifest"], paths["val_manifest"], cfg, img_size)
+    for clip_set in (train, val):  # every video opened (and every action placed in it) before any work
+        clip_set.dataset.check()
     _log(f"{task}: {len(train)} training items, {len(val)} validation items")
     cache = FeatureCache(out_dir / "feature_cache" if args.disk_cache else None)
     sources = {

@@ -9,7 +9,7 @@ _EXPORTS = {
         "worldmodel.data.video",
     ),
     **dict.fromkeys(
-        ("ClipDataset", "AnticipationDataset", "EpochSampler", "ManifestEntry", "DataFailureError",
+        ("ClipDataset", "AnticipationDataset", "EpochSampler", "ManifestEntry", "DataFailureError", "DataConfigError",
          "collate_samples", "read_manifest"),
         "worldmodel.data.datasets",
     ),

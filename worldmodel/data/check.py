@@ -21,7 +21,7 @@ from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-from worldmodel.data.datasets import read_manifest
+from worldmodel.data.datasets import non_video_files, read_manifest
 from worldmodel.data.video import VideoError, read_frames, read_video_info
 
 CHECK_COLUMNS: tuple[str, ...] = (
@@ -123,6 +123,11 @@ def run_check(manifest_path: str, out_csv: str | None = None, workers: int = 0) 
         return 1
     rows = check_videos(paths, workers=workers)
     print(format_check_table(rows))
+    others = non_video_files(manifest_path)
+    if others:  # a folder: say what its scan left out, so that no video kind disappears unseen
+        kinds = ", ".join(f"{ext or '(no extension)'} {n}" for ext, n in others.most_common(8))
+        print(f"not listed: {sum(others.values())} other file(s) in the folder without a video extension ({kinds}); "
+              "rename a video with an unusual extension, or list it in a manifest file")  # fmt: skip
     if out_csv:
         write_check_csv(rows, out_csv)
         print(f"wrote {out_csv}")

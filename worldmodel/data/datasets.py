@@ -72,9 +72,9 @@ def _is_video(path: Path) -> bool:
     return path.suffix.lower() in VIDEO_EXTENSIONS
 
 
-def _videos_below(root: Path) -> list[Path]:
-    """Files with a video extension in `root` and below, sorted; symlinked folders are followed (once
-    each, so a link cycle ends), and links to videos are listed even when broken."""
+def _files_below(root: Path) -> list[Path]:
+    """Every file in `root` and below, sorted; symlinked folders are followed (once each, so a link
+    cycle ends), and links are listed even when broken."""
     found, visited = [], set()
     for folder, subfolders, files in os.walk(root, followlinks=True):
         real = os.path.realpath(folder)
@@ -82,8 +82,22 @@ def _videos_below(root: Path) -> list[Path]:
             subfolders[:] = []
             continue
         visited.add(real)
-        found += [Path(folder) / name for name in files if _is_video(Path(name))]
+        found += [Path(folder) / name for name in files]
     return sorted(found)
+
+
+def _videos_below(root: Path) -> list[Path]:
+    """Files with a video extension in `root` and below (see `_files_below`)."""
+    return [p for p in _files_below(root) if _is_video(p)]
+
+
+def non_video_files(manifest: str | os.PathLike) -> Counter:
+    """For a folder manifest, how many files below it a scan leaves out, by extension ("" for none;
+    hidden files are not counted); an empty Counter for a manifest file."""
+    path = Path(manifest).expanduser()
+    if not path.is_dir():
+        return Counter()
+    return Counter(p.suffix.lower() for p in _files_below(path) if not _is_video(p) and not p.name.startswith("."))
 
 
 def read_manifest(path: str | os.PathLike) -> list[ManifestEntry]:
@@ -98,7 +112,7 @@ def read_manifest(path: str | os.PathLike) -> list[ManifestEntry]:
     if path.is_dir():
         videos = _videos_below(path)
         if not videos:
-            raise ValueError(
+            raise DataConfigError(
                 f"{path}: no video files found in this directory or below "
                 f"(extensions {', '.join(VIDEO_EXTENSIONS)})"
             )
@@ -130,8 +144,12 @@ def read_manifest(path: str | os.PathLike) -> list[ManifestEntry]:
                     label = int(fields[1])
                 except ValueError:
                     raise ValueError(
-                        f"{where}: label {fields[1]!r} is not an integer (expected 'path' or 'path label')"
+                        f"{where}: label {fields[1]!r} is not an integer (expected 'path' or 'path label'; "
+                        "the only header lines skipped are 'path' and 'path,label')"
                     ) from None
+                if label < 0:
+                    raise ValueError(f"{where}: label {label} is negative; labels are class ids >= 0 "
+                                     "(leave the label out for a video without one)")  # fmt: skip
             entries.append(ManifestEntry(os.path.normpath(video), label))
     if not entries:
         raise ValueError(f"manifest {path} lists no videos (only blank lines, comments or a header)")
@@ -156,6 +174,11 @@ def _split_manifest_line(line: str, where: str) -> list[str]:
 # ---------------------------------------------------------------------------------------------- errors
 class DataFailureError(RuntimeError):
     """Too many videos could not be used: the data needs fixing before training goes on."""
+
+
+class DataConfigError(ValueError):
+    """Data settings that cannot work (manifests, weights, a resume that cannot be exact), found before the
+    first step: `worldmodel pretrain` prints it as one line."""
 
 
 class DataErrorTracker:
@@ -373,9 +396,10 @@ class ClipDataset(Dataset):
             self.source_weights: list[float] | None = None
         else:
             if len(weights) != len(manifests):
-                raise ValueError(f"got {len(weights)} manifest weights for {len(manifests)} manifests")
+                raise DataConfigError(f"got {len(weights)} manifest weights for {len(manifests)} manifests "
+                                      f"({', '.join(manifests)}): give one weight per manifest")
             if any(w < 0 or not math.isfinite(w) for w in weights) or sum(weights) <= 0:
-                raise ValueError(f"manifest weights must be >= 0 and not all zero, got {list(weights)}")
+                raise DataConfigError(f"manifest weights must be >= 0 and not all zero, got {list(weights)}")
             self.source_weights = [float(w) / sum(weights) for w in weights]
 
     def __len__(self) -> int:
@@ -515,6 +539,12 @@ class AnticipationDataset(Dataset):
             self._infos[video_id] = read_video_info(self.video_paths[video_id])
         return self._infos[video_id]
 
+    def check(self) -> None:
+        """Open every referenced video once and place every action's context in it: a `VideoError` or
+        `ValueError` naming the file (and annotation line) now, rather than in the middle of a run."""
+        for index in range(len(self.segments)):  # the gaps move the clip, not whether the action fits
+            self.context_indices(index)
+
     def context_indices(self, index: int) -> np.ndarray:
         """Source frame indices (T,) of item ``index``'s context clip."""
         segment, gap = self.item(index)
@@ -522,8 +552,9 @@ class AnticipationDataset(Dataset):
         duration_s = info.num_frames / info.fps
         if segment.start_s > duration_s + 1.0 / info.fps:  # one frame of slack for rounding
             # the clip would be the video's last frames, whatever the action: refuse instead
+            action = f"action {segment.narration_id}" if segment.narration_id else "the action"
             raise ValueError(
-                f"{segment.source or self.annotations_csv}: action {segment.narration_id or ''} starts at "
+                f"{segment.source or self.annotations_csv}: {action} starts at "
                 f"{segment.start_s:.3f} s, after the end of video {segment.video_id} ({info.path}: "
                 f"{info.num_frames} frames at {info.fps:.3f} fps = {duration_s:.3f} s). Is it the right video, "
                 "or were its frame numbers counted at another frame rate?"

@@ -17,6 +17,8 @@ from typing import Any
 from lightning.pytorch.callbacks import Callback
 from torch.utils.data import DataLoader
 
+from worldmodel.data.datasets import DataConfigError
+
 
 class ResumableDataLoader(DataLoader):
     """DataLoader over an `EpochSampler` (`epoch`, `set_epoch`, `start_index`, `seed`, `world_size`,
@@ -40,12 +42,13 @@ class ResumableDataLoader(DataLoader):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         changed = [
-            f"{key} {state[key]} -> {now}" for key, now in self._settings().items() if key in state and state[key] != now
-        ]
+            f"{key} {state[key]} in the checkpoint, {now} now" for key, now in self._settings().items()
+            if key in state and state[key] != now
+        ]  # fmt: skip
         if changed:
-            raise ValueError(
-                "cannot resume exactly: " + ", ".join(changed) + " since the checkpoint (per process: batch_size; "
-                "processes: world_size). Resume with the same data.seed, data.batch_size, "
+            raise DataConfigError(
+                "cannot resume exactly: " + "; ".join(changed) + " (batch_size counts clips per process, "
+                "world_size processes). Resume with the same data.seed, data.batch_size, "
                 "data.samples_per_epoch and number of processes, or start a new run."
             )
         self.sampler.set_epoch(state["epoch"])
