@@ -170,6 +170,30 @@ def test_resize_on_decode(make_video):
     assert clips[0].frames.shape == (3, 16, 16, 3)
 
 
+def test_a_video_stored_rotated_keeps_its_displayed_shape_when_resized_by_its_shorter_side(tmp_path):
+    """Phones store portrait video as landscape frames plus a 90 degree display rotation, which decord
+    applies. A shorter-side resize must size the rotated frame, not squeeze it into the stored shape."""
+    path = tmp_path / "phone.mp4"
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=8)
+        stream.width, stream.height, stream.pix_fmt = 64, 32, "yuv420p"  # stored 32 high, 64 wide
+        stream.set_display_rotation(90)
+        for _ in range(4):
+            image = np.zeros((32, 64, 3), np.uint8)
+            image[:, :16] = 255  # a white band on the left of the stored frame
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
+        container.mux(stream.encode())
+    native = read_frames(path, [0])
+    assert native.shape == (1, 64, 32, 3)  # displayed: portrait
+    for frames in (read_frames(path, [0], size=16), read_clips(path, ClipSampler(num_frames=2, frame_step=1), size=16)[0].frames):
+        assert frames.shape[1:] == (32, 16, 3)  # the shorter side (the width) to 16, the aspect kept
+        # and it is the displayed picture made smaller: the band lies along the same side
+        small = torch.nn.functional.interpolate(native.permute(0, 3, 1, 2).float(), size=(32, 16), mode="area")
+        assert (frames[0].float() - small[0].permute(1, 2, 0)).abs().mean() < 8
+    info = read_video_info(path)
+    assert (info.height, info.width) == (64, 32)
+
+
 def test_odd_sizes(tmp_path):
     frames = [index_frame(i, (33, 47)) for i in range(12)]
     # libx264 refuses odd sizes in 4:2:0; 4:4:4 and gray streams allow them
@@ -279,6 +303,28 @@ def test_variable_frame_rate_clips_are_placed_by_the_frames_times(tmp_path):
     # from a start time, not clamped: frames past the end continue at the average rate
     from_start = long.indices_starting_at(info, 0.0)
     assert from_start[:3].tolist() == [0, 26, 36] and from_start[3] == 39 + round(0.7 * info.fps)
+
+
+def test_variable_frame_rate_clip_starts_are_drawn_in_time_not_frames(tmp_path):
+    """Half the frames of this video fall in its first 0.4 s (50 fps there, 10 fps after). Starts drawn
+    over frames would put about half the clips there; drawn over time, about 0.4 s / 1.9 s of them."""
+    info = read_video_info(write_vfr_video(tmp_path / "vfr.mp4"))
+    sampler = ClipSampler(num_frames=3, fps=5.0)  # spans 0.4 s: the last start that fits is at 1.9 s
+    last_start = info.frame_starts[sampler._last_start(info)]
+    assert last_start == pytest.approx(1.9, abs=1e-6)
+    clips = sampler.indices(info, mode="random", num_clips=4000, rng=np.random.default_rng(0))
+    first_times = info.frame_starts[[int(c[0]) for c in clips]]
+    share_fast = np.mean(first_times < 0.4 + 0.05)  # the 50 fps part, up to the midpoint to frame 21
+    assert share_fast == pytest.approx(0.45 / 1.9, abs=0.03)
+    assert first_times.max() <= last_start + 1e-9 and first_times.min() == 0.0
+    # "uniform" and "center" spread in time too: starts nearest to 0, 0.95, 1.9 s (0.95 lies halfway
+    # between the frames at 0.9 and 1.0 s: ties round as the frame-number formulas do, up for
+    # "uniform" and down for "center"); over frames, the middle one would start at 0.34 s (frame 17 of
+    # the 36 that fit)
+    spread = sampler.indices(info, mode="uniform", num_clips=3)
+    assert [info.frame_starts[int(c[0])] for c in spread] == pytest.approx([0.0, 1.0, 1.9], abs=1e-6)
+    (center,) = sampler.indices(info, mode="center")
+    assert info.frame_starts[int(center[0])] == pytest.approx(0.9, abs=1e-6)
 
 
 def test_constant_frame_rate_keeps_frame_number_formulas(make_video):

@@ -41,8 +41,9 @@ clips are placed by time, not by frame number: with ``fps`` or ``duration_s``, f
 starts at frame s is the frame whose start is nearest to ``start(s) + offset_time[i]`` (ties to the
 later frame), where ``offset_time[i]`` is ``i / fps`` or ``i * d / T``; a clip fits when its last
 time is less than half an average frame after the last frame's start; the start frame s is chosen by
-`mode` as above among the starts that fit (so "random" is uniform over frames, not over seconds: a
-stretch recorded at twice the rate gets twice the clips); `indices_ending_at` ends at the last frame
+`mode` in time among the starts that fit: the frame nearest to a time uniform between the first and
+the last such start ("random"), to their midpoint ("center"), or to K evenly spaced times ("uniform"),
+so a stretch recorded at twice the rate gets no more clips; `indices_ending_at` ends at the last frame
 starting at or before ``end_s``. ``frame_step`` counts frames whatever their times.
 `Clip.timestamps` are the frames' real start times.
 
@@ -83,7 +84,13 @@ import torch
 from einops import rearrange
 from torch.utils.dlpack import from_dlpack
 
-VIDEO_EXTENSIONS: tuple[str, ...] = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpeg")
+# Files with these extensions are videos to a folder manifest and to annotation lookups (any case). The
+# MPEG program / transport stream ones (.mpg .mpeg .vob .ts .mts .m2ts) are listed so that they are
+# refused with the command that remuxes them, not left out without a word.
+VIDEO_EXTENSIONS: tuple[str, ...] = (
+    ".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".3gp", ".3g2", ".flv", ".wmv", ".asf", ".ogv",
+    ".mpg", ".mpeg", ".vob", ".ts", ".mts", ".m2ts",
+)  # fmt: skip
 
 # A sane average frame rate lies in this range (frames per second); outside it, decord's value is
 # treated as unknown (containers sometimes report 0, NaN or the time base, e.g. 90000).
@@ -291,6 +298,23 @@ class ClipSampler:
             return [clamped.copy() for _ in range(num_clips)]
         if mode == "random":
             rng = rng if rng is not None else np.random.default_rng()
+        if timed:
+            # starts chosen in time, not frames: a stretch recorded at twice the rate gets no more clips
+            first, last = info.frame_starts[0], info.frame_starts[max_start]
+            if mode == "random":
+                start_times = rng.uniform(first, last, size=num_clips) if last > first else np.full(num_clips, first)
+            elif mode == "start":
+                start_times = np.array([first])
+            elif mode == "center" or num_clips == 1:
+                start_times = np.array([(first + last) / 2])
+            else:  # uniform
+                start_times = first + np.arange(num_clips) * (last - first) / (num_clips - 1)
+            # the nearest frame, among those a whole clip can start at (frames sharing a start resolve to the
+            # last); ties as the frame-number formulas round: "center" down (max_start // 2), the others up
+            ties = "earlier" if mode == "center" or (mode == "uniform" and num_clips == 1) else "later"
+            starts_at = np.minimum(info.frames_nearest(start_times, ties=ties), max_start)
+            return [info.frames_nearest(info.frame_starts[int(start)] + times) for start in starts_at]
+        if mode == "random":
             starts_at = rng.integers(0, max_start + 1, size=num_clips)
         elif mode == "start":
             starts_at = np.zeros(1, dtype=np.int64)
@@ -298,8 +322,6 @@ class ClipSampler:
             starts_at = np.array([max_start // 2])
         else:  # uniform
             starts_at = np.floor(np.arange(num_clips) * max_start / (num_clips - 1) + 0.5)
-        if timed:
-            return [info.frames_nearest(info.frame_starts[int(start)] + times) for start in starts_at]
         return [int(start) + offsets for start in starts_at]
 
     def indices_ending_at(self, info: VideoInfo, end_s: float) -> np.ndarray:
@@ -445,7 +467,7 @@ def _open_reader(path: str, size: int | tuple[int, int] | None, num_threads: int
     try:
         return decord.VideoReader(path, width=width, height=height, num_threads=num_threads)
     except Exception as exc:  # DECORDError, RuntimeError, AssertionError (zero frames), ...
-        raise _diagnose(path, exc) from None
+        raise _diagnose(path, exc, at_open=True) from None
 
 
 def _decode(
@@ -683,7 +705,9 @@ _native_size_cache: dict[tuple[str, int, int], tuple[int, int]] = {}
 
 
 def _native_size(path: str) -> tuple[int, int]:
-    """(height, width) from the stream header via PyAV, cached per (path, size, mtime) in this process."""
+    """(height, width) of the frames as decord returns them, via PyAV, cached per (path, size, mtime) in
+    this process: the stream's coded size, turned a quarter when the file says to display it rotated
+    by 90 or 270 degrees (phones store portrait video so), because decord applies that rotation."""
     stat = os.stat(path)
     key = (path, stat.st_size, stat.st_mtime_ns)
     if key not in _native_size_cache:
@@ -691,10 +715,20 @@ def _native_size(path: str) -> tuple[int, int]:
 
         try:
             with av.open(path) as container:
-                ctx = container.streams.video[0].codec_context
-                _native_size_cache[key] = (ctx.height, ctx.width)
+                stream = container.streams.video[0]
+                height, width = stream.codec_context.height, stream.codec_context.width
+                # the rotation is side data of the frames: decode the first one (PyAV 13+ has `rotation`);
+                # a frame PyAV cannot decode leaves the verdict on the file to decord
+                rotation = 0
+                try:
+                    for frame in container.decode(stream):
+                        rotation = int(getattr(frame, "rotation", 0) or 0)
+                        break
+                except Exception:
+                    pass
         except Exception as exc:
             raise _diagnose(path, exc) from None
+        _native_size_cache[key] = (width, height) if rotation % 180 else (height, width)
         if len(_native_size_cache) > 4096:  # bounded: a worker may see millions of files
             _native_size_cache.pop(next(iter(_native_size_cache)))
     return _native_size_cache[key]
@@ -730,7 +764,7 @@ def _check_file(path: str) -> None:
     """Problems visible without a decoder: missing, a directory, unreadable, zero bytes."""
     if not os.path.exists(path):
         raise VideoError(
-            path, "missing", "no such file; check the manifest (relative paths are resolved against its folder)"
+            path, "missing", "no such file (a relative path in a manifest is resolved against the manifest's folder)"
         )
     if os.path.isdir(path):
         raise VideoError(path, "not_video", "is a directory, not a video file")
@@ -804,8 +838,11 @@ def _decoder_message(exc: BaseException) -> str:
     return text[:300]
 
 
-def _diagnose(path: str, exc: BaseException) -> VideoError:
-    """Turn a decoder failure into a VideoError with the most specific reason the file's bytes support."""
+def _diagnose(path: str, exc: BaseException, at_open: bool = False) -> VideoError:
+    """Turn a decoder failure into a VideoError with the most specific reason the file's bytes support.
+
+    at_open: decord failed to open the file (not to decode frames of it); then a file that a current
+    FFmpeg (PyAV) decodes is "unsupported" (a codec decord's FFmpeg 4.1 lacks), not "corrupt"."""
     if isinstance(exc, VideoError):
         return exc
     try:
@@ -831,5 +868,29 @@ def _diagnose(path: str, exc: BaseException) -> VideoError:
         if streams and "video" not in streams:
             detail = f"the file holds no video stream, only {', '.join(streams)}; remove it from the manifest"
             return VideoError(path, "not_video", detail)
+    codec = _codec_decodable_elsewhere(path) if at_open else None
+    if codec is not None:  # intact: decord's FFmpeg 4.1 lacks what this file needs
+        return VideoError(
+            path, "unsupported",
+            f"decord cannot read this file's {codec} video ({message}), though current FFmpeg can; {_CONVERT_HINT}",
+        )  # fmt: skip
     return VideoError(path, "corrupt", f"the decoder failed ({message}); {_CONVERT_HINT}")
+
+
+def _codec_decodable_elsewhere(path: str) -> str | None:
+    """The codec's name when PyAV (a current FFmpeg) decodes the file's first frames, else None."""
+    try:
+        import av
+
+        with av.open(path) as container:
+            stream = container.streams.video[0]
+            codec = str(stream.codec_context.name)
+            frames = 0
+            for frame in container.decode(stream):
+                frames += 1
+                if frames >= 2:  # a frame past the first: the stream decodes, it is not just a header
+                    break
+            return codec if frames else None
+    except Exception:
+        return None
 
