@@ -278,6 +278,20 @@ def test_cli_writes_latents_with_metadata(checkpoint, model, video_folder, tmp_p
     assert not meta["clips"][0]["future_available"] and "quality" not in meta
 
 
+def test_cli_says_when_an_export_without_the_context_encoder_changes_the_forecast(checkpoint, video_folder, tmp_path, capsys):
+    from worldmodel.checkpoints import export_model
+
+    video = video_folder(n=1, num_frames=24, size=(40, 40), fps=8.0) / "v000.mp4"
+    args = ["--video", video, "--start", 0.5, "--context-frames", 4, "--horizon", 1, "--device", "cpu"]
+    for encoders, noted in (("target", True), ("both", False)):
+        folder = export_model(checkpoint, tmp_path / encoders, encoder=encoders)
+        out = tmp_path / f"{encoders}.safetensors"
+        assert cli(["--checkpoint", folder, *args, "--out", out]) == 0
+        said = capsys.readouterr().err
+        assert ("holds no context encoder" in said) is noted, said
+        assert load_latents(out)[1]["predictor_input_encoder"] == ("target" if noted else "context")
+
+
 def test_cli_places_frames_of_a_variable_frame_rate_video_by_their_times(checkpoint, tmp_path):
     video = write_vfr_video(tmp_path / "vfr.mp4")  # frames 0-20 at 0-0.4 s, then 100 ms apart
     out = tmp_path / "vfr.safetensors"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import warnings
 
 import lightning as L
 import numpy as np
@@ -157,3 +158,9 @@ def test_world_model_refuses_float_pixel_values_passed_as_a_normalised_clip():
     from worldmodel.data.transforms import normalize_video
 
     assert torch.allclose(world.encode(normalize_video(pixels[None])), world.encode(pixels))
+    # pixels scaled to 0-1 are a warning (a normalised clip is negative where pixels are dark), not an error
+    with pytest.warns(UserWarning, match=r"within \[0, 1\]: it looks like pixel values scaled to 0-1"):
+        world.encode(pixels.float() / 255)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        world.encode(normalize_video(pixels[None]))  # a real normalised clip: no warning

@@ -95,6 +95,7 @@ import json
 import math
 import os
 import sys
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
@@ -512,6 +513,13 @@ class WorldModel(nn.Module):
                 "values (0-255), not a normalised clip; pass uint8 frames (normalised here) or normalise them "
                 "with worldmodel.data.transforms.normalize_video"
             )
+        elif video.numel() >= 1024 and float(video.detach().amin()) >= 0.0 and float(video.detach().amax()) <= 1.0:
+            # a normalised clip is negative wherever a pixel is darker than the mean (about 115 of 255)
+            warnings.warn(
+                "float video lies within [0, 1]: it looks like pixel values scaled to 0-1, not a normalised "
+                "clip (nothing in it is darker than the normalisation mean); pass uint8 frames (normalised here) "
+                "or normalise with worldmodel.data.transforms.normalize_video", stacklevel=3,
+            )  # fmt: skip
         return video.to(next(self.parameters()).dtype)
 
     def _encoder(self, name: str | None) -> nn.Module:
@@ -1375,6 +1383,11 @@ def run_forecast(args: argparse.Namespace) -> int:
         _check_options(args)
         device = resolve_device(args.device)  # before the checkpoint is read: a bad --device fails at once
         model = WorldModel.load(args.checkpoint, device=device)
+        if model.context_encoder_role == "target":  # "shared" (SIGReg) is what its predictor was trained on
+            print(f"worldmodel forecast: note: {args.checkpoint} holds no context encoder (an export written without "
+                  f"--encoder both), so the predictor reads the {model.context_encoder_role} encoder's tokens, not the "
+                  "ones it was trained on: forecasts differ from the checkpoint's; `worldmodel export CKPT DIR "
+                  "--encoder both` keeps them", file=sys.stderr)  # fmt: skip
         timing = resolve_timing(model, args.fps, args.frame_step)
         common = dict(context_frames=args.context_frames, context_s=args.context_s, timing=timing,
                       window=args.window, max_context=args.max_context, feedback=args.feedback)
