@@ -220,7 +220,10 @@ def test_files_and_manifest(small_corpus):
     for name, keys in (("verb_classes.csv", VERBS), ("noun_classes.csv", NOUNS)):
         with open(root / "annotations" / name) as fh:
             rows = list(csv.DictReader(fh))
-        assert [(int(r["id"]), r["key"]) for r in rows] == list(enumerate(keys))
+        assert [(int(r["id"]), r["key"], r["instances"]) for r in rows] == [(i, k, f"['{k}']") for i, k in enumerate(keys)]
+    with open(root / "annotations" / "train.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert rows and all(r["all_nouns"] == f"['{r['noun']}']" and r["all_noun_classes"] == f"[{r['noun_class']}]" for r in rows)
     assert "## Recipes" in (root / "README.md").read_text()
     assert not list(root.parent.glob(".small.partial-*"))
 
@@ -315,11 +318,15 @@ def test_cupboard_door_is_visible_in_the_pixels():
 
 
 # ------------------------------------------------------------------------------------- ensure_corpus
-def test_ensure_corpus_is_idempotent(tmp_path):
+def test_ensure_corpus_is_idempotent(tmp_path, capsys):
     out = tmp_path / "c"
     params = dict(num_videos=2, size=32, fps=6.0, time_scale=0.3, workers=1)
     manifest = ensure_corpus(out, **params)
     assert manifest == out / "manifest.csv" and is_complete_corpus(out)
+    # it says what it is doing while it writes (a minute with the default size), then the summary;
+    # 2 videos are split 1 / 1, so that a probe has both splits
+    said = capsys.readouterr().err
+    assert f"writing the built-in corpus to {out}" in said and "2 videos (1 train / 1 val)" in said
     stamp = manifest.stat().st_mtime_ns
     assert ensure_corpus(out, **params) == manifest
     assert ensure_corpus(out) == manifest  # no parameters: whatever corpus is there
@@ -354,6 +361,15 @@ def test_interrupted_generation_leaves_nothing_that_looks_complete(tmp_path):
     ensure_corpus(out, **params)
     assert is_complete_corpus(out)
     assert len((out / "manifest.csv").read_text().splitlines()) == 3
+
+
+def test_a_one_video_corpus_says_its_validation_split_is_empty(tmp_path):
+    summary = generate_corpus(tmp_path / "one", num_videos=1, size=32, fps=6.0, time_scale=0.3, workers=1)
+    assert (summary.num_train_videos, summary.num_val_videos) == (1, 0)
+    assert "1 video (1 train / 0 val)" in str(summary)
+    assert "warning: the val split has no video (val.csv is empty)" in str(summary)
+    assert "warning" not in str(generate_corpus(tmp_path / "two", num_videos=2, size=32, fps=6.0, time_scale=0.3,
+                                                workers=1))  # fmt: skip
 
 
 def test_refuses_to_overwrite_a_foreign_folder(tmp_path):

@@ -45,6 +45,7 @@ import math
 import multiprocessing
 import os
 import shutil
+import sys
 import time
 import uuid
 from collections import Counter
@@ -100,6 +101,7 @@ NOUNS: tuple[str, ...] = INGREDIENTS + LIQUIDS + VESSELS + ("cupboard",)
 ANNOTATION_COLUMNS: tuple[str, ...] = (
     "narration_id", "participant_id", "video_id", "narration_timestamp", "start_timestamp",
     "stop_timestamp", "start_frame", "stop_frame", "narration", "verb", "verb_class", "noun", "noun_class",
+    "all_nouns", "all_noun_classes",
 )  # fmt: skip
 
 # How long each verb takes, in seconds (uniform in the range; multiplied by `time_scale`).
@@ -330,6 +332,8 @@ class CorpusPlan:
                 "stop_timestamp": stop, "start_frame": a.start_frame, "stop_frame": a.stop_frame,
                 "narration": a.narration, "verb": a.verb, "verb_class": a.verb_class,
                 "noun": a.noun, "noun_class": a.noun_class,
+                # EPIC-KITCHENS-100 lists every noun of a narration; here there is one
+                "all_nouns": f"['{a.noun}']", "all_noun_classes": f"[{a.noun_class}]",
             })  # fmt: skip
         return rows
 
@@ -493,8 +497,9 @@ def plan_corpus(
     """Plan the corpus without drawing anything: recipes, actions, timings, layouts, split.
 
     Recipes are dealt evenly over the videos (in a seeded order). The split is by video, stratified
-    by recipe: ``round(num_videos * val_fraction)`` videos go to "val", taken round-robin over the
-    recipes. ``time_scale`` stretches every duration (2.0: twice as long videos, slower actions).
+    by recipe: ``round(num_videos * val_fraction)`` videos go to "val" (at least one when
+    ``val_fraction > 0`` and there are 2 videos or more; none from a single video), taken round-robin
+    over the recipes. ``time_scale`` stretches every duration (2.0: twice as long videos, slower actions).
     """
     if num_videos < 1:
         raise ValueError(f"num_videos must be >= 1, got {num_videos}")
@@ -510,7 +515,7 @@ def plan_corpus(
     rng.shuffle(recipe_of)
     kitchen_of = rng.integers(len(kitchens), size=num_videos)
 
-    num_val = 0 if num_videos < 2 else int(round(num_videos * val_fraction))
+    num_val = 0 if num_videos < 2 or val_fraction == 0 else max(1, int(round(num_videos * val_fraction)))
     by_recipe = [list(rng.permutation(np.flatnonzero(recipe_of == r))) for r in range(len(RECIPES))]
     val: set[int] = set()
     for round_ in range(max(len(v) for v in by_recipe)):
@@ -1309,13 +1314,20 @@ class CorpusSummary:
     elapsed_s: float = 0.0
 
     def __str__(self) -> str:
+        empty = [split for split, n in (("train", self.num_train_videos), ("val", self.num_val_videos)) if n == 0]
+        warning = (
+            f"\n  warning: the {' and '.join(empty)} split has no video ({' and '.join(empty)}.csv is empty): "
+            "a probe needs both; build at least 2 videos" if empty else ""
+        )
         return (
-            f"built-in corpus at {self.out_dir}: {self.num_videos} videos ({self.num_train_videos} train / "
+            f"built-in corpus at {self.out_dir}: {self.num_videos} video{'s' * (self.num_videos != 1)} "
+            f"({self.num_train_videos} train / "
             f"{self.num_val_videos} val), {self.num_frames} frames, {self.duration_s / 60:.1f} min; "
             f"{self.num_train_actions} train / {self.num_val_actions} val actions over {self.num_verbs} verbs, "
             f"{self.num_nouns} nouns, {self.num_actions} verb+noun pairs; written in {self.elapsed_s:.1f} s\n"
             f"  manifest: {self.manifest}\n"
             f"  annotations: {self.out_dir / 'annotations' / 'train.csv'}, {self.out_dir / 'annotations' / 'val.csv'}"
+            f"{warning}"
         )
 
 
@@ -1367,8 +1379,9 @@ def _write_metadata(root: Path, plan: CorpusPlan, params: dict, baselines: dict[
     for split in ("train", "val"):
         rows = plan.annotation_rows(split)
         _write_csv(ann / f"{split}.csv", ANNOTATION_COLUMNS, [[r[c] for c in ANNOTATION_COLUMNS] for r in rows])
-    _write_csv(ann / "verb_classes.csv", ("id", "key"), list(enumerate(VERBS)))
-    _write_csv(ann / "noun_classes.csv", ("id", "key"), list(enumerate(NOUNS)))
+    # EPIC-KITCHENS-100's class files: id, key, and the words (instances) that map to the class
+    _write_csv(ann / "verb_classes.csv", ("id", "key", "instances"), [(i, k, f"['{k}']") for i, k in enumerate(VERBS)])
+    _write_csv(ann / "noun_classes.csv", ("id", "key", "instances"), [(i, k, f"['{k}']") for i, k in enumerate(NOUNS)])
     (root / "ground_truth.json").write_text(json.dumps(plan.ground_truth(), indent=1) + "\n")
     (root / "README.md").write_text(_readme(plan, params, baselines))
     for split in ("train", "val"):
@@ -1505,8 +1518,11 @@ def ensure_corpus(out_dir: str | os.PathLike = "data/corpus", **kwargs) -> Path:
     out_dir = Path(out_dir)
     manifest = out_dir / "manifest.csv"
     if not is_complete_corpus(out_dir):
+        print(f"worldmodel: writing the built-in corpus to {out_dir} (once; about a minute on 2 cores) ...",
+              file=sys.stderr, flush=True)  # fmt: skip
         try:
-            generate_corpus(out_dir, **{"replace": False, **kwargs})
+            summary = generate_corpus(out_dir, **{"replace": False, **kwargs})
+            print(summary, file=sys.stderr, flush=True)
         except OSError:
             if not is_complete_corpus(out_dir):  # not a lost race with another process: a real error
                 raise
