@@ -11,6 +11,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
+from conftest import moving_squares, write_video
 from worldmodel.data.datamodule import DataErrorCallback, VideoDataModule
 from worldmodel.data.datasets import ClipDataset, collate_samples
 from worldmodel.data.loader import DataProgressCallback
@@ -35,8 +36,10 @@ def tiny_model() -> JEPAPretrainer:
 def test_an_own_trainer_gets_the_data_callbacks_and_counts_bad_files(video_folder, tmp_path):
     folder = video_folder(n=3, num_frames=16)
     (folder / "broken.mp4").write_bytes(b"\x00" * 2048)  # not a video
+    write_video(folder / "short.mp4", moving_squares(4, (40, 40), seed=9))  # 4 frames: a clip spans 7
     manifest = tmp_path / "manifest.csv"
-    manifest.write_text("".join(f"{folder / name}\n" for name in ("v000.mp4", "broken.mp4", "v001.mp4", "v002.mp4")))
+    names = ("v000.mp4", "broken.mp4", "v001.mp4", "v002.mp4", "short.mp4")
+    manifest.write_text("".join(f"{folder / name}\n" for name in names))
     data = VideoDataModule(train_manifests=str(manifest), num_frames=4, frame_step=2, crop_size=32, batch_size=2,
                            num_workers=0, samples_per_epoch=8)
     trainer = L.Trainer(max_steps=4, default_root_dir=str(tmp_path / "run"), **TRAINER)
@@ -48,6 +51,11 @@ def test_an_own_trainer_gets_the_data_callbacks_and_counts_bad_files(video_folde
     with open(errors.csv_path) as f:
         rows = list(csv.DictReader(f))
     assert rows and all(row["path"].endswith("broken.mp4") and row["reason"] == "not_video" for row in rows)
+    # the short video is usable (its last frame repeats) but not silent: counted and named in the summary
+    assert errors.num_padded >= 1 and errors.padded_examples == [str(folder / "short.mp4")]
+    assert f"clip(s) from videos shorter than a clip, their last frame repeated (data.short_policy; e.g. {folder / 'short.mp4'})" \
+        in errors.summary()
+    assert errors.state_dict()["num_padded"] == errors.num_padded  # kept across a resume
 
     # callbacks of one's own are kept, not doubled
     mine = DataErrorCallback(out_dir=str(tmp_path / "mine"))

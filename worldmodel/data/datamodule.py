@@ -231,15 +231,17 @@ class DataErrorCallback(Callback):
             return
         errors = batch.get("errors") or []
         num_ok = int(batch["video"].shape[0])
+        flags, paths = batch.get("padded"), batch.get("path")
+        padded = [p for p, short in zip(paths, flags.tolist()) if short] if flags is not None and paths else []
         try:
-            self.tracker.update(errors, num_ok)
+            self.tracker.update(errors, num_ok, padded)
         finally:
             pl_module.log(
                 "data/skipped", float(self.tracker.num_failures), on_step=True, on_epoch=False, batch_size=num_ok
             )
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
-        if self.tracker is not None and self.tracker.num_failures:
+        if self.tracker is not None and (self.tracker.num_failures or self.tracker.num_padded):
             rank_zero_info(self.tracker.summary())
 
     def on_fit_end(self, trainer, pl_module) -> None:

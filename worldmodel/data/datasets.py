@@ -209,6 +209,8 @@ class DataErrorTracker:
         self.counts: Counter[str] = Counter()
         self.num_ok = 0
         self.examples: list[DataError] = []
+        self.num_padded = 0  # clips of videos shorter than a clip (last frame repeated): usable, but said
+        self.padded_examples: list[str] = []
 
     @property
     def csv_path(self) -> Path | None:
@@ -226,9 +228,14 @@ class DataErrorTracker:
         attempts = self.num_failures + self.num_ok
         return self.num_failures / attempts if attempts else 0.0
 
-    def update(self, errors: Sequence[Sequence[str]], num_ok: int) -> None:
+    def update(self, errors: Sequence[Sequence[str]], num_ok: int, padded: Sequence[str] = ()) -> None:
+        """padded: the paths of this batch's clips that repeat their video's last frame (too short)."""
         errors = [(str(p), str(r), str(d)) for p, r, d in errors]
         self.num_ok += int(num_ok)
+        self.num_padded += len(padded)
+        for path in padded:
+            if len(self.padded_examples) < self.MAX_EXAMPLES and str(path) not in self.padded_examples:
+                self.padded_examples.append(str(path))
         for error in errors:
             self.counts[error[1]] += 1
             if len(self.examples) < self.MAX_EXAMPLES and error[0] not in {e[0] for e in self.examples}:
@@ -261,6 +268,11 @@ class DataErrorTracker:
         )
         if self.num_failures and self.csv_path is not None:
             line += f"; list in {self.csv_path}"
+        if self.num_padded:
+            line += (
+                f"; {self.num_padded} clip(s) from videos shorter than a clip, their last frame repeated "
+                f"(data.short_policy; e.g. {', '.join(self.padded_examples[:3])})"
+            )
         if self.failure_ratio > self.max_failure_ratio and attempts < self.min_samples:
             line += (
                 f". WARNING: above max_failure_ratio={self.max_failure_ratio:g}, in too few attempts to stop the "
@@ -285,12 +297,15 @@ class DataErrorTracker:
         )
 
     def state_dict(self) -> dict:
-        return {"counts": dict(self.counts), "num_ok": self.num_ok, "examples": [list(e) for e in self.examples]}
+        return {"counts": dict(self.counts), "num_ok": self.num_ok, "examples": [list(e) for e in self.examples],
+                "num_padded": self.num_padded, "padded_examples": list(self.padded_examples)}  # fmt: skip
 
     def load_state_dict(self, state: dict) -> None:
         self.counts = Counter({str(k): int(v) for k, v in state.get("counts", {}).items()})
         self.num_ok = int(state.get("num_ok", 0))
         self.examples = [tuple(e) for e in state.get("examples", [])][: self.MAX_EXAMPLES]
+        self.num_padded = int(state.get("num_padded", 0))
+        self.padded_examples = [str(p) for p in state.get("padded_examples", [])][: self.MAX_EXAMPLES]
 
 
 # ---------------------------------------------------------------------------------------------- datasets
@@ -447,6 +462,7 @@ class ClipDataset(Dataset):
                 "epoch": epoch,
                 "errors": errors,
                 "path": entry.path,
+                "padded": clip.padded,  # a video shorter than the clip: counted in the data summary
             }
         listed = "\n".join(f"  {p}: {r}: {d}" for p, r, d in errors[:5])
         raise DataFailureError(

@@ -374,6 +374,7 @@ class Clip:
     indices: np.ndarray  # int64 (T,) source frame indices
     timestamps: np.ndarray  # float64 (T,) seconds: indices / fps, or the frames' real starts (variable rate)
     path: str
+    padded: bool = False  # the video is shorter than the clip: its last frame repeats (short_policy "repeat_last")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -445,12 +446,13 @@ def read_clips(
     starts = _variable_starts(path, reader, num_frames, fps)
     info = VideoInfo(path=path, num_frames=num_frames, fps=fps, width=0, height=0, frame_starts=starts)
     clip_indices = sampler.indices(info, mode=mode, num_clips=num_clips, rng=rng)
+    padded = not sampler.fits(info)
     all_indices = np.concatenate(clip_indices)  # (K*T,)
     frames = _decode(path, reader, all_indices, _decode_size(path, size), num_threads)  # (K*T, H, W, 3)
     clips = []
     for k, idx in enumerate(clip_indices):
         clip_frames = frames[k * len(idx) : (k + 1) * len(idx)]
-        clips.append(Clip(frames=clip_frames, indices=idx, timestamps=info.times_of(idx), path=path))
+        clips.append(Clip(frames=clip_frames, indices=idx, timestamps=info.times_of(idx), path=path, padded=padded))
     return clips
 
 
