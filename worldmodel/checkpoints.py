@@ -208,7 +208,9 @@ def safe_torch_load(path: str | os.PathLike, map_location: Any = "cpu", mmap: bo
         ) from err
     except Exception as err:  # torch raises many types for damaged files; all mean "not usable"
         msg = str(err).splitlines()[0] if str(err) else type(err).__name__
-        if isinstance(err, (zipfile.BadZipFile, EOFError)) or "zip archive" in msg or "central directory" in msg:
+        # a zip archive (torch's format) without its central directory at the end was cut short
+        cut_zip = head.startswith(b"PK\x03\x04") and not zipfile.is_zipfile(path)
+        if cut_zip or isinstance(err, (zipfile.BadZipFile, EOFError)) or "zip archive" in msg or "central directory" in msg:
             raise CheckpointError(
                 f"{path}: not a complete torch checkpoint (truncated, or not a checkpoint at all): {msg}"
             ) from err

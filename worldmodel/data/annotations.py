@@ -130,7 +130,8 @@ def find_video(videos_dir: str | os.PathLike, video_id: str, participant_id: str
     Extensions are VIDEO_EXTENSIONS in lower or upper case (``P01_01.MP4`` as EPIC-KITCHENS ships it).
     Without ``participant_id`` the participant is read from an EPIC-style id (``P01_01`` -> ``P01``).
     Also accepted: ``DIR/<participant_id>/<video_id>.<ext>``. Raises FileNotFoundError listing the
-    places tried.
+    places tried. When several files fit (``V1.ts`` and its remux ``V1.mp4``), the first wins: folders
+    in the order above, then extensions in VIDEO_EXTENSIONS order (``.mp4`` first), lower case first.
     """
     folders, extensions = _video_candidates(videos_dir, video_id, participant_id)
     for folder in folders:

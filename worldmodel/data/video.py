@@ -853,7 +853,7 @@ def _diagnose(path: str, exc: BaseException, at_open: bool = False) -> VideoErro
             head = f.read(512)
         family = _container_family(head)
         if family is None:
-            detail = f"not a video container (it starts with {head[:16]!r}); remove it from the manifest"
+            detail = f"not a video container (it starts with {head[:16]!r}); if a manifest lists it, remove it there"
             return VideoError(path, "not_video", detail)
         if family == "iso_bmff":
             problem = _bmff_problem(path)
@@ -868,7 +868,7 @@ def _diagnose(path: str, exc: BaseException, at_open: bool = False) -> VideoErro
     if "cannot find video stream" in message.lower():  # audio only, or a damaged index: FFmpeg tells
         streams = _stream_kinds(path)
         if streams and "video" not in streams:
-            detail = f"the file holds no video stream, only {', '.join(streams)}; remove it from the manifest"
+            detail = f"the file holds no video stream, only {', '.join(streams)}; if a manifest lists it, remove it there"
             return VideoError(path, "not_video", detail)
     codec = _codec_decodable_elsewhere(path) if at_open else None
     if codec is not None:  # intact: decord's FFmpeg 4.1 lacks what this file needs
