@@ -128,3 +128,12 @@ def test_a_folder_scan_finds_every_video_kind_and_says_what_it_left_out(make_vid
     assert "win.wmv: unsupported: decord cannot read this file's mpeg4 video" in out and "ffmpeg -i IN" in out
     assert "not listed: 2 other file(s) in the folder without a video extension" in out
     assert ".txt 1" in out and "(no extension) 1" in out
+    (folder / ".git" / "objects").mkdir(parents=True)
+    (folder / ".git" / "objects" / "ab12").write_text("x")  # a dataset under version control: not counted
+    assert run_check(str(folder)) == 1 and "not listed: 2 other file(s)" in capsys.readouterr().out
+    only_other = tmp_path / "stills"
+    only_other.mkdir()
+    (only_other / "frame_0001.png").write_bytes(b"\x89PNG")
+    assert run_check(str(only_other)) == 1
+    said = capsys.readouterr().err
+    assert "no video files found" in said and "not listed: 1 other file(s) in the folder without a video extension (.png 1)" in said

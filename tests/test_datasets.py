@@ -110,9 +110,11 @@ def test_manifest_errors_name_file_and_line(tmp_path):
     video_header = _lines(tmp_path / "header.csv", "video,label", "a.mp4,1")
     with pytest.raises(ValueError, match=r"header\.csv:1: label 'label' is not an integer .*'path' and 'path,label'"):
         read_manifest(video_header)
-    negative = _lines(tmp_path / "negative.csv", "a.mp4,1", "b.mp4,-1")  # -1 would be taken as "no class" later
-    with pytest.raises(ValueError, match=r"negative\.csv:2: label -1 is negative; labels are class ids >= 0"):
+    negative = _lines(tmp_path / "negative.csv", "a.mp4,1", "b.mp4,-2")
+    with pytest.raises(ValueError, match=r"negative\.csv:2: label -2 is negative; labels are class ids >= 0, or -1"):
         read_manifest(negative)
+    no_label = read_manifest(_lines(tmp_path / "unlabelled.csv", "a.mp4,1", "b.mp4,-1"))  # -1: no label, as samples say
+    assert [e.label for e in no_label] == [1, None]
     too_many = _lines(tmp_path / "many.txt", "a.mp4 1 2")
     with pytest.raises(ValueError, match=r"many\.txt:1: expected 'path' or 'path label'"):
         read_manifest(too_many)

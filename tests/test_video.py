@@ -307,7 +307,9 @@ def test_variable_frame_rate_clips_are_placed_by_the_frames_times(tmp_path):
 
 def test_variable_frame_rate_clip_starts_are_drawn_in_time_not_frames(tmp_path):
     """Half the frames of this video fall in its first 0.4 s (50 fps there, 10 fps after). Starts drawn
-    over frames would put about half the clips there; drawn over time, about 0.4 s / 1.9 s of them."""
+    over frames would put about half the clips there; drawn over time, each start frame in proportion to
+    its duration: frames 0-20 last until 0.5 s, of the 2.0 s from the first start to the end of the last
+    one that fits (1.9 s + 0.1 s), so a quarter of the clips."""
     info = read_video_info(write_vfr_video(tmp_path / "vfr.mp4"))
     sampler = ClipSampler(num_frames=3, fps=5.0)  # spans 0.4 s: the last start that fits is at 1.9 s
     last_start = info.frame_starts[sampler._last_start(info)]
@@ -315,7 +317,11 @@ def test_variable_frame_rate_clip_starts_are_drawn_in_time_not_frames(tmp_path):
     clips = sampler.indices(info, mode="random", num_clips=4000, rng=np.random.default_rng(0))
     first_times = info.frame_starts[[int(c[0]) for c in clips]]
     share_fast = np.mean(first_times < 0.4 + 0.05)  # the 50 fps part, up to the midpoint to frame 21
-    assert share_fast == pytest.approx(0.45 / 1.9, abs=0.03)
+    assert share_fast == pytest.approx(0.5 / 2.0, abs=0.03)
+    # at a constant rate, the same draw is exactly uniform over the frames that fit
+    regular = VideoInfo(path="v.mp4", num_frames=12, fps=10.0, width=8, height=8, frame_starts=np.arange(12) / 10.0)
+    draws = [int(c[0]) for c in ClipSampler(num_frames=3, fps=5.0).indices(regular, "random", 9000, np.random.default_rng(1))]
+    assert np.bincount(draws, minlength=8).tolist() == pytest.approx([9000 / 8] * 8, rel=0.12)  # starts 0..7 fit
     assert first_times.max() <= last_start + 1e-9 and first_times.min() == 0.0
     # "uniform" and "center" spread in time too: starts nearest to 0, 0.95, 1.9 s (0.95 lies halfway
     # between the frames at 0.9 and 1.0 s: ties round as the frame-number formulas do, up for

@@ -1221,7 +1221,8 @@ def format_quality_table(report: dict[str, Any]) -> str:
         lines.append("model's L1 advantage, paired over the same clips (baseline - model, +- standard error over "
                      f"{paired.get('error_over', 'clips')}):")
         for baseline in ("copy_last", "context_mean"):
-            cells = [f"{a:+.4f} +- {e:.4f}" if math.isfinite(e) else f"{a:+.4f} (one clip: no error)"
+            units = "videos" if "videos" in paired.get("error_over", "") else "clips"
+            cells = [f"{a:+.4f} +- {e:.4f}" if math.isfinite(e) else f"{a:+.4f} (no error bar: fewer than 2 {units})"
                      for a, e in zip(paired[baseline]["l1"]["advantage"], paired[baseline]["l1"]["advantage_sem"])]
             lines.append(f"  vs {baseline:<12s} " + "   ".join(cells))
     if report.get("anchor"):

@@ -141,7 +141,7 @@ __all__ = [
     "train_heads",
 ]
 
-FEATURE_FORMAT = "worldmodel.probe_features/1"
+FEATURE_FORMAT = "worldmodel.probe_features/2"  # 2: rotated videos' decode size, variable-rate clip starts in time
 PROBE_KINDS = ("attentive", "linear")
 # V-JEPA 2's EK100 grid is lr {5e-3, 3e-3, 1e-3, 3e-4, 1e-4} x wd {1e-4, 1e-3, 1e-2, 0.1}; ours is a
 # smaller grid of the same range (all heads train at once on shared features, so it is cheap).

@@ -116,18 +116,19 @@ def write_check_csv(rows: list[dict], out_csv: str | os.PathLike) -> None:
 
 def run_check(manifest_path: str, out_csv: str | None = None, workers: int = 0) -> int:
     """Check every video of a manifest (file or folder); print the table; 0 if all are ok, else 1."""
+    others = non_video_files(manifest_path)
+    kinds = ", ".join(f"{ext or '(no extension)'} {n}" for ext, n in others.most_common(8))
+    left_out = (f"not listed: {sum(others.values())} other file(s) in the folder without a video extension ({kinds}); "
+                "rename a video with an unusual extension, or list it in a manifest file")  # fmt: skip
     try:
         paths = [entry.path for entry in read_manifest(manifest_path)]
     except (OSError, ValueError) as err:  # no such manifest, an empty folder, a malformed line
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {err}" + (f"\n{left_out}" if others else ""), file=sys.stderr)
         return 1
     rows = check_videos(paths, workers=workers)
     print(format_check_table(rows))
-    others = non_video_files(manifest_path)
     if others:  # a folder: say what its scan left out, so that no video kind disappears unseen
-        kinds = ", ".join(f"{ext or '(no extension)'} {n}" for ext, n in others.most_common(8))
-        print(f"not listed: {sum(others.values())} other file(s) in the folder without a video extension ({kinds}); "
-              "rename a video with an unusual extension, or list it in a manifest file")  # fmt: skip
+        print(left_out)
     if out_csv:
         write_check_csv(rows, out_csv)
         print(f"wrote {out_csv}")

@@ -1317,7 +1317,7 @@ class CorpusSummary:
         empty = [split for split, n in (("train", self.num_train_videos), ("val", self.num_val_videos)) if n == 0]
         warning = (
             f"\n  warning: the {' and '.join(empty)} split has no video ({' and '.join(empty)}.csv is empty): "
-            "a probe needs both; build at least 2 videos" if empty else ""
+            "a probe needs both (with 2 videos or more and val_fraction > 0, each split gets one)" if empty else ""
         )
         return (
             f"built-in corpus at {self.out_dir}: {self.num_videos} video{'s' * (self.num_videos != 1)} "

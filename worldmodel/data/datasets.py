@@ -93,11 +93,13 @@ def _videos_below(root: Path) -> list[Path]:
 
 def non_video_files(manifest: str | os.PathLike) -> Counter:
     """For a folder manifest, how many files below it a scan leaves out, by extension ("" for none;
-    hidden files are not counted); an empty Counter for a manifest file."""
+    hidden files and whatever lies in hidden folders, such as .git, are not counted); an empty Counter
+    for a manifest file."""
     path = Path(manifest).expanduser()
     if not path.is_dir():
         return Counter()
-    return Counter(p.suffix.lower() for p in _files_below(path) if not _is_video(p) and not p.name.startswith("."))
+    shown = (p for p in _files_below(path) if not any(part.startswith(".") for part in p.relative_to(path).parts))
+    return Counter(p.suffix.lower() for p in shown if not _is_video(p))
 
 
 def read_manifest(path: str | os.PathLike) -> list[ManifestEntry]:
@@ -143,16 +145,18 @@ def read_manifest(path: str | os.PathLike) -> list[ManifestEntry]:
                 try:
                     label = int(fields[1])
                 except ValueError:
-                    raise ValueError(
+                    raise DataConfigError(
                         f"{where}: label {fields[1]!r} is not an integer (expected 'path' or 'path label'; "
                         "the only header lines skipped are 'path' and 'path,label')"
                     ) from None
-                if label < 0:
-                    raise ValueError(f"{where}: label {label} is negative; labels are class ids >= 0 "
-                                     "(leave the label out for a video without one)")  # fmt: skip
+                if label == -1:  # the "no label" of ClipDataset's samples, written out
+                    label = None
+                elif label < 0:
+                    raise DataConfigError(f"{where}: label {label} is negative; labels are class ids >= 0, or -1 "
+                                          "(or none) for a video without one")  # fmt: skip
             entries.append(ManifestEntry(os.path.normpath(video), label))
     if not entries:
-        raise ValueError(f"manifest {path} lists no videos (only blank lines, comments or a header)")
+        raise DataConfigError(f"manifest {path} lists no videos (only blank lines, comments or a header)")
     return entries
 
 
@@ -164,7 +168,7 @@ def _split_manifest_line(line: str, where: str) -> list[str]:
     else:
         fields = line.split()
     if not 1 <= len(fields) <= 2 or not fields[0]:
-        raise ValueError(
+        raise DataConfigError(
             f"{where}: expected 'path' or 'path label' (space or comma separated), got {line!r}; "
             "write paths that contain spaces as 'path,label'"
         )

@@ -41,9 +41,11 @@ clips are placed by time, not by frame number: with ``fps`` or ``duration_s``, f
 starts at frame s is the frame whose start is nearest to ``start(s) + offset_time[i]`` (ties to the
 later frame), where ``offset_time[i]`` is ``i / fps`` or ``i * d / T``; a clip fits when its last
 time is less than half an average frame after the last frame's start; the start frame s is chosen by
-`mode` in time among the starts that fit: the frame nearest to a time uniform between the first and
-the last such start ("random"), to their midpoint ("center"), or to K evenly spaced times ("uniform"),
-so a stretch recorded at twice the rate gets no more clips; `indices_ending_at` ends at the last frame
+`mode` in time among the starts that fit: the frame starting last at or before a time drawn uniformly
+from the first such start to the next frame after the last one ("random": each frame in proportion
+to its duration, exactly uniform over frames at a constant rate), the frame nearest to their midpoint
+("center") or to K evenly spaced times ("uniform"), so a stretch recorded at twice the rate gets no
+more clips; `indices_ending_at` ends at the last frame
 starting at or before ``end_s``. ``frame_step`` counts frames whatever their times.
 `Clip.timestamps` are the frames' real start times.
 
@@ -77,7 +79,7 @@ import math
 import os
 import re
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -301,18 +303,21 @@ class ClipSampler:
         if timed:
             # starts chosen in time, not frames: a stretch recorded at twice the rate gets no more clips
             first, last = info.frame_starts[0], info.frame_starts[max_start]
-            if mode == "random":
-                start_times = rng.uniform(first, last, size=num_clips) if last > first else np.full(num_clips, first)
-            elif mode == "start":
-                start_times = np.array([first])
-            elif mode == "center" or num_clips == 1:
-                start_times = np.array([(first + last) / 2])
-            else:  # uniform
-                start_times = first + np.arange(num_clips) * (last - first) / (num_clips - 1)
-            # the nearest frame, among those a whole clip can start at (frames sharing a start resolve to the
-            # last); ties as the frame-number formulas round: "center" down (max_start // 2), the others up
-            ties = "earlier" if mode == "center" or (mode == "uniform" and num_clips == 1) else "later"
-            starts_at = np.minimum(info.frames_nearest(start_times, ties=ties), max_start)
+            if mode == "random":  # the frame starting last at or before a uniform time: in proportion to its duration
+                stop = info.frame_starts[max_start + 1] if max_start + 1 < info.num_frames else last + 1.0 / info.fps
+                start_times = rng.uniform(first, stop, size=num_clips) if stop > first else np.full(num_clips, first)
+                starts_at = np.searchsorted(info.frame_starts, start_times, side="right") - 1
+            else:
+                if mode == "start":
+                    start_times = np.array([first])
+                elif mode == "center" or num_clips == 1:
+                    start_times = np.array([(first + last) / 2])
+                else:  # uniform
+                    start_times = first + np.arange(num_clips) * (last - first) / (num_clips - 1)
+                # the nearest frame; ties as the frame-number formulas round: "center" down, "uniform" up
+                starts_at = info.frames_nearest(start_times, ties="earlier" if len(start_times) == 1 else "later")
+            # among the frames a whole clip can start at (frames sharing a start resolve to the last)
+            starts_at = np.clip(starts_at, 0, max_start)
             return [info.frames_nearest(info.frame_starts[int(start)] + times) for start in starts_at]
         if mode == "random":
             starts_at = rng.integers(0, max_start + 1, size=num_clips)
@@ -707,9 +712,10 @@ _native_size_cache: dict[tuple[str, int, int], tuple[int, int]] = {}
 
 
 def _native_size(path: str) -> tuple[int, int]:
-    """(height, width) of the frames as decord returns them, via PyAV, cached per (path, size, mtime) in
-    this process: the stream's coded size, turned a quarter when the file says to display it rotated
-    by 90 or 270 degrees (phones store portrait video so), because decord applies that rotation."""
+    """(height, width) of the frames as decord returns them, cached per (path, size, mtime) in this
+    process: the stream's coded size (PyAV reads the header), turned a quarter when an mp4 / mov says
+    to display the video rotated by 90 or 270 degrees (phones store portrait video so), because decord
+    applies that rotation (from the track header's matrix; its FFmpeg 4.1 takes it from no other container)."""
     stat = os.stat(path)
     key = (path, stat.st_size, stat.st_mtime_ns)
     if key not in _native_size_cache:
@@ -717,20 +723,12 @@ def _native_size(path: str) -> tuple[int, int]:
 
         try:
             with av.open(path) as container:
-                stream = container.streams.video[0]
-                height, width = stream.codec_context.height, stream.codec_context.width
-                # the rotation is side data of the frames: decode the first one (PyAV 13+ has `rotation`);
-                # a frame PyAV cannot decode leaves the verdict on the file to decord
-                rotation = 0
-                try:
-                    for frame in container.decode(stream):
-                        rotation = int(getattr(frame, "rotation", 0) or 0)
-                        break
-                except Exception:
-                    pass
+                ctx = container.streams.video[0].codec_context
+                height, width = ctx.height, ctx.width
         except Exception as exc:
             raise _diagnose(path, exc) from None
-        _native_size_cache[key] = (width, height) if rotation % 180 else (height, width)
+        quarter = _bmff_quarter_turn(path)
+        _native_size_cache[key] = (width, height) if quarter else (height, width)
         if len(_native_size_cache) > 4096:  # bounded: a worker may see millions of files
             _native_size_cache.pop(next(iter(_native_size_cache)))
     return _native_size_cache[key]
@@ -797,6 +795,59 @@ def _container_family(head: bytes) -> str | None:
         if len(head) > first + 2 * packet and all(head[first + k * packet] == 0x47 for k in range(3)):
             return "mpeg_ts"
     return None
+
+
+def _boxes(f, start: int, end: int) -> Iterator[tuple[bytes, int, int]]:
+    """(type, payload start, box end) of the ISO-BMFF boxes between byte `start` and `end` of file `f`."""
+    pos = start
+    while pos + 8 <= end:
+        f.seek(pos)
+        header = f.read(16)
+        if len(header) < 8:
+            return
+        size, kind, payload = int.from_bytes(header[:4], "big"), header[4:8], pos + 8
+        if size == 1 and len(header) == 16:
+            size, payload = int.from_bytes(header[8:16], "big"), pos + 16
+        elif size == 0:
+            size = end - pos
+        if size < payload - pos or pos + size > end:
+            return
+        yield kind, payload, pos + size
+        pos += size
+
+
+def _bmff_quarter_turn(path: str) -> bool:
+    """Whether an mp4 / mov file's video track is displayed turned by 90 or 270 degrees (its track header
+    matrix [a b; c d] has |b| > |a|); False for other files and anything unreadable."""
+    try:
+        with open(path, "rb") as f:
+            if _container_family(f.read(16)) != "iso_bmff":
+                return False
+            end = os.path.getsize(path)
+            for kind, start, stop in _boxes(f, 0, end):
+                if kind != b"moov":
+                    continue
+                for trak, t_start, t_stop in _boxes(f, start, stop):
+                    if trak != b"trak":
+                        continue
+                    children = {k: (s, e) for k, s, e in _boxes(f, t_start, t_stop)}
+                    if b"tkhd" not in children or b"mdia" not in children:
+                        continue
+                    handler = {k: s for k, s, _ in _boxes(f, *children[b"mdia"])}.get(b"hdlr")
+                    if handler is None:
+                        continue
+                    f.seek(handler + 8)  # version / flags, pre_defined, then the handler type
+                    if f.read(4) != b"vide":
+                        continue
+                    f.seek(children[b"tkhd"][0])
+                    version = f.read(1)[0]
+                    # version, flags, times, track id, reserved, duration; reserved, layer, group, volume, reserved
+                    f.seek(children[b"tkhd"][0] + (4 + 32 if version == 1 else 4 + 20) + 16)
+                    a, b = (int.from_bytes(f.read(4), "big", signed=True) for _ in range(2))
+                    return abs(b) > abs(a)
+    except (OSError, IndexError, ValueError):
+        pass
+    return False
 
 
 def _bmff_problem(path: str) -> str | None:
@@ -890,7 +941,7 @@ def _codec_decodable_elsewhere(path: str) -> str | None:
             frames = 0
             for frame in container.decode(stream):
                 frames += 1
-                if frames >= 2:  # a frame past the first: the stream decodes, it is not just a header
+                if frames >= 2:  # enough: the stream decodes (an error before this returns None below)
                     break
             return codec if frames else None
     except Exception:
