@@ -82,6 +82,10 @@ def test_resume_mid_epoch_continues_exactly(tmp_path, video_folder):
     with open(full / "logs" / "metrics.csv") as f:
         measured = sorted(int(r["step"]) for r in csv.DictReader(f) if r.get("collapse/token_effective_rank"))
     assert measured == list(range(0, 12, 2))
+    # the process's memory is logged with the losses (a long run's growth shows in its logs)
+    with open(full / "logs" / "metrics.csv") as f:
+        rss = [float(r["memory/host_rss_mb"]) for r in csv.DictReader(f) if r.get("memory/host_rss_mb")]
+    assert rss and all(100 < mb < 100_000 for mb in rss)
 
     # resumed in its own folder (a SLURM requeue): the CSV log keeps steps 0-6 and continues; the data
     # counts in the checkpoint include every batch (the last one before a save too)

@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import copy
 import math
+import resource
+import sys
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -65,6 +67,21 @@ DEFAULT_MASKS: list[dict[str, Any]] = [
 
 class NonFiniteLossError(RuntimeError):
     """The loss became NaN or inf; training stops before the bad update is applied or saved."""
+
+
+def memory_stats(device: torch.device | None = None) -> dict[str, float]:
+    """This process's memory in MB: ``host_rss_mb`` (resident now; on systems without /proc, the peak)
+    and, on a CUDA device, ``device_peak_mb`` (the most the tensors of this process have held)."""
+    try:
+        with open("/proc/self/statm") as f:
+            rss = int(f.read().split()[1]) * resource.getpagesize()
+    except (OSError, IndexError, ValueError):
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        rss = peak if sys.platform == "darwin" else peak * 1024  # bytes on macOS, KiB elsewhere
+    stats = {"host_rss_mb": rss / 2**20}
+    if device is not None and device.type == "cuda":
+        stats["device_peak_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
+    return stats
 
 
 class ConfigError(ValueError):
@@ -415,3 +432,5 @@ class JEPAPretrainer(L.LightningModule):
             clips = batch["video"].shape[0] * self.trainer.world_size
             self.log("train/clips_per_s", clips / max(now - self._last_batch_end, 1e-9), on_step=True, prog_bar=True)
         self._last_batch_end = now
+        for name, value in memory_stats(self.device).items():  # to watch a long run's memory in its logs
+            self.log(f"memory/{name}", value, on_step=True)
