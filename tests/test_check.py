@@ -137,3 +137,28 @@ def test_a_folder_scan_finds_every_video_kind_and_says_what_it_left_out(make_vid
     assert run_check(str(only_other)) == 1
     said = capsys.readouterr().err
     assert "no video files found" in said and "not listed: 1 other file(s) in the folder without a video extension (.png 1)" in said
+
+
+def test_videos_shorter_than_the_runs_clip_are_marked(make_video, tmp_path, capsys):
+    from worldmodel.cli import main
+
+    long = make_video(tmp_path / "v" / "long.mp4", num_frames=24, fps=8.0)
+    short = make_video(tmp_path / "v" / "short.mp4", num_frames=10, fps=8.0)
+    # 8 frames, every 2nd: the clip spans 15 frames
+    assert main(["data", "check", str(tmp_path / "v"), "--clip-frames", "8", "--clip-step", "2",
+                 "--csv", str(tmp_path / "rows.csv")]) == 0  # short is usable: not a failure
+    out = capsys.readouterr().out
+    assert "shorter than one clip: 1 of the ok videos" in out
+    short_line = next(line for line in out.splitlines() if line.endswith("short.mp4"))
+    assert short_line.split()[:2] == ["ok", "short"]
+    with open(tmp_path / "rows.csv") as f:
+        fits = {row["path"]: row["clip_fits"] for row in csv.DictReader(f)}
+    assert fits == {str(long): "yes", str(short): "no"}
+    # at 2 fps over 8 fps video the clip spans 29 frames: both are short; without a clip nothing is said
+    assert main(["data", "check", str(tmp_path / "v"), "--clip-frames", "8", "--clip-fps", "2"]) == 0
+    assert "shorter than one clip: 2 of the ok videos" in capsys.readouterr().out
+    assert main(["data", "check", str(tmp_path / "v")]) == 0
+    assert "shorter than one clip" not in capsys.readouterr().out
+    for bad in (["--clip-frames", "8"], ["--clip-step", "2"], ["--clip-frames", "8", "--clip-step", "2", "--clip-fps", "4"]):
+        assert main(["data", "check", str(tmp_path / "v"), *bad]) == 2
+        assert "exactly one of --clip-fps, --clip-step, --clip-duration" in capsys.readouterr().err

@@ -74,8 +74,22 @@ def _corpus(args: argparse.Namespace) -> int:
 
 def _data_check(args: argparse.Namespace) -> int:
     from worldmodel.data.check import run_check
+    from worldmodel.data.video import ClipSampler
 
-    return run_check(args.manifest, out_csv=args.csv, workers=args.workers)
+    spacing = {"fps": args.clip_fps, "frame_step": args.clip_step, "duration_s": args.clip_duration}
+    given = {k: v for k, v in spacing.items() if v is not None}
+    sampler = None
+    if args.clip_frames is not None or given:
+        if args.clip_frames is None or len(given) != 1:
+            print("error: a clip is --clip-frames N with exactly one of --clip-fps, --clip-step, --clip-duration "
+                  "(e.g. the tiny config's: --clip-frames 8 --clip-step 3)", file=sys.stderr)  # fmt: skip
+            return 2
+        try:
+            sampler = ClipSampler(num_frames=args.clip_frames, **given)
+        except ValueError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+    return run_check(args.manifest, out_csv=args.csv, workers=args.workers, sampler=sampler)
 
 
 # ---------------------------------------------------------------------------------------------- pretrain
@@ -119,6 +133,11 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("manifest", help="manifest file or folder of videos")
     c.add_argument("--csv", "--out", dest="csv", default=None, help="also write the table to this CSV file")
     c.add_argument("--workers", type=int, default=0, help="decode-check in this many processes")
+    c.add_argument("--clip-frames", type=int, default=None, metavar="N",
+                   help="mark videos shorter than a clip of N frames (with one of the three below)")
+    c.add_argument("--clip-fps", type=float, default=None, metavar="F", help="the clip's frame rate")
+    c.add_argument("--clip-step", type=int, default=None, metavar="S", help="the clip's frame step")
+    c.add_argument("--clip-duration", type=float, default=None, metavar="D", help="the clip's length in seconds")
     c.set_defaults(func=_data_check)
 
     from worldmodel.forecast import add_forecast_arguments, run_forecast

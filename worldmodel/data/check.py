@@ -4,7 +4,13 @@ Each video is opened and decoded at its first, middle and last frame (the last o
 decoder through the final group of pictures, where truncated files fail). One row per video:
 
     path, status ("ok" / "bad"), reason ("" or a VideoError reason), detail, frames, fps (the average
-    rate), width, height, duration_s, codec, pix_fmt, frame_rate ("constant" / "variable")
+    rate), width, height, duration_s, codec, pix_fmt, frame_rate ("constant" / "variable"),
+    clip_fits ("yes" / "no" when a clip is given, see below; else "")
+
+Given the clip a run will sample (`--clip-frames` with `--clip-fps`, `--clip-step` or
+`--clip-duration`: a `ClipSampler`), a usable video shorter than one clip is marked ("short" in the
+table): pretraining uses it with its last frame repeated (``short_policy="repeat_last"``) or counts
+it as a failure (``"skip"``).
 
 A variable frame rate video is usable: clips are placed by its frames' real times (see
 `worldmodel.data.video`); the table marks its rate with "vfr" and the totals count such videos.
@@ -22,16 +28,17 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 from worldmodel.data.datasets import non_video_files, read_manifest
-from worldmodel.data.video import VideoError, read_frames, read_video_info
+from worldmodel.data.video import ClipSampler, VideoError, read_frames, read_video_info
 
 CHECK_COLUMNS: tuple[str, ...] = (
     "path", "status", "reason", "detail", "frames", "fps", "width", "height", "duration_s", "codec", "pix_fmt",
-    "frame_rate",
+    "frame_rate", "clip_fits",
 )
 
 
-def check_video(path: str) -> dict:
-    """One row of the check table for one video (never raises for a bad file)."""
+def check_video(path: str, sampler: ClipSampler | None = None) -> dict:
+    """One row of the check table for one video (never raises for a bad file); with `sampler`, whether
+    one of its clips fits in the video."""
     row = {column: "" for column in CHECK_COLUMNS}
     row["path"] = str(path)
     try:
@@ -48,6 +55,7 @@ def check_video(path: str) -> dict:
         height=info.height,
         duration_s=round(info.duration_s, 3),
         frame_rate="variable" if info.variable_rate else "constant",
+        clip_fits="" if sampler is None else ("yes" if sampler.fits(info) else "no"),
     )
     row["codec"], row["pix_fmt"] = _stream_format(path)
     return row
@@ -65,13 +73,14 @@ def _stream_format(path: str) -> tuple[str, str]:
         return "", ""
 
 
-def check_videos(paths: list[str], workers: int = 0) -> list[dict]:
+def check_videos(paths: list[str], workers: int = 0, sampler: ClipSampler | None = None) -> list[dict]:
     """Check every path (in `workers` processes; 0 = this process); rows in the order of `paths`."""
     paths = [str(p) for p in paths]
     if workers <= 0 or len(paths) < 2:
-        return [check_video(p) for p in paths]
+        return [check_video(p, sampler) for p in paths]
     with ProcessPoolExecutor(max_workers=min(workers, len(paths))) as pool:
-        return list(pool.map(check_video, paths, chunksize=max(1, len(paths) // (8 * workers))))
+        chunk = max(1, len(paths) // (8 * workers))
+        return list(pool.map(check_video, paths, [sampler] * len(paths), chunksize=chunk))
 
 
 def format_check_table(rows: list[dict]) -> str:
@@ -81,7 +90,8 @@ def format_check_table(rows: list[dict]) -> str:
     for row in rows:
         size = f"{row['width']}x{row['height']}" if row["status"] == "ok" else ""
         fps = f"{row['fps']} vfr" if row["frame_rate"] == "variable" else str(row["fps"])
-        cells = (row["status"], row["reason"], row["frames"], fps, size, row["duration_s"], row["path"])
+        reason = "short" if row.get("clip_fits") == "no" else row["reason"]
+        cells = (row["status"], reason, row["frames"], fps, size, row["duration_s"], row["path"])
         lines.append(tuple(str(cell) for cell in cells))
     widths = [max([len(h)] + [len(line[i]) for line in lines]) for i, h in enumerate(header)]
     out = ["  ".join(cell.ljust(w) for cell, w in zip(header, widths)).rstrip()]
@@ -103,6 +113,10 @@ def format_check_table(rows: list[dict]) -> str:
     variable = sum(row["frame_rate"] == "variable" for row in ok)
     if variable:
         out.append(f"variable frame rate: {variable} of the ok videos (\"vfr\"; clips are placed by their frames' times)")
+    short = sum(row.get("clip_fits") == "no" for row in ok)
+    if short:
+        out.append(f"shorter than one clip: {short} of the ok videos (\"short\"; pretraining repeats their last frame "
+                   "with data.short_policy repeat_last, or skips them as failures with skip)")  # fmt: skip
     return "\n".join(out)
 
 
@@ -114,8 +128,9 @@ def write_check_csv(rows: list[dict], out_csv: str | os.PathLike) -> None:
         writer.writerows(rows)
 
 
-def run_check(manifest_path: str, out_csv: str | None = None, workers: int = 0) -> int:
-    """Check every video of a manifest (file or folder); print the table; 0 if all are ok, else 1."""
+def run_check(manifest_path: str, out_csv: str | None = None, workers: int = 0, sampler: ClipSampler | None = None) -> int:
+    """Check every video of a manifest (file or folder); print the table; 0 if all are ok, else 1 (a
+    video shorter than `sampler`'s clip is ok: usable, and marked)."""
     others = non_video_files(manifest_path)
     kinds = ", ".join(f"{ext or '(no extension)'} {n}" for ext, n in others.most_common(8))
     left_out = (f"not listed: {sum(others.values())} other file(s) in the folder without a video extension ({kinds}); "
@@ -125,7 +140,7 @@ def run_check(manifest_path: str, out_csv: str | None = None, workers: int = 0) 
     except (OSError, ValueError) as err:  # no such manifest, an empty folder, a malformed line
         print(f"error: {err}" + (f"\n{left_out}" if others else ""), file=sys.stderr)
         return 1
-    rows = check_videos(paths, workers=workers)
+    rows = check_videos(paths, workers=workers, sampler=sampler)
     print(format_check_table(rows))
     if others:  # a folder: say what its scan left out, so that no video kind disappears unseen
         print(left_out)
