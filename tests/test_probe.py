@@ -733,3 +733,23 @@ def test_a_device_this_machine_lacks_is_a_one_line_error(tmp_path, tiny_ckpt, mo
             run_probe(_args(out, "--checkpoint", str(tiny_ckpt), "--device", device, "--corpus", str(tmp_path / "none")))
         assert info.value.code == 2 and "\n" not in str(info.value)
         assert not out.exists() and not (tmp_path / "none").exists()  # refused before any work
+
+
+def test_a_video_that_fails_in_a_decoding_worker_is_one_line_naming_it():
+    """A file damaged past its header passes the up-front check and fails while its clip is decoded in a
+    DataLoader worker: the probe's error is then the file's line, not the worker's traceback."""
+    from torch.utils.data import Dataset
+
+    from worldmodel.data.video import VideoError
+    from worldmodel.probe import clip_batches
+
+    class Damaged(Dataset):
+        def __len__(self):
+            return 2
+
+        def __getitem__(self, index):
+            raise VideoError("/data/v7.mp4", "corrupt", "the decoder failed (Error reading frame 40)")
+
+    with pytest.raises(ValueError) as err:
+        list(clip_batches(Damaged(), [0, 1], batch_size=2, num_workers=1))
+    assert str(err.value) == "/data/v7.mp4: corrupt: the decoder failed (Error reading frame 40)"
