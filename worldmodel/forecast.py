@@ -507,19 +507,21 @@ class WorldModel(nn.Module):
             video = normalize_video(video, **{k: tuple(norm[k]) for k in ("mean", "std") if k in norm})
         elif not video.is_floating_point():
             raise ForecastError(f"video must be uint8 or float (already normalised), got {video.dtype}")
-        elif video.numel() and (largest := float(video.detach().abs().amax())) > MAX_NORMALISED:
-            raise ForecastError(
-                f"float video holds values up to {largest:.4g}: it looks like pixel "
-                "values (0-255), not a normalised clip; pass uint8 frames (normalised here) or normalise them "
-                "with worldmodel.data.transforms.normalize_video"
-            )
-        elif video.numel() >= 1024 and float(video.detach().amin()) >= 0.0 and float(video.detach().amax()) <= 1.0:
-            # a normalised clip is negative wherever a pixel is darker than the mean (about 115 of 255)
-            warnings.warn(
-                "float video lies within [0, 1]: it looks like pixel values scaled to 0-1, not a normalised "
-                "clip (nothing in it is darker than the normalisation mean); pass uint8 frames (normalised here) "
-                "or normalise with worldmodel.data.transforms.normalize_video", stacklevel=3,
-            )  # fmt: skip
+        elif video.numel():
+            low, high = (float(v) for v in torch.aminmax(video.detach()))  # one pass over the clip
+            if (largest := max(-low, high)) > MAX_NORMALISED:
+                raise ForecastError(
+                    f"float video holds values up to {largest:.4g}: it looks like pixel "
+                    "values (0-255), not a normalised clip; pass uint8 frames (normalised here) or normalise them "
+                    "with worldmodel.data.transforms.normalize_video"
+                )
+            if video.numel() >= 1024 and low >= 0.0 and high <= 1.0:
+                # a normalised clip is negative wherever a pixel is darker than the mean (about 115 of 255)
+                warnings.warn(
+                    "float video lies within [0, 1]: it looks like pixel values scaled to 0-1, not a normalised "
+                    "clip (nothing in it is darker than the normalisation mean); pass uint8 frames (normalised here) "
+                    "or normalise with worldmodel.data.transforms.normalize_video", stacklevel=3,
+                )  # fmt: skip
         return video.to(next(self.parameters()).dtype)
 
     def _encoder(self, name: str | None) -> nn.Module:
