@@ -27,7 +27,7 @@ from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-from worldmodel.data.datasets import non_video_files, read_manifest
+from worldmodel.data.datasets import read_manifest
 from worldmodel.data.video import ClipSampler, VideoError, read_frames, read_video_info
 
 CHECK_COLUMNS: tuple[str, ...] = (
@@ -131,19 +131,22 @@ def write_check_csv(rows: list[dict], out_csv: str | os.PathLike) -> None:
 def run_check(manifest_path: str, out_csv: str | None = None, workers: int = 0, sampler: ClipSampler | None = None) -> int:
     """Check every video of a manifest (file or folder); print the table; 0 if all are ok, else 1 (a
     video shorter than `sampler`'s clip is ok: usable, and marked)."""
-    others = non_video_files(manifest_path)
-    kinds = ", ".join(f"{ext or '(no extension)'} {n}" for ext, n in others.most_common(8))
-    left_out = (f"not listed: {sum(others.values())} other file(s) in the folder without a video extension ({kinds}); "
-                "rename a video with an unusual extension, or list it in a manifest file")  # fmt: skip
+    others: Counter = Counter()  # a folder: what its scan left out, so that no video kind disappears unseen
+
+    def left_out() -> str:
+        kinds = ", ".join(f"{ext or '(no extension)'} {n}" for ext, n in others.most_common(8))
+        return (f"not listed: {sum(others.values())} other file(s) in the folder without a video extension "
+                f"({kinds}); rename a video with an unusual extension, or list it in a manifest file")  # fmt: skip
+
     try:
-        paths = [entry.path for entry in read_manifest(manifest_path)]
+        paths = [entry.path for entry in read_manifest(manifest_path, left_out=others)]
     except (OSError, ValueError) as err:  # no such manifest, an empty folder, a malformed line
-        print(f"error: {err}" + (f"\n{left_out}" if others else ""), file=sys.stderr)
+        print(f"error: {err}" + (f"\n{left_out()}" if others else ""), file=sys.stderr)
         return 1
     rows = check_videos(paths, workers=workers, sampler=sampler)
     print(format_check_table(rows))
-    if others:  # a folder: say what its scan left out, so that no video kind disappears unseen
-        print(left_out)
+    if others:
+        print(left_out())
     if out_csv:
         write_check_csv(rows, out_csv)
         print(f"wrote {out_csv}")

@@ -86,33 +86,25 @@ def _files_below(root: Path) -> list[Path]:
     return sorted(found)
 
 
-def _videos_below(root: Path) -> list[Path]:
-    """Files with a video extension in `root` and below (see `_files_below`)."""
-    return [p for p in _files_below(root) if _is_video(p)]
-
-
-def non_video_files(manifest: str | os.PathLike) -> Counter:
-    """For a folder manifest, how many files below it a scan leaves out, by extension ("" for none;
-    hidden files and whatever lies in hidden folders, such as .git, are not counted); an empty Counter
-    for a manifest file."""
-    path = Path(manifest).expanduser()
-    if not path.is_dir():
-        return Counter()
-    shown = (p for p in _files_below(path) if not any(part.startswith(".") for part in p.relative_to(path).parts))
-    return Counter(p.suffix.lower() for p in shown if not _is_video(p))
-
-
-def read_manifest(path: str | os.PathLike) -> list[ManifestEntry]:
+def read_manifest(path: str | os.PathLike, left_out: Counter | None = None) -> list[ManifestEntry]:
     """Video paths (and optional integer labels) from a manifest file or a directory of videos.
 
     A manifest file has one video per line: ``path`` or ``path label``, separated by a space or a
     comma (use the comma form for paths containing spaces). Relative paths are resolved against the
     manifest's folder. Blank lines, ``#`` comments and a header line (``path`` or ``path,label``) are
     skipped. A directory is scanned recursively for files with a video extension, in sorted order.
+
+    left_out: for a directory, gets the count of the files the scan leaves out, by extension ("" for
+    none; hidden files and whatever lies in hidden folders, such as .git, are not counted), from the
+    same walk, also when no video is found.
     """
     path = Path(path).expanduser()
     if path.is_dir():
-        videos = _videos_below(path)
+        files = _files_below(path)
+        videos = [p for p in files if _is_video(p)]
+        if left_out is not None:
+            shown = (p for p in files if not any(part.startswith(".") for part in p.relative_to(path).parts))
+            left_out.update(p.suffix.lower() for p in shown if not _is_video(p))
         if not videos:
             raise DataConfigError(
                 f"{path}: no video files found in this directory or below "
