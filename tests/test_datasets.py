@@ -228,6 +228,32 @@ def test_all_bad_source_stops_the_sample(tmp_path, make_video):
     dataset = ClipDataset(str(manifest), ClipSampler(num_frames=2, frame_step=1), max_attempts=3)
     with pytest.raises(DataFailureError, match="3 videos in a row"):
         dataset[0]
+    in_process = str(pytest.raises(DataFailureError, dataset.__getitem__, 0).value)
+
+    # raised inside a DataLoader worker, it arrives as a DataFailureError with the same message (the
+    # worker's traceback is not in it), so the command line can print it as it is
+    loader = DataLoader(dataset, batch_size=1, sampler=[0], num_workers=1, collate_fn=collate_samples)
+    with pytest.raises(DataFailureError) as err:
+        next(iter(loader))
+    assert str(err.value) == in_process and "\n" in in_process and "Traceback" not in str(err.value)
+
+
+def test_worker_message_keeps_the_last_exception_line_and_what_follows():
+    from worldmodel.data.video import VideoError, worker_message
+
+    text = (
+        "Caught DataFailureError in DataLoader worker process 0.\nOriginal Traceback (most recent call last):\n"
+        '  File "x.py", line 3, in f\n    raise DataFailureError("...DataFailureError: not this")\n'
+        "worldmodel.data.datasets.DataFailureError: first line\n  a.mp4: missing: gone\nlast line\n"
+    )
+    assert worker_message(DataFailureError, text) == "first line\n  a.mp4: missing: gone\nlast line"
+    assert worker_message(DataFailureError, "plain message") == "plain message"
+    assert worker_message(VideoError, text) == text  # another class's text is left alone
+    rebuilt = VideoError("Caught VideoError in DataLoader worker process 1.\nOriginal Traceback (most recent "
+                         "call last):\n  File \"y.py\"\nworldmodel.data.video.VideoError: /v/a: b.mp4: empty: zero bytes\n")
+    assert (rebuilt.path, rebuilt.reason, rebuilt.detail) == ("/v/a: b.mp4", "empty", "zero bytes")
+    with pytest.raises(TypeError):  # not a VideoError's text: the DataLoader then falls back to RuntimeError
+        VideoError("something else")
 
 
 def test_two_workers_give_the_same_batches(tmp_path, make_video):

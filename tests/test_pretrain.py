@@ -128,6 +128,17 @@ def test_settings_that_cannot_work_are_one_line_errors_before_training(tmp_path,
         proc = run_pretrain(common + ["--run_dir", str(tmp_path / f"r{i}"), *args], check=False)
         assert proc.returncode != 0 and message in proc.stderr, (args, proc.stderr[-2000:])
         assert "Traceback" not in proc.stderr and not (tmp_path / f"r{i}" / "checkpoints").exists()
+    # unusable videos found while training, in a DataLoader worker: the stop is its message, no traceback
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    for name in ("a.mp4", "b.mp4", "c.mp4"):
+        (bad / name).write_bytes(b"")
+    proc = run_pretrain([*common[:-2], "--data.num_workers", "1", "--data.train_manifests", f"[{bad}]",
+                         "--run_dir", str(tmp_path / "bad_run")], check=False)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert "worldmodel pretrain: stopped: sample " in proc.stderr and "videos in a row could not be used" in proc.stderr
+    assert f"{bad / 'a.mp4'}: empty: " in proc.stderr or f"{bad / 'b.mp4'}: empty: " in proc.stderr
+
     # a run bounded by epochs: the schedules span the steps those epochs take
     run_pretrain(common + ["--run_dir", str(tmp_path / "epochs"), "--trainer.max_steps", "-1",
                            "--trainer.max_epochs", "2", "--data.samples_per_epoch", "4", "--model.lr",

@@ -750,6 +750,7 @@ def test_a_video_that_fails_in_a_decoding_worker_is_one_line_naming_it():
         def __getitem__(self, index):
             raise VideoError("/data/v7.mp4", "corrupt", "the decoder failed (Error reading frame 40)")
 
-    with pytest.raises(ValueError) as err:
+    with pytest.raises(VideoError) as err:
         list(clip_batches(Damaged(), [0, 1], batch_size=2, num_workers=1))
     assert str(err.value) == "/data/v7.mp4: corrupt: the decoder failed (Error reading frame 40)"
+    assert (err.value.path, err.value.reason) == ("/data/v7.mp4", "corrupt")

@@ -222,9 +222,7 @@ def run_pretrain_cli(argv: list[str]) -> PretrainCLI:
     except (ConfigError, DataConfigError, FileNotFoundError) as err:  # found at setup, before any step
         raise SystemExit(f"worldmodel pretrain: error: {err}") from None
     except DataFailureError as err:  # too many unusable videos: the message lists them, a traceback adds nothing
-        # raised in a DataLoader worker, the message carries the worker's traceback first: keep what follows it
-        message = str(err).rsplit("DataFailureError: ", 1)[-1] if "Original Traceback" in str(err) else str(err)
-        raise SystemExit(f"worldmodel pretrain: stopped: {message}") from None
+        raise SystemExit(f"worldmodel pretrain: stopped: {err}") from None
     final = Path(cli.config["run_dir"]) / "checkpoints" / "last.ckpt"
     stopped = any(isinstance(c, StopOnSignal) and c.received for c in cli.trainer.callbacks)
     if cli.trainer.is_global_zero:

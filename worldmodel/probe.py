@@ -591,15 +591,7 @@ def clip_batches(dataset: Dataset, keys: Sequence, batch_size: int, num_workers:
         collate_fn=collate_samples,
         persistent_workers=False,
     )
-    try:
-        yield from loader
-    except RuntimeError as err:
-        # a worker's VideoError comes back as a RuntimeError holding the worker's traceback (VideoError
-        # takes three arguments, which the DataLoader cannot rebuild): keep the one line that matters
-        text = str(err).strip()
-        if not text.startswith("Caught VideoError"):
-            raise
-        raise ValueError(text.splitlines()[-1].split("VideoError: ", 1)[-1]) from None
+    yield from loader  # a worker's VideoError arrives as a VideoError with its own one-line message
 
 
 @torch.no_grad()

@@ -38,6 +38,7 @@ from worldmodel.data.video import (
     read_clips,
     read_frames,
     read_video_info,
+    worker_message,
 )
 
 __all__ = [
@@ -169,7 +170,12 @@ def _split_manifest_line(line: str, where: str) -> list[str]:
 
 # ---------------------------------------------------------------------------------------------- errors
 class DataFailureError(RuntimeError):
-    """Too many videos could not be used: the data needs fixing before training goes on."""
+    """Too many videos could not be used: the data needs fixing before training goes on.
+
+    Raised in a DataLoader worker, it reaches the main process with its own message (`worker_message`)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(worker_message(DataFailureError, message))
 
 
 class DataConfigError(ValueError):

@@ -104,6 +104,21 @@ SHORT_POLICIES: tuple[str, ...] = ("repeat_last", "skip")
 _CONVERT_HINT = "convert it with `ffmpeg -i IN -c:v libx264 -pix_fmt yuv420p OUT.mp4`, or drop it from the manifest"
 
 
+def worker_message(cls: type, text: str) -> str:
+    """The message of a `cls` exception raised inside a DataLoader worker, from the text PyTorch rebuilds it with.
+
+    PyTorch re-raises a worker's exception in the main process as ``cls(text)``, where `text` is "Caught
+    cls in DataLoader worker process N.", the worker's traceback, and last the line(s) "pkg.mod.cls:
+    MESSAGE". Exceptions whose constructor passes its argument through this keep their type and their
+    own message across the worker boundary (no traceback text to parse where they are caught). Any
+    other text is returned unchanged.
+    """
+    if not (text.startswith(f"Caught {cls.__name__} ") and "\nOriginal Traceback" in text):
+        return text
+    heads = list(re.finditer(rf"^(?:[A-Za-z_][\w]*\.)*{re.escape(cls.__name__)}: ", text, flags=re.M))
+    return text[heads[-1].end():].rstrip("\n") if heads else text
+
+
 class VideoError(RuntimeError):
     """A video that cannot be used: `.path` (str), `.reason` (one short code), `.detail` (human text).
 
@@ -111,11 +126,21 @@ class VideoError(RuntimeError):
     video container at all), ``corrupt`` (the decoder fails), ``truncated`` (the file was cut short),
     ``too_short`` (fewer frames than a clip needs, with ``short_policy="skip"``), ``unsupported`` (a
     real video that cannot be used as is: unknown frame rate, odd decoder output).
+
+    ``VideoError(message)`` with one argument rebuilds the error from its text "PATH: REASON: DETAIL";
+    that is how a VideoError raised in a DataLoader worker reaches the main process as a VideoError
+    (see `worker_message`).
     """
 
     REASONS = ("missing", "empty", "not_video", "corrupt", "truncated", "too_short", "unsupported")
 
-    def __init__(self, path: str | os.PathLike, reason: str, detail: str) -> None:
+    def __init__(self, path: str | os.PathLike, reason: str | None = None, detail: str | None = None) -> None:
+        if reason is None and detail is None:
+            text = worker_message(VideoError, os.fspath(path))
+            parsed = re.fullmatch(rf"(?s)(.+?): ({'|'.join(self.REASONS)}): (.*)", text)
+            if parsed is None:
+                raise TypeError(f"VideoError(path, reason, detail), or VideoError('PATH: REASON: DETAIL'); got {text!r}")
+            path, reason, detail = parsed.groups()
         if reason not in self.REASONS:
             raise ValueError(f"unknown VideoError reason {reason!r}; use one of {self.REASONS}")
         self.path, self.reason, self.detail = os.fspath(path), reason, detail
