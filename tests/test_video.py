@@ -483,6 +483,25 @@ def test_truncated_mp4_index_at_start(tmp_path):
         _expect(path, "truncated")
 
 
+def test_mp4_box_walk_tells_a_cut_from_garbage(make_video, tmp_path):
+    """The top-level box walk: a few bytes past the last box are a cut box header ("truncated"), bytes
+    that are no box header where one should start are corruption ("corrupt"), not a cut."""
+    from worldmodel.data.video import _bmff_problem
+
+    data = make_video("whole.mp4", num_frames=20).read_bytes()
+    assert _bmff_problem(str(make_video("whole.mp4", num_frames=20))) is None
+    cut = tmp_path / "cut_header.mp4"
+    cut.write_bytes(data + b"\x00\x00\x01")  # 3 bytes of a next box header
+    assert _bmff_problem(str(cut)) == f"the file ends inside a box header at byte {len(data)} of {len(data) + 3}"
+    first = int.from_bytes(data[:4], "big")  # the size of the first box (ftyp)
+    garbage = tmp_path / "garbage.mp4"  # the second box's type made of control bytes
+    garbage.write_bytes(data[:first] + b"\x00\x00\x00\x10\x01\x02\x03\x04" + data[first + 8:])
+    assert _bmff_problem(str(garbage)) is None
+    no_index = tmp_path / "no_index.mp4"  # ftyp, then a free box to the end: no moov anywhere
+    no_index.write_bytes(data[:first] + (len(data) - first).to_bytes(4, "big") + b"free" + bytes(len(data) - first - 8))
+    assert "no 'moov' index box" in _bmff_problem(str(no_index))
+
+
 def test_corrupt_index(tmp_path):
     data = bytearray(_faststart_video(tmp_path / "whole_fs.mp4").read_bytes())
     moov = data.index(b"moov")

@@ -79,7 +79,7 @@ import math
 import os
 import re
 from dataclasses import dataclass, field
-from typing import Iterator, Sequence
+from typing import NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -822,23 +822,42 @@ def _container_family(head: bytes) -> str | None:
     return None
 
 
-def _boxes(f, start: int, end: int) -> Iterator[tuple[bytes, int, int]]:
-    """(type, payload start, box end) of the ISO-BMFF boxes between byte `start` and `end` of file `f`."""
+class _BoxWalk(NamedTuple):
+    """The ISO-BMFF boxes found between two bytes of a file, and how the walk ended."""
+
+    boxes: list[tuple[bytes, int, int]]  # (type, payload start, box end)
+    cut: str | None = None  # the range ends inside a box or box header: what the cut left unfinished
+    garbled: bool = False  # bytes that are no box header: corruption, not a cut
+
+
+def _boxes(f, start: int, end: int) -> _BoxWalk:
+    """Walk the ISO-BMFF boxes between byte `start` and `end` of file `f` (see `_BoxWalk`)."""
+    boxes: list[tuple[bytes, int, int]] = []
     pos = start
-    while pos + 8 <= end:
+    while pos < end:
         f.seek(pos)
-        header = f.read(16)
+        header = f.read(min(16, end - pos))
         if len(header) < 8:
-            return
+            return _BoxWalk(boxes, f"the file ends inside a box header at byte {pos} of {end}")
         size, kind, payload = int.from_bytes(header[:4], "big"), header[4:8], pos + 8
-        if size == 1 and len(header) == 16:
+        if not re.fullmatch(rb"[\x20-\x7e]{4}", kind):
+            return _BoxWalk(boxes, garbled=True)
+        if size == 1:
+            if len(header) < 16:
+                return _BoxWalk(boxes, f"the file ends inside the '{kind.decode()}' box header")
             size, payload = int.from_bytes(header[8:16], "big"), pos + 16
         elif size == 0:
-            size = end - pos
-        if size < payload - pos or pos + size > end:
-            return
-        yield kind, payload, pos + size
+            size = end - pos  # extends to the end
+        if size < payload - pos:
+            return _BoxWalk(boxes, garbled=True)
+        if pos + size > end:
+            return _BoxWalk(boxes, (
+                f"the '{kind.decode()}' box needs {pos + size} bytes but the file has {end}: "
+                "it was cut short (interrupted download, copy or recording)"
+            ))  # fmt: skip
+        boxes.append((kind, payload, pos + size))
         pos += size
+    return _BoxWalk(boxes)
 
 
 def _bmff_quarter_turn(path: str) -> bool:
@@ -849,16 +868,16 @@ def _bmff_quarter_turn(path: str) -> bool:
             if _container_family(f.read(16)) != "iso_bmff":
                 return False
             end = os.path.getsize(path)
-            for kind, start, stop in _boxes(f, 0, end):
+            for kind, start, stop in _boxes(f, 0, end).boxes:
                 if kind != b"moov":
                     continue
-                for trak, t_start, t_stop in _boxes(f, start, stop):
+                for trak, t_start, t_stop in _boxes(f, start, stop).boxes:
                     if trak != b"trak":
                         continue
-                    children = {k: (s, e) for k, s, e in _boxes(f, t_start, t_stop)}
+                    children = {k: (s, e) for k, s, e in _boxes(f, t_start, t_stop).boxes}
                     if b"tkhd" not in children or b"mdia" not in children:
                         continue
-                    handler = {k: s for k, s, _ in _boxes(f, *children[b"mdia"])}.get(b"hdlr")
+                    handler = {k: s for k, s, _ in _boxes(f, *children[b"mdia"]).boxes}.get(b"hdlr")
                     if handler is None:
                         continue
                     f.seek(handler + 8)  # version / flags, pre_defined, then the handler type
@@ -877,34 +896,13 @@ def _bmff_quarter_turn(path: str) -> bool:
 
 def _bmff_problem(path: str) -> str | None:
     """Walk the top-level boxes of an mp4/mov: a description of the truncation, or None if intact."""
-    file_size = os.path.getsize(path)
-    seen = []
     with open(path, "rb") as f:
-        pos = 0
-        while pos < file_size:
-            f.seek(pos)
-            header = f.read(16)
-            if len(header) < 8:
-                return f"the file ends inside a box header at byte {pos} of {file_size}"
-            box_size, box_type = int.from_bytes(header[:4], "big"), header[4:8]
-            if not re.fullmatch(rb"[\x20-\x7e]{4}", box_type):
-                return None  # garbage where a box should start: corrupt, not cut short
-            if box_size == 1:
-                if len(header) < 16:
-                    return f"the file ends inside the '{box_type.decode()}' box header"
-                box_size = int.from_bytes(header[8:16], "big")
-            elif box_size == 0:
-                box_size = file_size - pos  # extends to the end of the file
-            if box_size < 8:
-                return None
-            seen.append(box_type)
-            if pos + box_size > file_size:
-                return (
-                    f"the '{box_type.decode()}' box needs {pos + box_size} bytes but the file has {file_size}: "
-                    "it was cut short (interrupted download, copy or recording)"
-                )
-            pos += box_size
-    if b"moov" not in seen:
+        walk = _boxes(f, 0, os.path.getsize(path))
+    if walk.garbled:
+        return None  # garbage where a box should start: corrupt, not cut short
+    if walk.cut is not None:
+        return walk.cut
+    if b"moov" not in [kind for kind, _, _ in walk.boxes]:
         return "no 'moov' index box: the recording or copy was not finished"
     return None
 
