@@ -142,6 +142,15 @@ def test_find_video_layouts(tmp_path):
     assert find_video(tmp_path, "P01_01", "P01") == str(epic)
     assert find_video(tmp_path, "P01_01") == str(epic)  # participant read from the id
     assert find_video(tmp_path, "clip7") == str(flat)
+    # an MPEG stream (refused when read) loses to a readable file of the same id in any folder: its remux
+    stream = tmp_path / "P01_01.ts"
+    stream.write_bytes(b"x")
+    assert find_video(tmp_path, "P01_01") == str(epic)
+    epic.unlink()
+    assert find_video(tmp_path, "P01_01") == str(stream)  # the only one: found, and refused with advice when read
+    (tmp_path / "P01_01.mkv").write_bytes(b"x")  # otherwise folders first: the top folder wins
+    epic.write_bytes(b"x")
+    assert find_video(tmp_path, "P01_01") == str(tmp_path / "P01_01.mkv")
     with pytest.raises(FileNotFoundError) as err:
         find_video(tmp_path, "P09_02", "P09")
     message = str(err.value)

@@ -39,7 +39,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from worldmodel.data.video import VIDEO_EXTENSIONS, VideoInfo, read_video_info
+from worldmodel.data.video import REMUX_EXTENSIONS, VIDEO_EXTENSIONS, VideoInfo, read_video_info
 
 __all__ = [
     "ActionSegment",
@@ -130,15 +130,20 @@ def find_video(videos_dir: str | os.PathLike, video_id: str, participant_id: str
     Extensions are VIDEO_EXTENSIONS in lower or upper case (``P01_01.MP4`` as EPIC-KITCHENS ships it).
     Without ``participant_id`` the participant is read from an EPIC-style id (``P01_01`` -> ``P01``).
     Also accepted: ``DIR/<participant_id>/<video_id>.<ext>``. Raises FileNotFoundError listing the
-    places tried. When several files fit (``V1.ts`` and its remux ``V1.mp4``), the first wins: folders
-    in the order above, then extensions in VIDEO_EXTENSIONS order (``.mp4`` first), lower case first.
+    places tried. When several files fit, the first wins: folders in the order above, then extensions in
+    VIDEO_EXTENSIONS order (``.mp4`` first), lower case first; except that MPEG streams (REMUX_EXTENSIONS:
+    ``.ts``, ``.mpg``, ...; refused when read) come after every other file in every folder, so the remux
+    ``P01/videos/V1.mp4`` wins over ``V1.ts``.
     """
     folders, extensions = _video_candidates(videos_dir, video_id, participant_id)
-    for folder in folders:
-        for ext in extensions:
-            candidate = folder / f"{video_id}{ext}"
-            if candidate.is_file():
-                return str(candidate)
+    for streams in (False, True):  # readable containers first, wherever they are
+        for folder in folders:
+            for ext in extensions:
+                if (ext.lower() in REMUX_EXTENSIONS) != streams:
+                    continue
+                candidate = folder / f"{video_id}{ext}"
+                if candidate.is_file():
+                    return str(candidate)
     tried = ", ".join(str(folder / f"{video_id}.<ext>") for folder in folders)
     raise FileNotFoundError(
         f"video {video_id!r} not found under {videos_dir}: tried {tried} with <ext> one of "
