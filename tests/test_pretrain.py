@@ -102,13 +102,17 @@ def test_resume_mid_epoch_continues_exactly(tmp_path, video_folder):
          "--run_dir", str(tmp_path / "other"), "--trainer.max_steps", "12", "--resume", str(part / "checkpoints/last.ckpt")],
         check=False,
     )
-    assert other.returncode != 0 and "Traceback" not in other.stderr
+    assert other.returncode != 0 and "Traceback" not in other.stderr and not (tmp_path / "other").exists()
     assert "model.encoder_kwargs: checkpoint {'depth': 2" in other.stderr
-    # and with another batch size, which would replay other batches
-    bigger = run_pretrain([*common, "--data.batch_size", "3", "--run_dir", str(tmp_path / "bigger"),
-                           "--trainer.max_steps", "12", "--resume", str(part / "checkpoints/last.ckpt")], check=False)
+    # and with another batch size, which would replay other batches; the refused resume leaves the run's
+    # logs as they were (its config.yaml keeps the settings it was trained with, no second TensorBoard run)
+    logs_before = {f.name: f.read_bytes() for f in (part / "logs").iterdir()}
+    bigger = run_pretrain([*common, "--data.batch_size", "3", "--run_dir", str(part),
+                           "--trainer.max_steps", "12", "--resume", "auto"], check=False)
     assert bigger.returncode != 0 and "Traceback" not in bigger.stderr
     assert "cannot resume exactly: batch_size 2 in the checkpoint, 3 now" in bigger.stderr
+    assert {f.name: f.read_bytes() for f in (part / "logs").iterdir()} == logs_before
+    assert "batch_size: 2" in (part / "logs" / "config.yaml").read_text()
 
 
 def test_settings_that_cannot_work_are_one_line_errors_before_training(tmp_path, video_folder):
@@ -127,7 +131,8 @@ def test_settings_that_cannot_work_are_one_line_errors_before_training(tmp_path,
     for i, (args, message) in enumerate(cases):
         proc = run_pretrain(common + ["--run_dir", str(tmp_path / f"r{i}"), *args], check=False)
         assert proc.returncode != 0 and message in proc.stderr, (args, proc.stderr[-2000:])
-        assert "Traceback" not in proc.stderr and not (tmp_path / f"r{i}" / "checkpoints").exists()
+        # nothing is left of the failed start: no run folder with logs and no checkpoint
+        assert "Traceback" not in proc.stderr and not (tmp_path / f"r{i}").exists()
     # unusable videos found while training, in a DataLoader worker: the stop is its message, no traceback
     bad = tmp_path / "bad"
     bad.mkdir()

@@ -185,6 +185,44 @@ class PretrainCLI(LightningCLI):
         return super().instantiate_trainer(**kwargs)
 
 
+class LogsSnapshot:
+    """A run folder's `logs/` as it was before a start, put back when the start fails before its first step.
+
+    Lightning writes `logs/config.yaml`, `hparams.yaml` and a new TensorBoard events file while it sets a
+    run up. A resume refused at setup (another batch size, another architecture) would otherwise leave
+    the run's config.yaml holding the refused settings, which the error itself points the user to, and
+    a stray TensorBoard run; a failed first start would leave a run folder with logs and no checkpoint.
+    Files present before are restored byte for byte (those under `max_bytes`: config and hparams, not
+    a long metrics.csv, which a failed start does not write), new files removed, new folders removed
+    when left empty.
+    """
+
+    def __init__(self, run_dir: str | os.PathLike, max_bytes: int = 1 << 20) -> None:
+        self.run_dir = Path(run_dir)
+        self.logs = self.run_dir / "logs"
+        self.run_dir_existed = self.run_dir.exists()
+        self.logs_existed = self.logs.is_dir()
+        self.files: dict[Path, bytes | None] = {}
+        if self.logs_existed:
+            for path in self.logs.iterdir():
+                if path.is_file():
+                    self.files[path] = path.read_bytes() if path.stat().st_size <= max_bytes else None
+
+    def restore(self) -> None:
+        if self.logs.is_dir():
+            for path in self.logs.iterdir():
+                if path.is_file() and path not in self.files:
+                    path.unlink(missing_ok=True)
+        for path, data in self.files.items():
+            if data is not None and (not path.is_file() or path.read_bytes() != data):
+                tmp = path.with_name(f".{path.name}.restore")
+                tmp.write_bytes(data)
+                os.replace(tmp, path)
+        for folder, existed in ((self.logs, self.logs_existed), (self.run_dir, self.run_dir_existed)):
+            if not existed and folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()
+
+
 def resolve_resume(resume: str | None, run_dir: str) -> str | None:
     if resume is None:
         return None
@@ -217,9 +255,12 @@ def run_pretrain_cli(argv: list[str]) -> PretrainCLI:
     except (ValueError, FileNotFoundError) as err:  # a setting the classes refuse: say which, no traceback
         raise SystemExit(f"worldmodel pretrain: error: {err}") from None
     ckpt = resolve_resume(cli.config["resume"], cli.config["run_dir"])
+    logs = LogsSnapshot(cli.config["run_dir"])
     try:
         cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=ckpt)
     except (ConfigError, DataConfigError, FileNotFoundError) as err:  # found at setup, before any step
+        if cli.trainer.is_global_zero:
+            logs.restore()  # the run folder as it was: its config.yaml keeps the settings it was trained with
         raise SystemExit(f"worldmodel pretrain: error: {err}") from None
     except DataFailureError as err:  # too many unusable videos: the message lists them, a traceback adds nothing
         raise SystemExit(f"worldmodel pretrain: stopped: {err}") from None
