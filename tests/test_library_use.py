@@ -17,6 +17,7 @@ from worldmodel.data.datasets import ClipDataset, collate_samples
 from worldmodel.data.loader import DataProgressCallback
 from worldmodel.data.transforms import ResizeCenterCropVideo
 from worldmodel.data.video import ClipSampler
+from worldmodel.checkpoints import safe_torch_load
 from worldmodel.forecast import ForecastError, WorldModel
 from worldmodel.pretrain import JEPAPretrainer
 
@@ -62,6 +63,63 @@ def test_an_own_trainer_gets_the_data_callbacks_and_counts_bad_files(video_folde
     trainer = L.Trainer(max_steps=1, callbacks=[mine], default_root_dir=str(tmp_path / "run2"), **TRAINER)
     trainer.fit(tiny_model(), datamodule=data)
     assert [c for c in trainer.callbacks if isinstance(c, DataErrorCallback)] == [mine]
+
+
+class _Batches(L.Callback):
+    """Per optimiser step: the sampler's epoch, the batch's dataset indices and the loss."""
+
+    def __init__(self) -> None:
+        self.steps: dict[int, tuple] = {}
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.steps[trainer.global_step] = (int(batch["epoch"][0]), batch["index"].tolist(), float(outputs["loss"]))
+
+
+def test_an_own_trainer_resumes_exactly_from_any_checkpoint_lightning_writes(video_folder, tmp_path):
+    """Lightning counts an epoch stopped by max_steps as finished in a checkpoint saved after fit() returns
+    or by a callback's epoch-end hook, and a batch-end checkpoint at an epoch's last batch restarts at the
+    next epoch; each of these used to skip the rest of the stopped epoch (or a whole epoch). Resumed from
+    any of them, the run sees the uninterrupted run's batches and losses."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    folder = video_folder(n=3, num_frames=16)
+
+    def fit(max_steps: int, ckpt_path=None, callbacks=()):
+        data = VideoDataModule(train_manifests=str(folder / "manifest.csv"), num_frames=4, frame_step=2, crop_size=32,
+                               batch_size=2, num_workers=0, samples_per_epoch=8)  # 4 batches an epoch
+        seen = _Batches()
+        trainer = L.Trainer(max_steps=max_steps, default_root_dir=str(tmp_path / "run"), callbacks=[seen, *callbacks],
+                            **{**TRAINER, "enable_checkpointing": bool(callbacks)})
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Lightning's notes about checkpoint callbacks on resume
+            trainer.fit(tiny_model(), datamodule=data, ckpt_path=ckpt_path)
+        return trainer, seen.steps
+
+    _, full = fit(11)
+    assert [full[s][0] for s in sorted(full)] == [0] * 4 + [1] * 4 + [2] * 3
+    checkpoints = {}
+    for stop in (5, 8):  # mid-epoch and at an epoch's end, saved after fit() returned
+        trainer, _ = fit(stop)
+        trainer.save_checkpoint(tmp_path / f"after_fit_{stop}.ckpt")
+        checkpoints[f"after fit, step {stop}"] = tmp_path / f"after_fit_{stop}.ckpt"
+    every = ModelCheckpoint(dirpath=tmp_path / "every4", every_n_train_steps=4, save_top_k=-1)
+    epoch_end = ModelCheckpoint(dirpath=tmp_path / "epoch_end", save_top_k=-1)  # Lightning's default: each epoch's end
+    fit(5, callbacks=[every, epoch_end])
+    checkpoints["batch end, epoch's last batch"] = tmp_path / "every4" / "epoch=0-step=4.ckpt"
+    checkpoints["epoch end hook, after max_steps"] = tmp_path / "epoch_end" / "epoch=1-step=5.ckpt"
+    for name, path in checkpoints.items():
+        assert path.is_file(), name
+        start = safe_torch_load(path)["global_step"]
+        _, resumed = fit(11, ckpt_path=str(path))
+        assert sorted(resumed) == list(range(start + 1, 12)), name
+        for step in resumed:
+            assert resumed[step][:2] == full[step][:2], (name, step, resumed[step], full[step])
+            assert resumed[step][2] == pytest.approx(full[step][2], rel=1e-5), (name, step)
+    # a resumed run (its epochs numbered one ahead of the data's) stopped and resumed again
+    trainer, _ = fit(7, ckpt_path=str(checkpoints["after fit, step 5"]))
+    trainer.save_checkpoint(tmp_path / "twice.ckpt")  # stopped mid-epoch again, in the shifted count
+    _, twice = fit(11, ckpt_path=str(tmp_path / "twice.ckpt"))
+    assert sorted(twice) == [8, 9, 10, 11] and all(twice[s][:2] == full[s][:2] for s in twice)
 
 
 def test_a_dataloader_without_the_mask_collator_gets_the_same_masks(video_folder):

@@ -658,7 +658,8 @@ class EpochSampler(Sampler):
     The epoch is split across ranks: rank r takes samples r, r + world_size, ...; the list is padded by
     wrapping so every rank gets the same count (``len(self)``). For mid-epoch resume, set
     ``start_index`` to the number of this rank's samples of the current epoch already consumed: the next
-    iteration skips them (and resets ``start_index`` to 0).
+    iteration skips them (and resets ``start_index`` to 0). `resume` does this for a checkpoint's
+    position and also lines the sampler's epochs up with the trainer's count (see there).
     """
 
     def __init__(
@@ -699,9 +700,30 @@ class EpochSampler(Sampler):
         self.num_samples = math.ceil(self.samples_per_epoch / self.world_size)  # per rank
         self.epoch = 0
         self.start_index = 0
+        self.epoch_offset = 0  # the sampler's epoch minus the trainer's (see `resume`)
+        self._resumed = False
+
+    def resume(self, epoch: int, start_index: int) -> None:
+        """Continue at this rank's sample `start_index` of `epoch` (a checkpoint's data position).
+
+        The trainer's next `set_epoch(n)` is taken as its own number for this position, and later epochs
+        keep the difference. Lightning restarts the stopped epoch with `n = epoch` when the checkpoint was
+        saved at a batch's end, but calls the next epoch's number, `epoch + 1`, when it counted the
+        stopped epoch as finished: a checkpoint saved after `fit` returned, or by a callback's epoch-end
+        hook after `max_steps` stopped the epoch. Either way the rest of the stopped epoch comes next
+        (nothing, when the checkpoint was at its end: the trainer's epoch then ends without a batch), and
+        no sample is skipped or replayed: a resumed run sees the batches of the uninterrupted one.
+        """
+        self.epoch, self.start_index = int(epoch), int(start_index)
+        self.epoch_offset, self._resumed = 0, True
 
     def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
+        """The trainer's epoch number (Lightning calls this as each epoch starts)."""
+        if self._resumed:  # the first call after `resume`: the trainer's number for the resumed position
+            self._resumed = False
+            self.epoch_offset = self.epoch - int(epoch)
+            return
+        self.epoch = int(epoch) + self.epoch_offset
 
     def _source_draws(self, source: int, epoch: int) -> np.ndarray:
         """Items of ``source`` for ``epoch``: positions [e * count, (e + 1) * count) of its cycles."""

@@ -51,13 +51,15 @@ class ResumableDataLoader(DataLoader):
                 "world_size processes). Resume with the same data.seed, data.batch_size, "
                 "data.samples_per_epoch and number of processes, or start a new run."
             )
-        self.sampler.set_epoch(state["epoch"])
-        self.sampler.start_index = state["batches_consumed"] * self.batch_size
+        self.sampler.resume(state["epoch"], state["batches_consumed"] * self.batch_size)
         self.batches_consumed = state["batches_consumed"]
 
 
 class DataProgressCallback(Callback):
-    """Tells each resumable training loader how many of its batches this epoch have been consumed."""
+    """Tells each resumable training loader how many of its batches this epoch have been consumed.
+
+    Lightning's batch index goes on from the checkpoint's position after a resume, also when it counts the
+    stopped epoch as finished and finishes it under the next epoch's number (`EpochSampler.resume`)."""
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
         loader = trainer.fit_loop._combined_loader
