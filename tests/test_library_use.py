@@ -84,12 +84,12 @@ def test_an_own_trainer_resumes_exactly_from_any_checkpoint_lightning_writes(vid
 
     folder = video_folder(n=3, num_frames=16)
 
-    def fit(max_steps: int, ckpt_path=None, callbacks=()):
+    def fit(max_steps: int, ckpt_path=None, callbacks=(), **trainer_kwargs):
         data = VideoDataModule(train_manifests=str(folder / "manifest.csv"), num_frames=4, frame_step=2, crop_size=32,
                                batch_size=2, num_workers=0, samples_per_epoch=8)  # 4 batches an epoch
         seen = _Batches()
         trainer = L.Trainer(max_steps=max_steps, default_root_dir=str(tmp_path / "run"), callbacks=[seen, *callbacks],
-                            **{**TRAINER, "enable_checkpointing": bool(callbacks)})
+                            **{**TRAINER, "enable_checkpointing": bool(callbacks)}, **trainer_kwargs)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # Lightning's notes about checkpoint callbacks on resume
             trainer.fit(tiny_model(), datamodule=data, ckpt_path=ckpt_path)
@@ -120,6 +120,25 @@ def test_an_own_trainer_resumes_exactly_from_any_checkpoint_lightning_writes(vid
     trainer.save_checkpoint(tmp_path / "twice.ckpt")  # stopped mid-epoch again, in the shifted count
     _, twice = fit(11, ckpt_path=str(tmp_path / "twice.ckpt"))
     assert sorted(twice) == [8, 9, 10, 11] and all(twice[s][:2] == full[s][:2] for s in twice)
+
+    # runs bounded by epochs: from a checkpoint at an epoch's last batch the next epoch is whole (it was
+    # lost: the trainer's epoch got the empty rest of the stopped one)
+    _, by_epochs = fit(-1, max_epochs=3)
+    assert [by_epochs[s][:2] for s in sorted(by_epochs)] == [full[s][:2] for s in range(1, 12)] + [by_epochs[12][:2]]
+    fit(-1, max_epochs=2, callbacks=[ModelCheckpoint(dirpath=tmp_path / "e2", every_n_train_steps=4, save_top_k=-1)])
+    _, third = fit(-1, ckpt_path=str(tmp_path / "e2" / "epoch=1-step=8.ckpt"), max_epochs=3)
+    assert sorted(third) == [9, 10, 11, 12] and all(third[s][:2] == by_epochs[s][:2] for s in third)
+    # a checkpoint Lightning does not hand the loader's state back for (epochs bound the run and it counts
+    # the stopped epoch as finished): the position comes from the callback's own state, the rest of the
+    # stopped epoch is not skipped (it is trained as the trainer's next epoch)
+    _, rest = fit(-1, ckpt_path=str(checkpoints["after fit, step 5"]), max_epochs=3)
+    assert [rest[s][:2] for s in (6, 7, 8)] == [full[s][:2] for s in (6, 7, 8)]
+
+    # the trainer's epoch shorter than the sampler's (limit_train_batches): the next epoch starts at its start
+    _, limited = fit(9, limit_train_batches=3)
+    fit(3, limit_train_batches=3, callbacks=[ModelCheckpoint(dirpath=tmp_path / "lim", every_n_train_steps=3)])
+    _, resumed = fit(9, ckpt_path=str(tmp_path / "lim" / "epoch=0-step=3.ckpt"), limit_train_batches=3)
+    assert sorted(resumed) == list(range(4, 10)) and all(resumed[s][:2] == limited[s][:2] for s in resumed)
 
 
 def test_a_dataloader_without_the_mask_collator_gets_the_same_masks(video_folder):
@@ -230,3 +249,26 @@ def test_world_model_refuses_float_pixel_values_passed_as_a_normalised_clip():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         world.encode(normalize_video(pixels[None]))  # a real normalised clip: no warning
+
+
+def test_resuming_into_a_longer_run_says_its_schedules_were_replanned(video_folder, tmp_path, capsys):
+    """The schedules span the run's max_steps: resumed with another max_steps they follow a new plan (a
+    cooldown that had begun starts over). That is said, with how to keep the old plan."""
+    folder = video_folder(n=2, num_frames=16)
+    lr = {"kind": "warmup_constant_cooldown", "base": 1e-3, "warmup_steps": 1, "cooldown_steps": 2}
+
+    def fit(max_steps: int, ckpt_path=None):
+        data = VideoDataModule(train_manifests=str(folder / "manifest.csv"), num_frames=4, frame_step=2, crop_size=32,
+                               batch_size=2, num_workers=0)
+        trainer = L.Trainer(max_steps=max_steps, default_root_dir=str(tmp_path), **TRAINER)
+        L.seed_everything(0, verbose=False)
+        trainer.fit(JEPAPretrainer(**{**TINY, "lr": lr}), datamodule=data, ckpt_path=ckpt_path)
+        return trainer
+
+    fit(4).save_checkpoint(tmp_path / "four.ckpt")
+    fit(4, ckpt_path=str(tmp_path / "four.ckpt"))
+    assert "note: resumed" not in capsys.readouterr().out  # the same plan: nothing to say
+    fit(6, ckpt_path=str(tmp_path / "four.ckpt"))
+    out = capsys.readouterr().out
+    assert "resumed at step 4 into schedules of 6 steps (trainer.max_steps); the checkpoint's run planned 4" in out
+    assert "model.lr now follow" in out and "set model.total_steps 4" in out

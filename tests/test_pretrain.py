@@ -285,3 +285,70 @@ def test_stop_on_signal_in_a_trainer_of_ones_own(tmp_path, video_folder):
     assert safe_torch_load(tmp_path / "ckpt" / "last.ckpt")["global_step"] == 2
     assert signal.getsignal(signal.SIGUSR1) == before  # the handler is put back
     assert requeue_job(None).startswith("not a SLURM job") if "SLURM_JOB_ID" not in os.environ else True
+
+
+def test_with_gradient_accumulation_stops_and_checkpoints_wait_for_an_optimiser_step(tmp_path, video_folder):
+    """With accumulate_grad_batches 2, a checkpoint after a batch that only accumulated would count a batch
+    whose gradient it does not hold: a SLURM stop arriving then waits for the step's second batch, and no
+    checkpoint is written before the first step. The resumed run reproduces the uninterrupted one."""
+    import math
+    import os
+    import signal
+
+    import lightning as L
+    from lightning.pytorch.callbacks import Callback
+
+    from worldmodel.checkpoints import LastCheckpoint
+    from worldmodel.data.datamodule import VideoDataModule
+    from worldmodel.pretrain import JEPAPretrainer
+    from worldmodel.pretrain_cli import StopOnSignal
+
+    videos = video_folder(n=3, num_frames=16, size=(40, 40))
+
+    class Crash(Exception):
+        pass
+
+    class Kick(Callback):
+        """SIGUSR1 at the start of batch `at` (of this fit), or an exception after it (a crash)."""
+
+        def __init__(self, at: int, crash: bool = False) -> None:
+            self.at, self.crash, self.seen = at, crash, 0
+
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            if self.seen == self.at and not self.crash:
+                os.kill(os.getpid(), signal.SIGUSR1)
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            self.seen += 1
+            if self.crash and self.seen > self.at:
+                raise Crash  # the process dies here
+
+    class Losses(Callback):
+        def __init__(self) -> None:
+            self.by_step: dict[int, float] = {}
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            self.by_step[trainer.global_step] = float(outputs["loss"])  # the last batch seen at each step count
+
+    def fit(run: str, ckpt_path=None, extra=()):
+        L.seed_everything(0, verbose=False)
+        losses = Losses()
+        trainer = L.Trainer(accelerator="cpu", max_steps=6, accumulate_grad_batches=2, logger=False,
+                            enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
+                            callbacks=[losses, *extra, StopOnSignal(), LastCheckpoint(tmp_path / run, every_n_steps=100)])
+        model = JEPAPretrainer(img_size=32, num_frames=4, encoder_kwargs={"depth": 1, "embed_dim": 48, "num_heads": 3},
+                               pred_depth=1, pred_dim=32, pred_heads=2, collapse_every=0, total_steps=24)
+        data = VideoDataModule(train_manifests=str(videos / "manifest.csv"), num_frames=4, frame_step=2,
+                               crop_size=32, batch_size=2, num_workers=0, samples_per_epoch=8)
+        trainer.fit(model, datamodule=data, ckpt_path=ckpt_path)
+        return trainer, losses.by_step
+
+    _, full = fit("full")
+    trainer, _ = fit("stopped", extra=[Kick(4)])  # batch 4 only accumulates: the stop waits for batch 5
+    assert trainer.global_step == 3 and safe_torch_load(tmp_path / "stopped" / "last.ckpt")["global_step"] == 3
+    _, resumed = fit("resumed", ckpt_path=str(tmp_path / "stopped" / "last.ckpt"))
+    assert sorted(resumed) == [3, 4, 5, 6]  # batches 6-11 (batch 6 accumulates on top of step 3)
+    assert all(math.isclose(resumed[s], full[s], rel_tol=1e-5) for s in resumed), (resumed, full)
+    with pytest.raises(Crash):
+        fit("crashed", extra=[Kick(0, crash=True)])  # killed after the first batch, before any optimiser step
+    assert not (tmp_path / "crashed" / "last.ckpt").exists()

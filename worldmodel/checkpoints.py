@@ -229,6 +229,13 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         return safe_torch_load(path, map_location=map_location)
 
 
+def optimizer_stepped(trainer) -> bool:
+    """Whether the training batch that just ended finished an optimiser step (False on the batches that
+    only accumulate gradients, `trainer.accumulate_grad_batches` > 1)."""
+    should_accumulate = getattr(trainer.fit_loop.epoch_loop, "_should_accumulate", None)
+    return not should_accumulate() if callable(should_accumulate) else True
+
+
 class LastCheckpoint(Callback):
     """Keeps `dirpath/last.ckpt` current: every `every_n_steps` optimiser steps and at the last step.
 
@@ -251,9 +258,11 @@ class LastCheckpoint(Callback):
             self._saved_step = trainer.global_step
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        if not optimizer_stepped(trainer):
+            return  # mid-way through gradient accumulation: a checkpoint would count batches whose gradients it lacks
         step = trainer.global_step
         last = trainer.max_steps is not None and 0 < trainer.max_steps <= step
-        if step % self.every_n_steps == 0 or last or trainer.should_stop:
+        if step > 0 and step % self.every_n_steps == 0 or last or trainer.should_stop:
             self._save(trainer)
 
     def on_train_end(self, trainer, pl_module) -> None:

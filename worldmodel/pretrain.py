@@ -257,6 +257,8 @@ class JEPAPretrainer(L.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Refuse to resume into another architecture, naming the settings that differ (before Lightning
         would list every missing and unexpected weight)."""
+        self._resumed_schedule_steps = dict(checkpoint.get("schedule_steps") or {})
+        self._resumed_step = checkpoint.get("global_step")
         saved = checkpoint.get("hyper_parameters") or {}
         differ = [
             f"model.{key}: checkpoint {saved[key]!r}, this run {self.hparams.get(key)!r}"
@@ -289,12 +291,32 @@ class JEPAPretrainer(L.LightningModule):
             schedule(0)
         except ValueError as err:
             raise ConfigError(f"model.{name} does not fit a run of {total} steps ({source}): {err}") from None
+        self._schedule_steps[name] = (total, source)
         return schedule
 
     def on_fit_start(self) -> None:
+        self._schedule_steps: dict[str, tuple[int, str]] = {}
         self.lr_schedule = self._schedule("lr")
         self.wd_schedule = self._schedule("weight_decay")
         self.ema_schedule = self._schedule("ema_momentum")
+        saved = getattr(self, "_resumed_schedule_steps", None) or {}
+        changed = sorted(
+            (name, saved[name], total, source) for name, (total, source) in self._schedule_steps.items()
+            if name in saved and saved[name] != total
+        )
+        if changed:  # a longer (or shorter) run re-plans its schedules: say so, it is easy to miss
+            names = ", ".join(f"model.{name}" for name, *_ in changed)
+            _, before, now, source = changed[0]
+            self.print(
+                f"[worldmodel] note: resumed at step {self._resumed_step} into schedules of {now} steps ({source}); "
+                f"the checkpoint's run planned {before}. {names} now follow the {now}-step plan from this step on "
+                f"(e.g. a cooldown that had begun starts over). To keep the old plan, set model.total_steps {before}."
+            )
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        steps = getattr(self, "_schedule_steps", None)
+        if steps:  # how long each scheduled value's plan was: a resume into another length says so
+            checkpoint["schedule_steps"] = {name: total for name, (total, _) in steps.items()}
 
     # ------------------------------------------------------------------ step
     def forward_targets(self, video: torch.Tensor) -> torch.Tensor:

@@ -36,7 +36,7 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.loggers.logger import rank_zero_experiment
 
-from worldmodel.checkpoints import AtomicCheckpointIO, LastCheckpoint
+from worldmodel.checkpoints import AtomicCheckpointIO, LastCheckpoint, optimizer_stepped
 from worldmodel.data.datamodule import DataErrorCallback, VideoDataModule
 from worldmodel.data.datasets import DataConfigError, DataFailureError
 from worldmodel.data.loader import DataProgressCallback
@@ -96,6 +96,7 @@ class RunCSVLogger(CSVLogger):
 class StopOnSignal(Callback):
     """Stops training at the end of the batch during which `signum` arrived (any rank's signal stops all).
 
+    With gradient accumulation it stops at the end of the first batch that completes an optimiser step.
     `LastCheckpoint` writes last.ckpt whenever the trainer stops, so the checkpoint holds that batch and
     a resumed run continues exactly; `worldmodel pretrain` then requeues a SLURM job (`requeue_job`).
     The handler is installed for fit only, from the main thread, and the previous one restored after.
@@ -114,6 +115,8 @@ class StopOnSignal(Callback):
             self._previous = signal.signal(self.signum, self._on_signal)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        if not optimizer_stepped(trainer):
+            return  # stop where an optimiser step ends: a checkpoint there holds every consumed batch's gradient
         stop = self.received
         if trainer.world_size > 1:
             stop = trainer.strategy.reduce_boolean_decision(stop, all=False)

@@ -701,21 +701,26 @@ class EpochSampler(Sampler):
         self.epoch = 0
         self.start_index = 0
         self.epoch_offset = 0  # the sampler's epoch minus the trainer's (see `resume`)
-        self._resumed = False
+        # () -> (this rank's samples the trainer has already counted in the epoch it is about to run,
+        # the samples of a whole trainer epoch); set by `DataProgressCallback` during fit
+        self.trainer_position: Callable[[], tuple[int, int]] | None = None
+        self._resumed = False  # set_epoch still has to take the trainer's number for the resumed position
+        self._align = False  # the first iteration after `resume` still has to meet the trainer's position
 
     def resume(self, epoch: int, start_index: int) -> None:
         """Continue at this rank's sample `start_index` of `epoch` (a checkpoint's data position).
 
-        The trainer's next `set_epoch(n)` is taken as its own number for this position, and later epochs
-        keep the difference. Lightning restarts the stopped epoch with `n = epoch` when the checkpoint was
-        saved at a batch's end, but calls the next epoch's number, `epoch + 1`, when it counted the
-        stopped epoch as finished: a checkpoint saved after `fit` returned, or by a callback's epoch-end
-        hook after `max_steps` stopped the epoch. Either way the rest of the stopped epoch comes next
-        (nothing, when the checkpoint was at its end: the trainer's epoch then ends without a batch), and
-        no sample is skipped or replayed: a resumed run sees the batches of the uninterrupted one.
+        Lightning does not always go on with the stopped epoch under its number. The trainer's next
+        `set_epoch(n)` is taken as its own number for this position (later epochs keep the difference):
+        Lightning restarts the stopped epoch with `n = epoch` after a batch-end checkpoint, but calls the
+        next number, `epoch + 1`, when it counted the stopped epoch as finished (a checkpoint saved after
+        `fit` returned, or by an epoch-end hook after `max_steps` or `max_time` stopped it); the rest of
+        the stopped epoch then comes first. And when the checkpoint was at the end of the trainer's epoch
+        and the trainer starts a new one at its batch 0 (`trainer_position`), that is the next epoch's
+        start. So no sample is skipped or replayed: a resumed run sees the batches of the uninterrupted one.
         """
         self.epoch, self.start_index = int(epoch), int(start_index)
-        self.epoch_offset, self._resumed = 0, True
+        self.epoch_offset, self._resumed, self._align = 0, True, True
 
     def set_epoch(self, epoch: int) -> None:
         """The trainer's epoch number (Lightning calls this as each epoch starts)."""
@@ -724,6 +729,17 @@ class EpochSampler(Sampler):
             self.epoch_offset = self.epoch - int(epoch)
             return
         self.epoch = int(epoch) + self.epoch_offset
+
+    def _meet_trainer(self) -> None:
+        """At the first iteration after `resume`: a position at the end of the trainer's epoch, where the
+        trainer starts a new epoch at its batch 0, is the start of the next epoch."""
+        self._align = False
+        if self.trainer_position is None:
+            return
+        counted, epoch_samples = self.trainer_position()
+        if counted == 0 and 0 < epoch_samples <= self.start_index:
+            self.epoch, self.start_index = self.epoch + 1, 0
+            self.epoch_offset += 1
 
     def _source_draws(self, source: int, epoch: int) -> np.ndarray:
         """Items of ``source`` for ``epoch``: positions [e * count, (e + 1) * count) of its cycles."""
@@ -760,6 +776,8 @@ class EpochSampler(Sampler):
         return padded[self.rank :: self.world_size]
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
+        if self._align:
+            self._meet_trainer()
         epoch, start = self.epoch, int(self.start_index)
         self.start_index = 0  # one-shot: only the resumed epoch skips
         for index in self.rank_indices(epoch)[start:]:

@@ -12,6 +12,8 @@ data fetcher prefetches, so counting in the iterator would overcount).
 
 from __future__ import annotations
 
+import math
+from functools import partial
 from typing import Any
 
 from lightning.pytorch.callbacks import Callback
@@ -27,6 +29,7 @@ class ResumableDataLoader(DataLoader):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.batches_consumed = 0
+        self.resumed = False  # load_state_dict was called for the current fit
 
     def _settings(self) -> dict[str, Any]:
         """What must not change between a checkpoint and its resume for the batches to be the same."""
@@ -53,16 +56,57 @@ class ResumableDataLoader(DataLoader):
             )
         self.sampler.resume(state["epoch"], state["batches_consumed"] * self.batch_size)
         self.batches_consumed = state["batches_consumed"]
+        self.resumed = True
 
 
 class DataProgressCallback(Callback):
-    """Tells each resumable training loader how many of its batches this epoch have been consumed.
+    """Keeps each resumable training loader's data position current, and in checkpoints.
 
-    Lightning's batch index goes on from the checkpoint's position after a resume, also when it counts the
-    stopped epoch as finished and finishes it under the next epoch's number (`EpochSampler.resume`)."""
+    - At each batch start, how many batches of this epoch have been consumed (Lightning's batch index
+      goes on from the checkpoint's position after a resume).
+    - The position is also kept in this callback's own checkpoint state. Lightning hands a checkpoint's
+      loader states back only when it restarts a run mid-way; for a run bounded by epochs whose checkpoint
+      counts the stopped epoch as finished (saved after `fit` returned or when `max_time` stopped it) it
+      does not, and the loader would start a new epoch, skipping the rest of the stopped one. Then the
+      position is restored from here at the start of training.
+    - During fit, the sampler can ask where the trainer's epoch stands (`EpochSampler.trainer_position`).
+    """
+
+    def __init__(self) -> None:
+        self._trainer = None
+        self._states: list[dict[str, Any]] | None = None
+
+    @staticmethod
+    def _loaders(trainer) -> list[ResumableDataLoader]:
+        combined = trainer.fit_loop._combined_loader if trainer is not None else None
+        return [dl for dl in combined.flattened if isinstance(dl, ResumableDataLoader)] if combined is not None else []
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self._trainer = trainer
+        for i, dl in enumerate(self._loaders(trainer)):
+            if not dl.resumed and self._states is not None and i < len(self._states):
+                dl.load_state_dict(self._states[i])
+            dl.sampler.trainer_position = partial(_trainer_position, trainer, dl.batch_size)
+        self._states = None
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
-        loader = trainer.fit_loop._combined_loader
-        for dl in loader.flattened if loader is not None else []:
-            if isinstance(dl, ResumableDataLoader):
-                dl.batches_consumed = batch_idx + 1
+        for dl in self._loaders(trainer):
+            dl.batches_consumed = batch_idx + 1
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        for dl in self._loaders(trainer):
+            dl.sampler.trainer_position, dl.resumed = None, False
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"loaders": [dl.state_dict() for dl in self._loaders(self._trainer)]}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._states = list(state_dict.get("loaders") or [])
+
+
+def _trainer_position(trainer, batch_size: int) -> tuple[int, int]:
+    """(samples the trainer has counted in the epoch it is running, samples of a whole trainer epoch) of one
+    rank; 0 for the second when the trainer's epoch has no known length."""
+    counted = int(trainer.fit_loop.epoch_loop.batch_progress.current.ready)
+    batches = trainer.num_training_batches
+    return counted * batch_size, int(batches) * batch_size if math.isfinite(batches) else 0
