@@ -255,6 +255,13 @@ def test_worker_message_keeps_the_last_exception_line_and_what_follows():
     with pytest.raises(TypeError):  # not a VideoError's text: the DataLoader then falls back to RuntimeError
         VideoError("something else")
 
+    class LocalError(VideoError):  # a subclass is rebuilt from its own name's line
+        pass
+
+    sub = LocalError("Caught LocalError in DataLoader worker process 0.\nOriginal Traceback (most recent call "
+                     "last):\n  File \"z.py\"\ntests.LocalError: /v/c.mp4: corrupt: bad frame\n")
+    assert (type(sub), sub.path, sub.reason, sub.detail) == (LocalError, "/v/c.mp4", "corrupt", "bad frame")
+
 
 def test_two_workers_give_the_same_batches(tmp_path, make_video):
     videos = [make_video(f"v{i}.mp4", num_frames=12 + 4 * i, size=(32, 40)) for i in range(4)]

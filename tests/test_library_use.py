@@ -75,7 +75,8 @@ class _Batches(L.Callback):
         self.steps[trainer.global_step] = (int(batch["epoch"][0]), batch["index"].tolist(), float(outputs["loss"]))
 
 
-def test_an_own_trainer_resumes_exactly_from_any_checkpoint_lightning_writes(video_folder, tmp_path):
+@pytest.mark.parametrize("num_workers", [0, 1])
+def test_an_own_trainer_resumes_exactly_from_any_checkpoint_lightning_writes(video_folder, tmp_path, num_workers):
     """Lightning counts an epoch stopped by max_steps as finished in a checkpoint saved after fit() returns
     or by a callback's epoch-end hook, and a batch-end checkpoint at an epoch's last batch restarts at the
     next epoch; each of these used to skip the rest of the stopped epoch (or a whole epoch). Resumed from
@@ -86,7 +87,7 @@ def test_an_own_trainer_resumes_exactly_from_any_checkpoint_lightning_writes(vid
 
     def fit(max_steps: int, ckpt_path=None, callbacks=(), **trainer_kwargs):
         data = VideoDataModule(train_manifests=str(folder / "manifest.csv"), num_frames=4, frame_step=2, crop_size=32,
-                               batch_size=2, num_workers=0, samples_per_epoch=8)  # 4 batches an epoch
+                               batch_size=2, num_workers=num_workers, samples_per_epoch=8)  # 4 batches an epoch
         seen = _Batches()
         trainer = L.Trainer(max_steps=max_steps, default_root_dir=str(tmp_path / "run"), callbacks=[seen, *callbacks],
                             **{**TRAINER, "enable_checkpointing": bool(callbacks)}, **trainer_kwargs)
@@ -133,6 +134,10 @@ def test_an_own_trainer_resumes_exactly_from_any_checkpoint_lightning_writes(vid
     # stopped epoch is not skipped (it is trained as the trainer's next epoch)
     _, rest = fit(-1, ckpt_path=str(checkpoints["after fit, step 5"]), max_epochs=3)
     assert [rest[s][:2] for s in (6, 7, 8)] == [full[s][:2] for s in (6, 7, 8)]
+
+    # loaders rebuilt at every epoch keep the resumed run's epoch numbering
+    _, reloaded = fit(11, ckpt_path=str(checkpoints["after fit, step 5"]), reload_dataloaders_every_n_epochs=1)
+    assert sorted(reloaded) == list(range(6, 12)) and all(reloaded[s][:2] == full[s][:2] for s in reloaded)
 
     # the trainer's epoch shorter than the sampler's (limit_train_batches): the next epoch starts at its start
     _, limited = fit(9, limit_train_batches=3)

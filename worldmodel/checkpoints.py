@@ -267,6 +267,13 @@ class LastCheckpoint(Callback):
 
     def on_train_end(self, trainer, pl_module) -> None:
         # runs limited by max_epochs (or stopped early) end on an epoch boundary: save that state too
+        if not optimizer_stepped(trainer) and trainer.global_step != self._saved_step and trainer.is_global_zero:
+            print(
+                f"[worldmodel] note: training stopped part-way through gradient accumulation (step "
+                f"{trainer.global_step}); {self.path} counts the batches accumulated since that step but not "
+                "their gradients, so a run resumed from it differs slightly from an uninterrupted one",
+                flush=True,
+            )
         self._save(trainer)
 
 

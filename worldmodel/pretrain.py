@@ -300,9 +300,10 @@ class JEPAPretrainer(L.LightningModule):
         self.wd_schedule = self._schedule("weight_decay")
         self.ema_schedule = self._schedule("ema_momentum")
         saved = getattr(self, "_resumed_schedule_steps", None) or {}
+        self._resumed_schedule_steps = {}  # said once, for the fit that resumed
         changed = sorted(
             (name, saved[name], total, source) for name, (total, source) in self._schedule_steps.items()
-            if name in saved and saved[name] != total
+            if name in saved and saved[name] != total and not (name == "ema_momentum" and self.target_encoder is None)
         )
         if changed:  # a longer (or shorter) run re-plans its schedules: say so, it is easy to miss
             names = ", ".join(f"model.{name}" for name, *_ in changed)

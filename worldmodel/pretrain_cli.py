@@ -171,6 +171,7 @@ class PretrainCLI(LightningCLI):
         if not any(isinstance(c, DataErrorCallback) for c in callbacks):
             callbacks.append(DataErrorCallback(out_dir=str(run_dir)))
         callbacks.append(DataProgressCallback())
+        callbacks.append(LogsSnapshot(run_dir))  # before Lightning writes logs/ for this start
         plugins = trainer_cfg.get("plugins") or []
         plugins = plugins if isinstance(plugins, list) else [plugins]
         if SLURMEnvironment.detect() and not any(isinstance(p, ClusterEnvironment) for p in plugins):
@@ -188,42 +189,61 @@ class PretrainCLI(LightningCLI):
         return super().instantiate_trainer(**kwargs)
 
 
-class LogsSnapshot:
-    """A run folder's `logs/` as it was before a start, put back when the start fails before its first step.
+class LogsSnapshot(Callback):
+    """A run folder's `logs/` as it was before a start, put back when the start fails before its first batch.
 
     Lightning writes `logs/config.yaml`, `hparams.yaml` and a new TensorBoard events file while it sets a
     run up. A resume refused at setup (another batch size, another architecture) would otherwise leave
     the run's config.yaml holding the refused settings, which the error itself points the user to, and
     a stray TensorBoard run; a failed first start would leave a run folder with logs and no checkpoint.
-    Files present before are restored byte for byte (those under `max_bytes`: config and hparams, not
-    a long metrics.csv, which a failed start does not write), new files removed, new folders removed
-    when left empty.
+    `restore` (best effort, only while no batch has started) puts back the bytes of config.yaml and
+    hparams.yaml, removes the files that appeared in logs/, and a run folder this start created when it
+    is left empty. Symbolic links are left alone.
     """
 
-    def __init__(self, run_dir: str | os.PathLike, max_bytes: int = 1 << 20) -> None:
+    KEPT = ("config.yaml", "hparams.yaml")
+
+    def __init__(self, run_dir: str | os.PathLike) -> None:
         self.run_dir = Path(run_dir)
         self.logs = self.run_dir / "logs"
+        self.started = False
         self.run_dir_existed = self.run_dir.exists()
         self.logs_existed = self.logs.is_dir()
-        self.files: dict[Path, bytes | None] = {}
-        if self.logs_existed:
-            for path in self.logs.iterdir():
-                if path.is_file():
-                    self.files[path] = path.read_bytes() if path.stat().st_size <= max_bytes else None
+        self.names: set[str] = set()
+        self.kept: dict[str, bytes] = {}
+        try:
+            if self.logs_existed:
+                self.names = {path.name for path in self.logs.iterdir()}
+                for name in self.KEPT:
+                    path = self.logs / name
+                    if path.is_file() and not path.is_symlink():
+                        self.kept[name] = path.read_bytes()
+        except OSError:
+            self.names, self.kept = set(), {}
+            self.started = True  # cannot tell what was there: restore nothing
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
+        self.started = True
 
     def restore(self) -> None:
-        if self.logs.is_dir():
-            for path in self.logs.iterdir():
-                if path.is_file() and path not in self.files:
-                    path.unlink(missing_ok=True)
-        for path, data in self.files.items():
-            if data is not None and (not path.is_file() or path.read_bytes() != data):
-                tmp = path.with_name(f".{path.name}.restore")
-                tmp.write_bytes(data)
-                os.replace(tmp, path)
-        for folder, existed in ((self.logs, self.logs_existed), (self.run_dir, self.run_dir_existed)):
-            if not existed and folder.is_dir() and not any(folder.iterdir()):
-                folder.rmdir()
+        if self.started:
+            return
+        try:
+            if self.logs.is_dir():
+                for path in self.logs.iterdir():
+                    if path.name not in self.names and path.is_file() and not path.is_symlink():
+                        path.unlink(missing_ok=True)
+            for name, data in self.kept.items():
+                path = self.logs / name
+                if path.is_file() and not path.is_symlink() and path.read_bytes() != data:
+                    tmp = path.with_name(f".{name}.restore")
+                    tmp.write_bytes(data)
+                    os.replace(tmp, path)
+            for folder, existed in ((self.logs, self.logs_existed), (self.run_dir, self.run_dir_existed)):
+                if not existed and folder.is_dir() and not any(folder.iterdir()):
+                    folder.rmdir()
+        except OSError:
+            pass  # best effort: the error that stopped the start is what matters
 
 
 def resolve_resume(resume: str | None, run_dir: str) -> str | None:
@@ -258,12 +278,13 @@ def run_pretrain_cli(argv: list[str]) -> PretrainCLI:
     except (ValueError, FileNotFoundError) as err:  # a setting the classes refuse: say which, no traceback
         raise SystemExit(f"worldmodel pretrain: error: {err}") from None
     ckpt = resolve_resume(cli.config["resume"], cli.config["run_dir"])
-    logs = LogsSnapshot(cli.config["run_dir"])
     try:
         cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=ckpt)
     except (ConfigError, DataConfigError, FileNotFoundError) as err:  # found at setup, before any step
-        if cli.trainer.is_global_zero:
-            logs.restore()  # the run folder as it was: its config.yaml keeps the settings it was trained with
+        if cli.trainer.is_global_zero:  # the run folder as it was: its config.yaml keeps the run's settings
+            for callback in cli.trainer.callbacks:
+                if isinstance(callback, LogsSnapshot):
+                    callback.restore()
         raise SystemExit(f"worldmodel pretrain: error: {err}") from None
     except DataFailureError as err:  # too many unusable videos: the message lists them, a traceback adds nothing
         raise SystemExit(f"worldmodel pretrain: stopped: {err}") from None

@@ -184,6 +184,9 @@ class VideoDataModule(LightningDataModule):
             persistent_workers=bool(self.hparams.persistent_workers and self.num_workers > 0),
             pin_memory=self.hparams.pin_memory,
         )
+        if self._train_loader is not None and self.trainer is not None and self.trainer.training:
+            # rebuilt during a fit (reload_dataloaders_every_n_epochs): keep a resumed run's epoch numbering
+            sampler.epoch_offset = self._train_loader.sampler.epoch_offset
         self.train_sampler, self._train_loader = sampler, loader
         return loader
 

@@ -174,8 +174,8 @@ class DataFailureError(RuntimeError):
 
     Raised in a DataLoader worker, it reaches the main process with its own message (`worker_message`)."""
 
-    def __init__(self, message: str) -> None:
-        super().__init__(worker_message(DataFailureError, message))
+    def __init__(self, message: str = "", *args: object) -> None:
+        super().__init__(worker_message(type(self), message) if isinstance(message, str) else message, *args)
 
 
 class DataConfigError(ValueError):

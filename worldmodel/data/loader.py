@@ -8,6 +8,11 @@ is all it takes for a resumed run to see exactly the batches the uninterrupted r
 
 `batches_consumed` is advanced by `DataProgressCallback` at the start of each training batch (the
 data fetcher prefetches, so counting in the iterator would overcount).
+
+Iterating the loader starts its sampler (and worker processes) at the first batch asked for, not when
+the iterator is made: Lightning makes the first epoch's iterator while it sets a run up, before it
+calls `set_epoch` and the callbacks' `on_train_start`, and with workers the sampler's first indices
+would be drawn from a position not yet restored.
 """
 
 from __future__ import annotations
@@ -30,6 +35,9 @@ class ResumableDataLoader(DataLoader):
         super().__init__(*args, **kwargs)
         self.batches_consumed = 0
         self.resumed = False  # load_state_dict was called for the current fit
+
+    def __iter__(self) -> "_StartAtFirstBatch":
+        return _StartAtFirstBatch(self)
 
     def _settings(self) -> dict[str, Any]:
         """What must not change between a checkpoint and its resume for the batches to be the same."""
@@ -59,6 +67,26 @@ class ResumableDataLoader(DataLoader):
         self.resumed = True
 
 
+class _StartAtFirstBatch:
+    """A `ResumableDataLoader`'s iterator: the DataLoader's own, made at the first `next` (see the module
+    docstring)."""
+
+    def __init__(self, loader: ResumableDataLoader) -> None:
+        self._loader = loader
+        self._iterator = None
+
+    def __iter__(self) -> "_StartAtFirstBatch":
+        return self
+
+    def __next__(self) -> Any:
+        if self._iterator is None:
+            self._iterator = DataLoader.__iter__(self._loader)
+        return next(self._iterator)
+
+    def __len__(self) -> int:
+        return len(self._loader)
+
+
 class DataProgressCallback(Callback):
     """Keeps each resumable training loader's data position current, and in checkpoints.
 
@@ -84,8 +112,11 @@ class DataProgressCallback(Callback):
     def on_train_start(self, trainer, pl_module) -> None:
         self._trainer = trainer
         for i, dl in enumerate(self._loaders(trainer)):
-            if not dl.resumed and self._states is not None and i < len(self._states):
-                dl.load_state_dict(self._states[i])
+            state = self._states[i] if self._states is not None and i < len(self._states) else None
+            # only a position inside an epoch needs restoring: at an epoch's end the trainer's next epoch is
+            # the data's next one anyway (and another batch size or process count may then start it)
+            if not dl.resumed and state is not None and state.get("batches_consumed", 0) < len(dl):
+                dl.load_state_dict(state)
             dl.sampler.trainer_position = partial(_trainer_position, trainer, dl.batch_size)
         self._states = None
 
@@ -94,8 +125,11 @@ class DataProgressCallback(Callback):
             dl.batches_consumed = batch_idx + 1
 
     def on_train_end(self, trainer, pl_module) -> None:
-        for dl in self._loaders(trainer):
-            dl.sampler.trainer_position, dl.resumed = None, False
+        for dl in self._loaders(trainer):  # a later fit with the same loader starts from its own checkpoint
+            dl.sampler.trainer_position, dl.sampler.epoch_offset, dl.resumed = None, 0, False
+
+    def teardown(self, trainer, pl_module, stage: str) -> None:
+        self._states = None  # a fit that failed before training must not hand its position to the next
 
     def state_dict(self) -> dict[str, Any]:
         return {"loaders": [dl.state_dict() for dl in self._loaders(self._trainer)]}

@@ -139,7 +139,7 @@ class VideoError(RuntimeError):
 
     def __init__(self, path: str | os.PathLike, reason: str | None = None, detail: str | None = None) -> None:
         if reason is None and detail is None:
-            text = worker_message(VideoError, os.fspath(path))
+            text = worker_message(type(self), os.fspath(path))
             parsed = re.fullmatch(rf"(?s)(.+?): ({'|'.join(self.REASONS)}): (.*)", text)
             if parsed is None:
                 raise TypeError(f"VideoError(path, reason, detail), or VideoError('PATH: REASON: DETAIL'); got {text!r}")
