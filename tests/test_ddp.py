@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from worldmodel.checkpoints import safe_torch_load
@@ -50,3 +51,30 @@ def test_ddp_two_ranks_match_single_process(tmp_path, video_folder):
         if name.startswith("encoder.") and value.is_floating_point() and not torch.equal(value, rank0[name]):
             initial_differs = True
     assert initial_differs
+
+
+def test_ddp_resume_continues_exactly_mid_epoch_and_at_an_epoch_end(tmp_path, video_folder):
+    """`worldmodel pretrain` on 2 processes (gloo): stopped mid-epoch, or at an epoch's last batch (which
+    Lightning restarts at the next epoch), then resumed with --resume auto, every rank's data and the
+    logged losses continue as in the uninterrupted run."""
+    from test_pretrain import SMALL, run_pretrain, step_losses
+
+    videos = video_folder(n=4, num_frames=16, size=(40, 40))
+    common = SMALL + [
+        "--data.train_manifests", str(videos / "manifest.csv"), "--data.num_workers", "0",
+        "--data.samples_per_epoch", "8",  # 2 batches of 2 per rank and epoch
+        "--trainer.devices", "2", "--trainer.strategy", "ddp", "--model.total_steps", "8",
+        "--model.lr", '{"kind": "warmup_constant_cooldown", "base": 1e-3, "warmup_steps": 2, "cooldown_steps": 3}',
+    ]
+    full = tmp_path / "full"
+    run_pretrain(common + ["--run_dir", str(full), "--trainer.max_steps", "7"])
+    want = step_losses(full)
+    assert sorted(want) == list(range(7))
+    for stop in (3, 4):  # mid-epoch; the end of epoch 1
+        part = tmp_path / f"stop{stop}"
+        run_pretrain(common + ["--run_dir", str(part), "--trainer.max_steps", str(stop)])
+        run_pretrain(common + ["--run_dir", str(part), "--trainer.max_steps", "7", "--resume", "auto"])
+        got = step_losses(part)
+        assert sorted(got) == list(range(7)), (stop, sorted(got))
+        for step in range(stop, 7):
+            assert got[step] == pytest.approx(want[step], rel=1e-5, abs=1e-7), (stop, step, got[step], want[step])
