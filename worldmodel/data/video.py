@@ -86,16 +86,15 @@ import torch
 from einops import rearrange
 from torch.utils.dlpack import from_dlpack
 
+# MPEG program / transport streams: decord returns wrong frames from them, so they are refused with the
+# command that remuxes them into mp4 (see _refuse_unseekable), and an annotation lookup takes them last
+REMUX_EXTENSIONS: tuple[str, ...] = (".mpg", ".mpeg", ".vob", ".ts", ".mts", ".m2ts")
 # Files with these extensions are videos to a folder manifest and to annotation lookups (any case). The
-# MPEG program / transport stream ones (.mpg .mpeg .vob .ts .mts .m2ts) are listed so that they are
-# refused with the command that remuxes them, not left out without a word.
+# MPEG streams are listed so that they are refused with advice, not left out without a word.
 VIDEO_EXTENSIONS: tuple[str, ...] = (
     ".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".3gp", ".3g2", ".flv", ".wmv", ".asf", ".ogv",
-    ".mpg", ".mpeg", ".vob", ".ts", ".mts", ".m2ts",
+    *REMUX_EXTENSIONS,
 )  # fmt: skip
-# MPEG program / transport streams: listed so that no video goes unseen, but decord returns wrong frames
-# from them, so they are refused with the command that remuxes them into mp4 (see _refuse_unseekable)
-REMUX_EXTENSIONS: tuple[str, ...] = (".mpg", ".mpeg", ".vob", ".ts", ".mts", ".m2ts")
 
 # A sane average frame rate lies in this range (frames per second); outside it, decord's value is
 # treated as unknown (containers sometimes report 0, NaN or the time base, e.g. 90000).
