@@ -722,6 +722,11 @@ class EpochSampler(Sampler):
         self.epoch, self.start_index = int(epoch), int(start_index)
         self.epoch_offset, self._resumed, self._align = 0, True, True
 
+    @property
+    def resume_pending(self) -> bool:
+        """`resume` was called and the trainer has not yet numbered that position (`set_epoch`)."""
+        return self._resumed
+
     def set_epoch(self, epoch: int) -> None:
         """The trainer's epoch number (Lightning calls this as each epoch starts)."""
         if self._resumed:  # the first call after `resume`: the trainer's number for the resumed position

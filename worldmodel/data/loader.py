@@ -34,7 +34,6 @@ class ResumableDataLoader(DataLoader):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.batches_consumed = 0
-        self.resumed = False  # load_state_dict was called for the current fit
 
     def __iter__(self) -> "_StartAtFirstBatch":
         return _StartAtFirstBatch(self)
@@ -64,7 +63,6 @@ class ResumableDataLoader(DataLoader):
             )
         self.sampler.resume(state["epoch"], state["batches_consumed"] * self.batch_size)
         self.batches_consumed = state["batches_consumed"]
-        self.resumed = True
 
 
 class _StartAtFirstBatch:
@@ -113,9 +111,10 @@ class DataProgressCallback(Callback):
         self._trainer = trainer
         for i, dl in enumerate(self._loaders(trainer)):
             state = self._states[i] if self._states is not None and i < len(self._states) else None
-            # only a position inside an epoch needs restoring: at an epoch's end the trainer's next epoch is
-            # the data's next one anyway (and another batch size or process count may then start it)
-            if not dl.resumed and state is not None and state.get("batches_consumed", 0) < len(dl):
+            # only when Lightning did not resume the loader (its position then waits for the first
+            # set_epoch), and only a position inside an epoch: at an epoch's end the trainer's next epoch
+            # is the data's next one anyway (and another batch size or process count may then start it)
+            if not dl.sampler.resume_pending and state is not None and state.get("batches_consumed", 0) < len(dl):
                 dl.load_state_dict(state)
             dl.sampler.trainer_position = partial(_trainer_position, trainer, dl.batch_size)
         self._states = None
@@ -126,7 +125,7 @@ class DataProgressCallback(Callback):
 
     def on_train_end(self, trainer, pl_module) -> None:
         for dl in self._loaders(trainer):  # a later fit with the same loader starts from its own checkpoint
-            dl.sampler.trainer_position, dl.sampler.epoch_offset, dl.resumed = None, 0, False
+            dl.sampler.trainer_position, dl.sampler.epoch_offset = None, 0
 
     def teardown(self, trainer, pl_module, stage: str) -> None:
         self._states = None  # a fit that failed before training must not hand its position to the next
