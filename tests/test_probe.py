@@ -17,6 +17,7 @@ from einops import rearrange
 
 from conftest import frame_index
 from worldmodel.checkpoints import atomic_torch_save
+from worldmodel.featurestore import FeatureStore
 from worldmodel.models.probe import AttentiveProbe, LinearProbe, PoolingCrossAttention
 from worldmodel.probe import (
     FeatureCache,
@@ -27,6 +28,7 @@ from worldmodel.probe import (
     build_world_model,
     cut_encoder_blocks,
     extract_features,
+    feature_bytes,
     forecast_horizon,
     run_probe,
     sigmoid_focal_loss,
@@ -234,6 +236,11 @@ def test_feature_cache_returns_exactly_the_uncached_features(tmp_path, corpus, t
     uncached = extract_features(model, train.dataset, list(range(len(train))), 8, 0, horizon=horizon)
     n_tokens = 2 * 2 * 2  # (t, h, w) = (2, 2, 2) observed, then 2 forecast tubelets of 2 x 2
     assert uncached.tokens.shape == (len(train), n_tokens + horizon * 4, 48)
+    # the size planned before any encoding is the size the features take
+    assert feature_bytes(cfg, (2, 2, 2), 48, horizon, len(train), 0, 1)[0] == uncached.tokens.numel() * 4
+    mapped = extract_features(model, train.dataset, list(range(len(train))), 8, 0, horizon=horizon,
+                              store=FeatureStore(tmp_path / "mapped"))
+    assert torch.equal(mapped.tokens, uncached.tokens)
     assert uncached.token_types.tolist() == [0] * n_tokens + [1] * horizon * 4
 
     first = FeatureSource(train, model, FeatureCache(tmp_path / "cache"), key, cfg, horizon)
@@ -520,6 +527,29 @@ def test_repeats_report_the_mean_of_independent_probe_seeds(tmp_path, corpus, ti
     assert "probe seeds [0, 1]" in (tmp_path / "rep" / "report.md").read_text()
     with pytest.raises(SystemExit, match="--repeats"):
         run_probe(_args(tmp_path / "bad", *common, "--repeats", "0"))
+
+
+def test_features_that_would_not_fit_in_memory_go_to_mapped_files_with_the_same_results(tmp_path, corpus, tiny_ckpt, monkeypatch, capsys):
+    """On a machine with (as far as the probe can tell) 1 kB of memory left, auto keeps the features in
+    memory-mapped files under --out: the same numbers, no file left behind; --feature-store memory is
+    refused before any clip is encoded, with the sizes in the message."""
+    import worldmodel.featurestore as featurestore
+
+    common = _quick_linear_probe_args(tiny_ckpt, corpus)
+    assert run_probe(_args(tmp_path / "memory", *common)) == 0
+    assert "kept in memory" in capsys.readouterr().out
+    monkeypatch.setattr(featurestore, "available_memory_bytes", lambda: 1000)
+    assert run_probe(_args(tmp_path / "auto", *common)) == 0
+    assert "kept in memory-mapped files under" in capsys.readouterr().out
+    in_memory, mapped = (json.loads((tmp_path / d / "metrics.json").read_text()) for d in ("memory", "auto"))
+    assert (in_memory["feature_store"]["kind"], mapped["feature_store"]["kind"]) == ("memory", "disk")
+    assert in_memory["feature_store"]["bytes_planned"] == mapped["feature_store"]["bytes_planned"] > 1000
+    for key in ("label_recall@1", "label_recall@5", "label_top1", "hp_search"):
+        assert mapped[key] == in_memory[key], key
+    assert [p.name for p in (tmp_path / "auto").iterdir() if p.name.startswith(".features")] == []
+    with pytest.raises(SystemExit, match=r"need .* GiB .*more than the .* of memory available.*--feature-store disk"):
+        run_probe(_args(tmp_path / "refused", *common, "--feature-store", "memory"))
+    assert "encoded" not in capsys.readouterr().out and not (tmp_path / "refused" / "metrics.json").exists()
 
 
 def _moved_checkpoint(tiny_ckpt: Path, path: Path) -> Path:

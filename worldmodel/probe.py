@@ -25,7 +25,9 @@ What a run does (`worldmodel probe`, or `run_probe(args)`):
    validation video with a label no training video has is labelled -1, as an unseen action pair is.
    Frames are resized (shorter side) and centre-cropped to the encoder's `img_size`.
 3. **Features, once.** Encoder tokens (B, N, D) of every clip are computed in batches under
-   `torch.no_grad` and kept in memory (and, with `--disk-cache`, in ``OUT/feature_cache/<key>.pt``,
+   `torch.no_grad` and kept (`--feature-store`: in memory, or in memory-mapped files in OUT when they
+   would not fit; their size is worked out before any encoding, see `worldmodel.featurestore`; and, with
+   `--disk-cache`, also in ``OUT/feature_cache/<key>.pt``,
    keyed by a hash of the model weights, of the data (annotation / manifest bytes, video file sizes and
    times) and of the clip geometry and transform), so every training epoch after the first reads
    tokens instead of decoding and encoding videos. With `--forecast` the predictor's latents of the
@@ -113,6 +115,7 @@ from worldmodel.data.annotations import ActionVocabulary, read_annotations
 from worldmodel.data.datasets import AnticipationDataset, ManifestEntry, collate_samples, read_manifest, to_video
 from worldmodel.data.transforms import RandomResizedCropVideo, ResizeCenterCropVideo
 from worldmodel.data.video import ClipSampler, VideoError, VideoInfo, read_frames, read_video_info
+from worldmodel.featurestore import FEATURE_STORES, FeatureStore, plan_feature_store
 from worldmodel.forecast import ForecastAnchor, ForecastError
 from worldmodel.metrics import UNSEEN, classification_metrics
 from worldmodel.models.probe import build_probe, no_weight_decay
@@ -187,6 +190,7 @@ class ProbeConfig:
     num_workers: int = 1
     device: str = "cpu"
     head_threads: int | None = 1  # CPU threads while training heads (None: leave as is)
+    feature_store: str = "auto"  # where frozen features live: "memory", "disk" (memory-mapped) or "auto"
 
     def __post_init__(self) -> None:
         self.probes = tuple(self.probes)
@@ -221,6 +225,8 @@ class ProbeConfig:
             raise ValueError("epochs, batch_size, num_frames and num_clips must be >= 1")
         if not 0.0 < self.holdout_fraction < 1.0:
             raise ValueError(f"holdout_fraction must be in (0, 1), got {self.holdout_fraction}")
+        if self.feature_store not in FEATURE_STORES:
+            raise ValueError(f"feature_store must be one of {FEATURE_STORES}, got {self.feature_store!r}")
 
 
 @dataclass(frozen=True)
@@ -311,6 +317,23 @@ def cut_encoder_blocks(encoders: Iterable[nn.Module], blocks: int) -> None:
 def forecast_horizon(anticipation_s: float, fps: float, tubelet_size: int) -> int:
     """Tubelets needed to cover the `anticipation_s` gap between the context's end and the action start."""
     return max(1, math.ceil(anticipation_s * fps / tubelet_size - 1e-9))
+
+
+def feature_bytes(
+    cfg: ProbeConfig, grid: tuple[int, int, int], width: int, horizon: int | None, num_train: int, num_val: int,
+    num_encoders: int,
+) -> tuple[int, str]:
+    """Bytes of float32 features a probe run keeps at its peak, and what they are (for messages): every
+    training clip's tokens for each candidate encoder, the validation clips' for the chosen one, and with
+    augmentation the re-encoded training epochs (the previous, the new one and its fresh rows)."""
+    t, h, w = grid
+    forecast = 0 if horizon is None else (horizon if cfg.forecast_tokens == "all" else 1) * h * w
+    tokens = t * h * w + forecast
+    clips = num_train * num_encoders + num_val + (3 * num_train if cfg.augment else 0)
+    parts = [f"{num_train} training clips" + (f" x {num_encoders} encoders" if num_encoders > 1 else ""),
+             f"{num_val} validation clips"] + (["3 augmented training epochs"] if cfg.augment else [])
+    what = f"{' + '.join(parts)}, each {tokens} tokens x {width} float32"
+    return clips * tokens * width * 4, what
 
 
 def forecast_tokens(
@@ -606,10 +629,12 @@ def extract_features(
     log_every_s: float = 30.0,
     encoder: str | None = None,
     anchor: ForecastAnchor | None = None,
+    store: FeatureStore | None = None,
 ) -> Features:
     """Encode the items `keys` of `dataset` with the frozen encoder: Features of (len(keys), L, D).
 
-    encoder: "target" or "context" (default: the world model's own choice).
+    encoder: "target" or "context" (default: the world model's own choice). store: where the tokens are
+    allocated (default: memory; see `worldmodel.featurestore`).
 
     horizon: also append the forecast latents of the next `horizon` tubelets (`forecast_tokens`), anchored
     with `anchor` when one is given.
@@ -631,7 +656,7 @@ def extract_features(
             types.append(torch.ones(future.shape[1], dtype=torch.long))
         out = torch.cat(parts, dim=1).float().cpu()  # (B, L, D)
         if tokens is None:
-            tokens = torch.empty((len(keys), *out.shape[1:]), dtype=torch.float32)
+            tokens = (store or FeatureStore()).empty((len(keys), *out.shape[1:]))
             token_types = torch.cat(types)
         tokens[done : done + len(out)] = out
         done += len(out)
@@ -667,7 +692,7 @@ class FeatureCache:
         path = self.folder / f"{key}.pt" if self.folder is not None else None
         if path is not None and path.is_file():
             try:
-                stored = safe_torch_load(path)
+                stored = safe_torch_load(path, mmap=True)  # read as used: features may exceed memory
                 if stored.get("format") == FEATURE_FORMAT:
                     features = Features(stored["tokens"], stored["token_types"])
                     self._memory[key] = features
@@ -697,8 +722,10 @@ class FeatureSource:
         horizon: int | None,
         encoder: str | None = None,
         anchor: ForecastAnchor | None = None,
+        store: FeatureStore | None = None,
     ) -> None:
         self.clips = clips
+        self.store = store or FeatureStore()
         self.world_model = world_model
         self.encoder = encoder
         self.cache = cache
@@ -717,7 +744,7 @@ class FeatureSource:
         start = time.perf_counter()
         features = extract_features(
             self.world_model, dataset, keys, self.cfg.extract_batch_size, self.cfg.num_workers, self.horizon,
-            self.cfg.forecast_tokens, encoder=self.encoder, anchor=self.anchor,
+            self.cfg.forecast_tokens, encoder=self.encoder, anchor=self.anchor, store=self.store,
         )
         self.extract_s += time.perf_counter() - start
         return features
@@ -738,7 +765,7 @@ class FeatureSource:
         if not self.augmented:
             return self.evaluation().tokens
         fresh = self._extract(self.clips.train_dataset, [(epoch, int(i)) for i in rows])
-        tokens = torch.zeros((len(self.clips), *fresh.tokens.shape[1:]))
+        tokens = self.store.zeros((len(self.clips), *fresh.tokens.shape[1:]))
         tokens[torch.as_tensor(rows)] = fresh.tokens
         return tokens
 
@@ -1305,6 +1332,10 @@ def add_probe_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--workers", type=int, default=d.num_workers, help="decoding processes")
     g.add_argument("--extract-batch-size", type=int, default=d.extract_batch_size, help="clips per encoder batch")
     g.add_argument("--disk-cache", action="store_true", help="also keep features in OUT/feature_cache (reused by later runs)")
+    g.add_argument("--feature-store", choices=FEATURE_STORES, default=d.feature_store,
+                   help="where the frozen features live while the heads train: memory, disk (memory-mapped files "
+                        "in OUT, for features larger than memory) or auto (default: memory when they need at most "
+                        "half of the memory available); their size is checked before any encoding")
 
 
 def _data_description(args: argparse.Namespace) -> tuple[str, dict[str, str]]:
@@ -1342,7 +1373,7 @@ def _config_from_args(args: argparse.Namespace) -> ProbeConfig:
         forecast=args.forecast, forecast_tokens=args.forecast_tokens, forecast_anchor=args.forecast_anchor,
         encoder_blocks=args.blocks, augment=args.augment,
         extract_batch_size=args.extract_batch_size, num_workers=args.workers, device=device,
-        head_threads=args.head_threads,
+        head_threads=args.head_threads, feature_store=args.feature_store,
     )  # fmt: skip
 
 
@@ -1434,9 +1465,13 @@ def _run_probe(args: argparse.Namespace) -> int:
     for clip_set in (train, val):  # every video opened (and every action placed in it) before any work
         clip_set.dataset.check()
     _log(f"{task}: {len(train)} training items, {len(val)} validation items")
+    grid = modules[first].grid((1, 3, cfg.num_frames, img_size, img_size))
+    need, what = feature_bytes(cfg, grid, enc_cfg.embed_dim, horizon, len(train), len(val), len(model_keys))
+    store, where = plan_feature_store(cfg.feature_store, need, out_dir, what)  # before any encoding
+    _log(where)
     cache = FeatureCache(out_dir / "feature_cache" if args.disk_cache else None)
     sources = {
-        name: tuple(FeatureSource(clips, world_model, cache, key, cfg, horizon, name, anchor) for clips in (train, val))
+        name: tuple(FeatureSource(clips, world_model, cache, key, cfg, horizon, name, anchor, store) for clips in (train, val))
         for name, key in model_keys.items()
     }
     num_heads = probe_num_heads(cfg, enc_cfg.num_heads)
@@ -1478,6 +1513,7 @@ def _run_probe(args: argparse.Namespace) -> int:
         "probe_heads": num_heads,
         "probe_depth": cfg.probe_depth,
         "encoder_blocks": cfg.encoder_blocks if cfg.encoder_blocks is not None else enc_cfg.depth,
+        "feature_store": {"kind": store.kind, "bytes_planned": need},
         "forecast": {"horizon_tubelets": horizon, "tokens": cfg.forecast_tokens,
                      "anchor": None if anchor is None else {"file": cfg.forecast_anchor, "weights": anchor.weights,
                                                            "steps_past_fit": anchor.steps_past_fit(horizon)}}

@@ -1,0 +1,163 @@
+"""Where the probe keeps frozen features: in memory, or in memory-mapped files when they do not fit.
+
+`worldmodel probe` encodes every clip once and trains its heads on the stored tokens. A split's tokens
+are one (clips, tokens, width) float32 tensor: 657 clips of the tiny model take 14 MB, but 10,000
+EPIC-KITCHENS-style clips of a ViT-L at 16 x 256 px take 80 GB. Allocated in memory, such a tensor
+"succeeds" (Linux hands out pages lazily) and the run is killed for memory hours later, when the
+encoder has filled it. So the size is worked out before any encoding (`plan_feature_store`), and:
+
+- `memory`: a plain tensor; refused up front when it needs more than the memory available;
+- `disk`: the tensor is backed by a file under the output folder, memory-mapped (`torch.from_file`),
+  so the page cache holds what fits and the rest stays on disk; the file is unlinked as soon as it is
+  mapped, so it takes no name in the folder, and its space returns when the tensor is freed or the
+  process ends, killed or not (nothing to clean up). Refused up front when the disk is too small;
+- `auto` (the default): memory when the features need at most half of the memory available now,
+  else disk.
+
+Values are identical either way (the same float32 numbers, the same reads); only where the bytes live
+differs. Available memory is MemAvailable from /proc/meminfo, lowered to what a cgroup memory limit
+leaves (containers, SLURM jobs); where neither can be read, memory is assumed to suffice.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+FEATURE_STORES = ("auto", "memory", "disk")
+AUTO_MEMORY_SHARE = 0.5  # auto keeps features in memory up to this share of the memory available
+GIB = 1024**3
+
+
+def _read_int(path: str) -> int | None:
+    try:
+        text = Path(path).read_text().strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() else None  # "max" (no limit) and anything else: None
+
+
+def available_memory_bytes() -> int | None:
+    """Bytes of memory this process can still take: MemAvailable, capped by a cgroup limit (v2 or v1) minus
+    its current use. None where none of these can be read (not Linux)."""
+    available = None
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                available = int(line.split()[1]) * 1024
+                break
+    except (OSError, ValueError, IndexError):
+        pass
+    for limit_file, usage_file in (
+        ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
+        ("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory/memory.usage_in_bytes"),
+    ):
+        limit, usage = _read_int(limit_file), _read_int(usage_file)
+        if limit is not None and usage is not None and limit < 1 << 60:  # v1 writes a huge number for "none"
+            left = max(0, limit - usage)
+            available = left if available is None else min(available, left)
+            break
+    return available
+
+
+def gib(num_bytes: float) -> str:
+    return f"{num_bytes / GIB:.2f} GiB" if num_bytes < 10 * GIB else f"{num_bytes / GIB:.0f} GiB"
+
+
+@dataclass(frozen=True)
+class FeatureStore:
+    """Allocates feature tensors in memory (folder None) or as memory-mapped files in `folder`."""
+
+    folder: Path | None = None
+
+    @property
+    def kind(self) -> str:
+        return "memory" if self.folder is None else "disk"
+
+    def empty(self, shape: tuple[int, ...], dtype: torch.dtype = torch.float32) -> Tensor:
+        """An uninitialised tensor of `shape` (contents: whatever the memory or a new sparse file holds: zeros
+        for a file)."""
+        if self.folder is None:
+            return torch.empty(shape, dtype=dtype)
+        numel = math.prod(shape)
+        item = torch.empty((), dtype=dtype).element_size()
+        self.folder.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix=".features-", suffix=".bin", dir=self.folder)
+        try:
+            os.ftruncate(fd, max(1, numel * item))
+            os.close(fd)
+            fd = -1
+            tensor = torch.from_file(name, shared=True, size=numel, dtype=dtype)
+        finally:
+            if fd >= 0:
+                os.close(fd)
+            os.unlink(name)  # the mapping keeps the data; the space is freed with the tensor
+        return tensor.view(shape)
+
+    def zeros(self, shape: tuple[int, ...], dtype: torch.dtype = torch.float32) -> Tensor:
+        if self.folder is None:
+            return torch.zeros(shape, dtype=dtype)
+        return self.empty(shape, dtype)  # a new sparse file reads as zeros
+
+
+def plan_feature_store(
+    mode: str,
+    need_bytes: int,
+    folder: str | os.PathLike,
+    what: str,
+    available: int | None = -1,
+    free_disk: int | None = -1,
+) -> tuple[FeatureStore, str]:
+    """Choose where features of `need_bytes` live (see the module docstring); returns the store and a
+    one-line description for the log. Raises ValueError, before any encoding, when the chosen place (or,
+    for auto, both places) cannot hold them. `what` says what the bytes are (clips x tokens x width);
+    `available` / `free_disk` override the measured memory and disk (-1: measure; None: unknown)."""
+    if mode not in FEATURE_STORES:
+        raise ValueError(f"--feature-store must be one of {', '.join(FEATURE_STORES)}, got {mode!r}")
+    folder = Path(folder)
+    if available == -1:
+        available = available_memory_bytes()
+    if free_disk == -1:
+        existing = folder
+        while not existing.exists() and existing != existing.parent:
+            existing = existing.parent
+        free_disk = shutil.disk_usage(existing).free
+    memory_text = "unknown" if available is None else gib(available)
+    fits_memory = available is None or need_bytes <= available
+    fits_disk = free_disk is None or need_bytes <= 0.95 * free_disk
+    disk_text = "unknown" if free_disk is None else gib(free_disk)
+    sizes = f"the frozen features need {gib(need_bytes)} ({what})"
+    if mode == "memory" and not fits_memory:
+        raise ValueError(
+            f"{sizes}, more than the {memory_text} of memory available: keep them on disk (--feature-store disk, "
+            f"memory-mapped under {folder}, {disk_text} free) or probe fewer or smaller clips"
+        )
+    if mode == "disk" and not fits_disk:
+        raise ValueError(
+            f"{sizes}, more than the {disk_text} free on the disk of {folder}: point --out at a larger disk "
+            "or probe fewer or smaller clips"
+        )
+    if mode == "auto":
+        if available is None or need_bytes <= AUTO_MEMORY_SHARE * available:
+            mode = "memory"
+        elif fits_disk:
+            mode = "disk"
+        else:
+            raise ValueError(
+                f"{sizes}: more than half of the {memory_text} of memory available, and more than the {disk_text} "
+                f"free on the disk of {folder}: probe fewer or smaller clips (--num-frames, --img-size), one encoder "
+                "(--encoder target) or point --out at a larger disk"
+            )
+    if mode == "memory":
+        return FeatureStore(None), f"{sizes}: kept in memory ({memory_text} available)"
+    return FeatureStore(folder), (
+        f"{sizes}: kept in memory-mapped files under {folder} ({disk_text} free on its disk; {memory_text} of memory "
+        "available)"
+    )
