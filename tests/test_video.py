@@ -194,6 +194,38 @@ def test_a_video_stored_rotated_keeps_its_displayed_shape_when_resized_by_its_sh
     assert (info.height, info.width) == (64, 32)
 
 
+def test_widths_decord_cannot_copy_out_decode_at_their_native_size(tmp_path):
+    """decord 0.6 fails to copy out frames 8, 16, 24, 48 or 72 px wide (it reported such files "corrupt",
+    and re-encoding does not change their width). They decode through PyAV instead: the right frames, the
+    display rotation applied as decord applies it, and the same pixels decord gives where it can."""
+    for width, height in ((48, 32), (8, 16), (72, 40)):
+        path = write_video(tmp_path / f"w{width}.mp4", [index_frame(i, (height, width)) for i in range(12)])
+        frames = read_frames(path, [9, 0, 4, 4])
+        assert frames.shape == (4, height, width, 3) and decoded_indices(frames) == [9, 0, 4, 4]
+        assert read_frames(path, [9], size=(height // 2, width // 2)).shape == (1, height // 2, width // 2, 3)
+
+    def rotated(path, width, height, rotation):
+        with av.open(str(path), "w") as container:
+            stream = container.add_stream("libx264", rate=8)
+            stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+            stream.set_display_rotation(rotation)
+            for _ in range(3):
+                image = np.zeros((height, width, 3), np.uint8)
+                image[: height // 2, : width // 4] = 255  # a white block in the stored frame's top left
+                container.mux(stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
+            container.mux(stream.encode())
+        return path
+
+    for rotation in (90, -90, 180):
+        # 64 x 48 stored: turned a quarter it is 48 wide (PyAV); 80 x 64 turned is 64 wide (decord itself)
+        narrow = read_frames(rotated(tmp_path / f"n{rotation}.mp4", 64, 48, rotation), [1])[0].float()
+        wide = read_frames(rotated(tmp_path / f"d{rotation}.mp4", 80, 64, rotation), [1])[0].float()
+        assert narrow.shape[:2] == ((48, 64) if rotation == 180 else (64, 48))
+        # the block lands in the same corner both ways: both are decord's orientation
+        resized = torch.nn.functional.interpolate(wide.permute(2, 0, 1)[None], size=narrow.shape[:2], mode="area")
+        assert (resized[0].permute(1, 2, 0) - narrow).abs().mean() < 12
+
+
 def test_odd_sizes(tmp_path):
     frames = [index_frame(i, (33, 47)) for i in range(12)]
     # libx264 refuses odd sizes in 4:2:0; 4:4:4 and gray streams allow them

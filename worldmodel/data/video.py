@@ -512,15 +512,19 @@ def _decode(
     try:
         batch = _as_tensor(reader.get_batch(unique))  # (U, H, W, 3)
     except Exception as exc:
-        if size is None or "DECORDArrayCopyFromTo" not in str(exc):
+        if "DECORDArrayCopyFromTo" not in str(exc):
             raise _diagnose(path, exc) from None
-        # decord 0.6 cannot copy out some small output widths (8, 16, 24, 48, 72, ...): decode at the
-        # native size and resize here instead (same bilinear, antialiased resize as the transforms)
-        from worldmodel.data.transforms import resize_frames
+        # decord 0.6 cannot copy out frames of some small widths (8, 16, 24, 48, 72, ...). At the native
+        # size PyAV decodes them instead (the same FFmpeg conversion: identical pixels, checked); asked
+        # for another size, decode natively and resize here (the transforms' antialiased bilinear resize)
+        if size is None:
+            batch = _decode_with_pyav(path, unique)
+        else:
+            from worldmodel.data.transforms import resize_frames
 
-        native = _decode(path, _open_reader(path, None, num_threads), unique, None)  # (U, H0, W0, 3)
-        resized = resize_frames(rearrange(native, "u h w c -> u c h w"), size)
-        batch = rearrange(resized, "u c h w -> u h w c").contiguous()
+            native = _decode(path, _open_reader(path, None, num_threads), unique, None)  # (U, H0, W0, 3)
+            resized = resize_frames(rearrange(native, "u h w c -> u c h w"), size)
+            batch = rearrange(resized, "u c h w -> u h w c").contiguous()
     if batch.ndim != 4 or batch.shape[0] != len(unique) or batch.shape[-1] != 3 or batch.dtype != torch.uint8:
         raise VideoError(
             path,
@@ -534,6 +538,35 @@ def _decode(
     if len(unique) != len(indices) or not np.array_equal(unique, indices):
         batch = batch[torch.from_numpy(inverse.reshape(-1))]
     return batch
+
+
+def _decode_with_pyav(path: str, unique: np.ndarray) -> torch.Tensor:
+    """Frames `unique` (sorted, distinct) as decord would return them, uint8 (U, H, W, 3), decoded by PyAV
+    from the start (the fallback for the frame widths decord cannot copy out; such videos are small).
+    Frames are counted in presentation order, as decord indexes them, and an mp4 / mov display rotation
+    is applied as decord applies it (np.rot90 by the frame's rotation; decord's FFmpeg reads it from
+    no other container)."""
+    import av
+
+    wanted = {int(i): k for k, i in enumerate(unique)}
+    frames: list[np.ndarray | None] = [None] * len(unique)
+    with open(path, "rb") as f:
+        rotates = _container_family(f.read(16)) == "iso_bmff"
+    try:
+        with av.open(path) as container:
+            for index, frame in enumerate(container.decode(video=0)):
+                if index in wanted:
+                    array = frame.to_ndarray(format="rgb24")
+                    turns = round(getattr(frame, "rotation", 0) / 90) % 4 if rotates else 0
+                    frames[wanted[index]] = np.ascontiguousarray(np.rot90(array, turns))
+                if index >= unique[-1]:
+                    break
+    except Exception as exc:
+        raise _diagnose(path, exc) from None
+    missing = [int(i) for i, frame in zip(unique, frames) if frame is None]
+    if missing:
+        raise VideoError(path, "truncated", f"frames {missing[0]}..{missing[-1]} could not be decoded")
+    return torch.from_numpy(np.stack(frames))
 
 
 def _as_tensor(array) -> torch.Tensor:
