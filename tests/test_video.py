@@ -635,6 +635,23 @@ def test_timed_placement_on_regular_frames_equals_the_frame_number_formulas(vide
                         sampler.indices_starting_at(timed, start_s).tolist(), (case, start_s)
 
 
+def test_a_context_ends_at_the_last_frame_before_its_end_time_whatever_the_frame_rate_does(tmp_path):
+    """Stepping forward from the clip's first frame used to end a variable-rate clip frames early (where
+    the rate rises within it): an anticipation context then ended before the frame it promises."""
+    starts = np.round(np.concatenate([np.arange(15) * 0.2, 3.0 + np.arange(60) / 30]), 6)  # 5 fps, then 30
+    synthetic = VideoInfo("v.mp4", len(starts), fps=len(starts) / (starts[-1] + 1 / 30), width=8, height=8,
+                          frame_starts=starts)
+    real = read_video_info(write_vfr_video(tmp_path / "vfr.mp4", gaps_ms=(100,) * 10 + (20,) * 30 + (200,) * 10))
+    assert real.frame_starts is not None
+    for info in (synthetic, real):
+        for sampler in (ClipSampler(num_frames=8, fps=4.0), ClipSampler(num_frames=4, duration_s=0.9)):
+            for end_s in np.arange(0.0, info.frame_starts[-1] + 0.5, 0.01):
+                clip = sampler.indices_ending_at(info, end_s)
+                assert clip[-1] == info.last_frame_at(end_s), (info.path, end_s, clip)
+                assert (np.diff(clip) >= 0).all() and clip.min() >= 0
+    assert ClipSampler(num_frames=8, fps=4.0).indices_ending_at(synthetic, 3.44)[-1] == 28  # was 26
+
+
 def test_times_decord_rounded_onto_a_coarse_grid_are_a_constant_rate():
     from worldmodel.data.video import variable_rate_starts
 

@@ -374,7 +374,11 @@ class ClipSampler:
             else:
                 back = math.ceil((first_time - starts[0]) * info.fps - 0.5 - TIME_TOLERANCE_S * info.fps)
                 start = starts[0] + back / info.fps
-            return np.minimum(info.frames_nearest(start + times), last)
+            indices = np.minimum(info.frames_nearest(start + times), last)
+            # the clip ends at `last` as promised: where the rate changes within the clip, stepping forward
+            # from the first frame can land frames short of it (the same on regular frames)
+            indices[-1] = last
+            return indices
         offsets = self.span_indices(info)  # (T,)
         return np.clip(last - offsets[-1] + offsets, 0, info.num_frames - 1).astype(np.int64)
 
