@@ -228,7 +228,10 @@ def test_all_bad_source_stops_the_sample(tmp_path, make_video):
     dataset = ClipDataset(str(manifest), ClipSampler(num_frames=2, frame_step=1), max_attempts=3)
     with pytest.raises(DataFailureError, match="3 videos in a row"):
         dataset[0]
-    in_process = str(pytest.raises(DataFailureError, dataset.__getitem__, 0).value)
+    in_process_error = pytest.raises(DataFailureError, dataset.__getitem__, 0).value
+    in_process = str(in_process_error)
+    assert [e[:2] for e in in_process_error.errors] == [(str(p), r) for p, r in _attempted(in_process_error)]
+    assert len(in_process_error.errors) == 3  # every attempt, for data_errors.csv
 
     # raised inside a DataLoader worker, it arrives as a DataFailureError with the same message (the
     # worker's traceback is not in it), so the command line can print it as it is
@@ -236,6 +239,12 @@ def test_all_bad_source_stops_the_sample(tmp_path, make_video):
     with pytest.raises(DataFailureError) as err:
         next(iter(loader))
     assert str(err.value) == in_process and "\n" in in_process and "Traceback" not in str(err.value)
+    assert err.value.errors == in_process_error.errors  # read back from the message across the worker boundary
+
+
+def _attempted(error):
+    """(path, reason) of the attempts a SampleFailureError's message lists."""
+    return [tuple(line.strip().split(": ")[:2]) for line in str(error).splitlines() if line.startswith("  ")]
 
 
 def test_worker_message_keeps_the_last_exception_line_and_what_follows():

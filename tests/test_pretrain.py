@@ -143,6 +143,11 @@ def test_settings_that_cannot_work_are_one_line_errors_before_training(tmp_path,
     assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
     assert "worldmodel pretrain: stopped: sample " in proc.stderr and "videos in a row could not be used" in proc.stderr
     assert f"{bad / 'a.mp4'}: empty: " in proc.stderr or f"{bad / 'b.mp4'}: empty: " in proc.stderr
+    # the sample's failed attempts (it stopped the run before reaching a batch) are in data_errors.csv
+    with open(tmp_path / "bad_run" / "data_errors.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == proc.stderr.count(": empty: ") >= 3 and {r["reason"] for r in rows} == {"empty"}
+    assert {r["path"] for r in rows} == {str(bad / n) for n in ("a.mp4", "b.mp4", "c.mp4")}
 
     # a run bounded by epochs: the schedules span the steps those epochs take
     run_pretrain(common + ["--run_dir", str(tmp_path / "epochs"), "--trainer.max_steps", "-1",

@@ -21,7 +21,7 @@ import torch
 from lightning.pytorch import Callback, LightningDataModule
 from lightning.pytorch.utilities import rank_zero_info
 
-from worldmodel.data.datasets import ClipDataset, DataErrorTracker, EpochSampler, collate_samples
+from worldmodel.data.datasets import ClipDataset, DataErrorTracker, EpochSampler, SampleFailureError, collate_samples
 from worldmodel.data.loader import ResumableDataLoader
 from worldmodel.data.transforms import RandomResizedCropVideo
 from worldmodel.data.video import ClipSampler
@@ -250,6 +250,12 @@ class DataErrorCallback(Callback):
     def on_fit_end(self, trainer, pl_module) -> None:
         if self.tracker is not None:
             rank_zero_info(self.tracker.summary())
+
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        # a sample for which no video could be found stopped the run from inside the dataset: its failed
+        # attempts never reached a batch, so they are listed here
+        if self.tracker is not None and isinstance(exception, SampleFailureError):
+            self.tracker.record(exception.errors)
 
     def state_dict(self) -> dict[str, Any]:
         return self.tracker.state_dict() if self.tracker is not None else {}

@@ -46,6 +46,7 @@ __all__ = [
     "ClipDataset",
     "DataErrorTracker",
     "DataFailureError",
+    "SampleFailureError",
     "EpochSampler",
     "ManifestEntry",
     "collate_samples",
@@ -178,6 +179,31 @@ class DataFailureError(RuntimeError):
         super().__init__(worker_message(type(self), message) if isinstance(message, str) else message, *args)
 
 
+class SampleFailureError(DataFailureError):
+    """No video could be found for one sample in `max_attempts` tries: raised by the dataset itself.
+
+    ``.errors`` holds every failed attempt ``(path, reason, detail)``, also when raised in a DataLoader
+    worker: the message lists them one per line as "  PATH: REASON: DETAIL", and the error rebuilt in
+    the main process reads them back (as `VideoError` does its own text), so that `DataErrorCallback`
+    can still write them to ``data_errors.csv``."""
+
+    def __init__(self, message: str = "", errors: Sequence[DataError] | None = None) -> None:
+        super().__init__(message)
+        if errors is None:
+            errors = []
+            for line in str(self).splitlines():
+                if line.startswith("  "):
+                    try:
+                        error = VideoError(line[2:])
+                    except (TypeError, ValueError):
+                        continue
+                    errors.append((error.path, error.reason, error.detail))
+        self.errors = [tuple(str(x) for x in error) for error in errors]
+
+    def __reduce__(self):
+        return type(self), (str(self), self.errors)
+
+
 class DataConfigError(ValueError):
     """Data settings that cannot work (manifests, weights, a resume that cannot be exact), found before the
     first step: `worldmodel pretrain` prints it as one line."""
@@ -238,13 +264,19 @@ class DataErrorTracker:
         for path in padded:
             if len(self.padded_examples) < self.MAX_EXAMPLES and str(path) not in self.padded_examples:
                 self.padded_examples.append(str(path))
+        self.record(errors)
+        self.check()
+
+    def record(self, errors: Sequence[Sequence[str]]) -> None:
+        """Count and list `errors` (``(path, reason, detail)``) without the threshold check: the failed
+        attempts of a sample that stopped the run (`SampleFailureError`)."""
+        errors = [(str(p), str(r), str(d)) for p, r, d in errors]
         for error in errors:
             self.counts[error[1]] += 1
             if len(self.examples) < self.MAX_EXAMPLES and error[0] not in {e[0] for e in self.examples}:
                 self.examples.append(error)
         if errors:
             self._append_csv(errors)
-        self.check()
 
     def _append_csv(self, errors: list[DataError]) -> None:
         path = self.csv_path
@@ -466,10 +498,11 @@ class ClipDataset(Dataset):
                 "path": entry.path,
                 "padded": clip.padded,  # a video shorter than the clip: counted in the data summary
             }
-        listed = "\n".join(f"  {p}: {r}: {d}" for p, r, d in errors[:5])
-        raise DataFailureError(
+        listed = "\n".join(f"  {p}: {r}: {' '.join(str(d).split())}" for p, r, d in errors)
+        raise SampleFailureError(
             f"sample {index} (epoch {epoch}): {self.max_attempts} videos in a row could not be used:\n{listed}\n"
-            "Check the manifest with `worldmodel data check MANIFEST`."
+            "Check the manifest with `worldmodel data check MANIFEST`.",
+            errors,
         )
 
 
