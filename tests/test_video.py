@@ -515,6 +515,22 @@ def test_truncated_mp4_index_at_start(tmp_path):
         _expect(path, "truncated")
 
 
+@pytest.mark.parametrize("name, codec", [("v.mkv", "libx264"), ("v.webm", "libvpx-vp9"), ("v.avi", "mjpeg")])
+def test_truncated_matroska_webm_and_avi_are_truncated(tmp_path, name, codec):
+    """decord reads the first part of a cut Matroska / WebM / AVI file without complaint (a cut AVI even
+    gave a half-written last frame); their headers declare the size, so the cut is found on opening."""
+    whole = write_video(tmp_path / name, [index_frame(i, (64, 64)) for i in range(40)], codec=codec,
+                        pix_fmt="yuvj420p" if codec == "mjpeg" else "yuv420p")
+    assert read_video_info(whole).num_frames == 40 and decoded_indices(read_frames(whole, [0, 39])) == [0, 39]
+    data = whole.read_bytes()
+    for fraction in (0.5, 0.9):
+        path = tmp_path / f"cut_{fraction}_{name}"
+        path.write_bytes(data[: int(len(data) * fraction)])
+        _expect(path, "truncated")
+        with pytest.raises(VideoError, match=r"header says \d+ bytes, the file has \d+"):
+            read_frames(path, [0])
+
+
 def test_mp4_box_walk_tells_a_cut_from_garbage(make_video, tmp_path):
     """The top-level box walk: a few bytes past the last box are a cut box header ("truncated"), bytes
     that are no box header where one should start are corruption ("corrupt"), not a cut."""

@@ -70,7 +70,9 @@ Every problem with a file is a `VideoError` carrying the path and one reason cod
 decord says little more than "Error reading" for most bad files, so the reason comes from the bytes:
 missing / directory / zero bytes first; then the container signature (no known one: ``not_video``);
 for mp4 / mov the top-level boxes are walked: a box running past the end of the file or no ``moov``
-index is ``truncated``; anything else the decoder rejects is ``corrupt``.
+index is ``truncated``; a Matroska / WebM file shorter than its Segment's declared size, or an AVI shorter
+than its RIFF chunk's, is ``truncated`` too (checked whenever one is opened: decord would read its first
+part without complaint); anything else the decoder rejects is ``corrupt``.
 """
 
 from __future__ import annotations
@@ -708,12 +710,24 @@ _UNSEEKABLE = {"mpeg_ps": "an MPEG program stream (.mpg / .vob)", "mpeg_ts": "an
 
 
 def _refuse_unseekable(path: str) -> None:
-    """VideoError("unsupported") for a container whose frames decord returns out of place."""
+    """VideoError("unsupported") for a container whose frames decord returns out of place, and
+    VideoError("truncated") for a Matroska / WebM or AVI file shorter than its header says (decord reads
+    such a file's first part without complaint; an mp4's truncation makes decord fail, `_bmff_problem`)."""
     try:
         with open(path, "rb") as f:
-            family = _container_family(f.read(512))
+            head = f.read(512)
+        size = os.path.getsize(path)
     except OSError:
         return  # the reader says what is wrong
+    family = _container_family(head)
+    declared = _declared_size(family, head)
+    if declared is not None and size < declared:
+        raise VideoError(
+            path,
+            "truncated",
+            f"its {'Matroska' if family == 'matroska' else 'RIFF (AVI)'} header says {declared} bytes, the file has "
+            f"{size} (cut short: an interrupted download or copy?); download or copy it again, or drop it from the manifest",
+        )
     if family in _UNSEEKABLE:
         raise VideoError(
             path,
@@ -722,6 +736,43 @@ def _refuse_unseekable(path: str) -> None:
             "not where it seeks); remux it into mp4 first: `ffmpeg -i IN -c copy OUT.mp4` (or re-encode: "
             "`ffmpeg -i IN -c:v libx264 OUT.mp4`)",
         )
+
+
+def _ebml_vint(data: bytes, pos: int, keep_marker: bool) -> tuple[int, int] | None:
+    """An EBML variable-length integer at `pos`: (value, next position), None past `data`. Element IDs keep
+    their length marker bit (`keep_marker`); sizes drop it, and a size of all ones (unknown) is -1."""
+    if pos >= len(data) or data[pos] == 0:
+        return None
+    length = 8 - data[pos].bit_length() + 1
+    if pos + length > len(data):
+        return None
+    value = int.from_bytes(data[pos : pos + length], "big")
+    if not keep_marker:
+        value &= (1 << (7 * length)) - 1
+        if value == (1 << (7 * length)) - 1:
+            value = -1
+    return value, pos + length
+
+
+def _declared_size(family: str | None, head: bytes) -> int | None:
+    """The file size a Matroska / WebM (its Segment's size) or AVI (its first RIFF chunk's) header declares,
+    from the file's first bytes; None for other containers, unknown sizes (live-written files) or headers
+    that cannot be read."""
+    if family == "riff" and len(head) >= 12 and head[8:12] == b"AVI ":
+        declared = int.from_bytes(head[4:8], "little")
+        return declared + 8 if 0 < declared < 0xFFFFFFFF else None
+    if family != "matroska":
+        return None
+    pos = 0
+    for expected in (0x1A45DFA3, 0x18538067):  # the EBML header, then the Segment that holds everything
+        element = _ebml_vint(head, pos, keep_marker=True)
+        size = _ebml_vint(head, element[1], keep_marker=False) if element else None
+        if element is None or size is None or element[0] != expected:
+            return None
+        if expected == 0x18538067:
+            return None if size[0] < 0 else size[1] + size[0]
+        pos = size[1] + size[0]
+    return None
 
 
 def _rates_from_durations(path: str) -> bool:
