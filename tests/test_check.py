@@ -131,6 +131,12 @@ def test_a_folder_scan_finds_every_video_kind_and_says_what_it_left_out(make_vid
     (folder / ".git" / "objects").mkdir(parents=True)
     (folder / ".git" / "objects" / "ab12").write_text("x")  # a dataset under version control: not counted
     assert run_check(str(folder)) == 1 and "not listed: 2 other file(s)" in capsys.readouterr().out
+    # macOS's "._" metadata beside a copied video, and videos in hidden folders: skipped, not failures
+    (folder / "._a.mp4").write_bytes(b"\x00\x05\x16\x07" + bytes(60))
+    make_video(folder / ".cache" / "thumb.mp4", num_frames=8)
+    assert run_check(str(folder)) == 1
+    out = capsys.readouterr().out
+    assert "total 4 videos: ok 3" in out and "._a.mp4" not in out and "thumb.mp4" not in out
     only_other = tmp_path / "stills"
     only_other.mkdir()
     (only_other / "frame_0001.png").write_bytes(b"\x89PNG")

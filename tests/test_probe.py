@@ -451,17 +451,22 @@ def test_probe_with_a_forecast_anchor_records_it_and_refuses_another_models(tmp_
         run_probe(_args(tmp_path / "n", "--checkpoint", str(tiny_ckpt), *data, "--forecast-anchor", str(good)))
 
 
-def test_classification_probe_averages_clips_per_video(tmp_path, corpus, tiny_ckpt):
+def test_classification_probe_averages_clips_per_video(tmp_path, corpus, tiny_ckpt, capsys):
     out = tmp_path / "cls"
-    args = _args(
-        out, "--checkpoint", str(tiny_ckpt), "--train-manifest", str(corpus / "manifest_train.csv"),
+    args_list = [
+        str(out), "--checkpoint", str(tiny_ckpt), "--train-manifest", str(corpus / "manifest_train.csv"),
         "--val-manifest", str(corpus / "manifest_val.csv"), "--num-clips", "3", "--num-frames", "4",
         "--probe", "linear", "--lr", "1e-3", "--wd", "0.01", "--epochs", "2", "--workers", "0",
-    )  # fmt: skip
+    ]  # fmt: skip
+    args = _args(*args_list)
     assert run_probe(args) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["task"] == "classification"
     assert (metrics["num_train"], metrics["num_val"]) == (6, 2)  # videos, not clips
+    assert "shorter than one clip" not in capsys.readouterr().out
+    # a clip longer than some videos: their last frame repeats, and the probe says so
+    assert run_probe(_args(out, *args_list[1:], "--num-frames", "140", "--fps", "4")) == 0  # 35 s; the videos: 33
+    assert "note: 2 of 2 videos are shorter than one clip (140 frames)" in capsys.readouterr().out
     assert {"label_recall@5", "label_recall@1", "label_top1"} <= set(metrics)
 
 
@@ -478,6 +483,10 @@ def test_an_unusable_validation_video_or_action_stops_the_probe_before_any_featu
         run_probe(_args(tmp_path / "cls", *common))
     said = capsys.readouterr()
     assert "training items" not in said.out + said.err and not (tmp_path / "cls" / "metrics.json").exists()
+    bad_val.write_text(val_manifest.read_text() + f"{tmp_path / 'gone.mp4'} {val_manifest.read_text().split()[1]}\n")
+    with pytest.raises(SystemExit, match=r"gone\.mp4: missing: no such file"):  # the reason code, not an OSError's text
+        run_probe(_args(tmp_path / "cls", *common))
+    capsys.readouterr()
     # anticipation: an action after its video's end names the annotation line
     ann = corpus / "annotations"
     late = tmp_path / "late.csv"
@@ -547,7 +556,7 @@ def test_features_that_would_not_fit_in_memory_go_to_mapped_files_with_the_same_
     for key in ("label_recall@1", "label_recall@5", "label_top1", "hp_search"):
         assert mapped[key] == in_memory[key], key
     assert [p.name for p in (tmp_path / "auto").iterdir() if p.name.startswith(".features")] == []
-    with pytest.raises(SystemExit, match=r"need .* GiB .*more than the .* of memory available.*--feature-store disk"):
+    with pytest.raises(SystemExit, match=r"need .* MiB .*more than the .* of memory available.*--feature-store disk"):
         run_probe(_args(tmp_path / "refused", *common, "--feature-store", "memory"))
     assert "encoded" not in capsys.readouterr().out and not (tmp_path / "refused" / "metrics.json").exists()
 

@@ -68,6 +68,8 @@ def available_memory_bytes() -> int | None:
 
 
 def gib(num_bytes: float) -> str:
+    if num_bytes < GIB:
+        return f"{num_bytes / 1024**2:.1f} MiB"
     return f"{num_bytes / GIB:.2f} GiB" if num_bytes < 10 * GIB else f"{num_bytes / GIB:.0f} GiB"
 
 

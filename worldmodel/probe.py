@@ -114,7 +114,7 @@ from worldmodel.cliutil import json_text, resolve_device
 from worldmodel.data.annotations import ActionVocabulary, read_annotations
 from worldmodel.data.datasets import AnticipationDataset, ManifestEntry, collate_samples, read_manifest, to_video
 from worldmodel.data.transforms import RandomResizedCropVideo, ResizeCenterCropVideo
-from worldmodel.data.video import ClipSampler, VideoError, VideoInfo, read_frames, read_video_info
+from worldmodel.data.video import ClipSampler, VideoError, VideoInfo, check_file, read_frames, read_video_info
 from worldmodel.featurestore import FEATURE_STORES, FeatureStore, plan_feature_store
 from worldmodel.forecast import ForecastAnchor, ForecastError
 from worldmodel.metrics import UNSEEN, classification_metrics
@@ -378,6 +378,10 @@ class ManifestClips(Dataset):
         bad file stops the probe before hours of feature extraction, not in the middle of it."""
         for index in range(0, len(self), self.num_clips):
             self.clip_indices(index)
+        short = [entry.path for entry in self.entries if not self.sampler.fits(self._infos[entry.path])]
+        if short:
+            _log(f"note: {len(short)} of {len(self.entries)} videos are shorter than one clip ({self.sampler.num_frames} "
+                 f"frames): their clips repeat the last frame (e.g. {', '.join(short[:3])})")  # fmt: skip
 
     def clip_indices(self, index: int) -> np.ndarray:
         entry = self.entries[index // self.num_clips]
@@ -421,7 +425,11 @@ class ClipSet:
 
 
 def _file_stamp(path: str) -> list:
-    stat = os.stat(path)
+    try:
+        stat = os.stat(path)
+    except OSError:
+        check_file(path)  # a missing / unreadable video: the VideoError every other reader gives
+        raise
     return [os.path.abspath(path), stat.st_size, stat.st_mtime_ns]
 
 

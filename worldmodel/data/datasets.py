@@ -94,7 +94,9 @@ def read_manifest(path: str | os.PathLike, left_out: Counter | None = None) -> l
     A manifest file has one video per line: ``path`` or ``path label``, separated by a space or a
     comma (use the comma form for paths containing spaces). Relative paths are resolved against the
     manifest's folder. Blank lines, ``#`` comments and a header line (``path`` or ``path,label``) are
-    skipped. A directory is scanned recursively for files with a video extension, in sorted order.
+    skipped. A directory is scanned recursively for files with a video extension, in sorted order;
+    hidden files and hidden folders are skipped (macOS writes a ``._name.mp4`` of metadata beside every
+    video it copies to some disks: not a video, and counted as a failure it could stop a run).
 
     left_out: for a directory, gets the count of the files the scan leaves out, by extension ("" for
     none; hidden files and whatever lies in hidden folders, such as .git, are not counted), from the
@@ -102,10 +104,9 @@ def read_manifest(path: str | os.PathLike, left_out: Counter | None = None) -> l
     """
     path = Path(path).expanduser()
     if path.is_dir():
-        files = _files_below(path)
-        videos = [p for p in files if _is_video(p)]
+        shown = [p for p in _files_below(path) if not any(part.startswith(".") for part in p.relative_to(path).parts)]
+        videos = [p for p in shown if _is_video(p)]
         if left_out is not None:
-            shown = (p for p in files if not any(part.startswith(".") for part in p.relative_to(path).parts))
             left_out.update(p.suffix.lower() for p in shown if not _is_video(p))
         if not videos:
             raise DataConfigError(

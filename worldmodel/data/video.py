@@ -501,7 +501,7 @@ def read_clips(
 def _open_reader(path: str, size: int | tuple[int, int] | None, num_threads: int):
     import decord
 
-    _check_file(path)
+    check_file(path)
     _refuse_unseekable(path)
     height, width = _decode_size(path, size) or (-1, -1)
     try:
@@ -875,7 +875,7 @@ def _pixel_format(path: str) -> str:
 # What is wrong with a file
 
 
-def _check_file(path: str) -> None:
+def check_file(path: str) -> None:
     """Problems visible without a decoder: missing, a directory, unreadable, zero bytes."""
     if not os.path.exists(path):
         raise VideoError(
@@ -1012,7 +1012,7 @@ def _diagnose(path: str, exc: BaseException, at_open: bool = False) -> VideoErro
     if isinstance(exc, VideoError):
         return exc
     try:
-        _check_file(path)
+        check_file(path)
         with open(path, "rb") as f:
             head = f.read(512)
         family = _container_family(head)
