@@ -140,9 +140,12 @@ def read_manifest(path: str | os.PathLike, left_out: Counter | None = None) -> l
                 try:
                     label = int(fields[1])
                 except ValueError:
+                    spaced = "," not in line and " " in line
+                    hint = (f"; a path with spaces takes the comma form: '{line},' or '{line},LABEL'"
+                            if spaced else "")
                     raise DataConfigError(
                         f"{where}: label {fields[1]!r} is not an integer (expected 'path' or 'path label'; "
-                        "the only header lines skipped are 'path' and 'path,label')"
+                        f"the only header lines skipped are 'path' and 'path,label'){hint}"
                     ) from None
                 if label == -1:  # the "no label" of ClipDataset's samples, written out
                     label = None
