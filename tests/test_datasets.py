@@ -226,6 +226,32 @@ def test_failure_threshold_raises_with_examples(tmp_path, make_video):
         small.update([("z.mp4", "empty", "zero bytes")], num_ok=0)
 
 
+def test_the_error_list_of_a_fresh_run_starts_anew_and_a_resumed_one_matches_its_checkpoint(tmp_path):
+    """A CSV left by an earlier attempt in the run folder is set aside, not added to; a resumed run drops
+    the rows written after its checkpoint (those batches run again and list their errors again)."""
+    def rows(path):
+        with open(path, newline="") as f:
+            return list(csv.reader(f))[1:]
+
+    first = DataErrorTracker(str(tmp_path), max_failure_ratio=1.0, min_samples=1)
+    first.start()
+    first.update([("a.mp4", "empty", "zero bytes")] * 3, num_ok=5)
+    checkpointed = first.state_dict()
+    first.update([("b.mp4", "corrupt", "bad")] * 2, num_ok=5)  # after the checkpoint, then a crash
+    assert len(rows(first.csv_path)) == 5
+    resumed = DataErrorTracker(str(tmp_path), max_failure_ratio=1.0, min_samples=1)
+    resumed.load_state_dict(checkpointed)
+    resumed.start()
+    assert rows(resumed.csv_path) == [["a.mp4", "empty", "zero bytes"]] * 3
+    resumed.update([("b.mp4", "corrupt", "bad")] * 2, num_ok=5)  # the same batches again: listed once
+    assert len(rows(resumed.csv_path)) == 5 and resumed.num_failures == 5
+    fresh = DataErrorTracker(str(tmp_path), max_failure_ratio=1.0, min_samples=1)
+    fresh.start()  # a new run in the same folder: nothing of the old list in its own
+    assert not fresh.csv_path.exists() and len(rows(tmp_path / "data_errors.previous.csv")) == 5
+    fresh.update([("c.mp4", "missing", "gone")], num_ok=1)
+    assert rows(fresh.csv_path) == [["c.mp4", "missing", "gone"]]
+
+
 def test_all_bad_source_stops_the_sample(tmp_path, make_video):
     bad = _bad_files(tmp_path, make_video)
     manifest = _lines(tmp_path / "m.txt", *[str(p) for p in bad.values()])

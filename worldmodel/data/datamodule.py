@@ -229,6 +229,10 @@ class DataErrorCallback(Callback):
             self.tracker.load_state_dict(self._pending_state)
             self._pending_state = None
 
+    def on_train_start(self, trainer, pl_module) -> None:
+        if self.tracker is not None:
+            self.tracker.start()  # a CSV of an earlier attempt: set aside, or cut back to the checkpoint's rows
+
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
         if self.tracker is None or not isinstance(batch, dict) or "video" not in batch:
             return

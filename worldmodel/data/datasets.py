@@ -243,6 +243,8 @@ class DataErrorTracker:
         self.examples: list[DataError] = []
         self.num_padded = 0  # clips of videos shorter than a clip (last frame repeated): usable, but said
         self.padded_examples: list[str] = []
+        self.csv_rows = 0  # rows this run has written to the CSV (kept in checkpoints)
+        self._resumed = False
 
     @property
     def csv_path(self) -> Path | None:
@@ -282,10 +284,28 @@ class DataErrorTracker:
         if errors:
             self._append_csv(errors)
 
+    def start(self) -> None:
+        """At the start of training (after a checkpoint's state was loaded): a fresh run moves a CSV left by an
+        earlier attempt in the same folder to ``data_errors.previous.csv`` instead of adding to it; a resumed
+        run keeps the rows its checkpoint had counted and drops those written after it (their batches are
+        trained again and list their errors again)."""
+        path = self.csv_path
+        if path is None or not path.is_file():
+            return
+        if not self._resumed:
+            path.replace(path.with_name(path.stem + ".previous.csv"))
+            return
+        with open(path, newline="") as f:
+            rows = list(csv.reader(f))
+        if len(rows) > 1 + self.csv_rows:
+            with open(path, "w", newline="") as f:
+                csv.writer(f).writerows(rows[: 1 + self.csv_rows])
+
     def _append_csv(self, errors: list[DataError]) -> None:
         path = self.csv_path
         if path is None:
             return
+        self.csv_rows += len(errors)
         path.parent.mkdir(parents=True, exist_ok=True)
         new = not path.exists() or path.stat().st_size == 0
         with open(path, "a", newline="") as f:
@@ -336,7 +356,8 @@ class DataErrorTracker:
 
     def state_dict(self) -> dict:
         return {"counts": dict(self.counts), "num_ok": self.num_ok, "examples": [list(e) for e in self.examples],
-                "num_padded": self.num_padded, "padded_examples": list(self.padded_examples)}  # fmt: skip
+                "num_padded": self.num_padded, "padded_examples": list(self.padded_examples),
+                "csv_rows": self.csv_rows}  # fmt: skip
 
     def load_state_dict(self, state: dict) -> None:
         self.counts = Counter({str(k): int(v) for k, v in state.get("counts", {}).items()})
@@ -344,6 +365,8 @@ class DataErrorTracker:
         self.examples = [tuple(e) for e in state.get("examples", [])][: self.MAX_EXAMPLES]
         self.num_padded = int(state.get("num_padded", 0))
         self.padded_examples = [str(p) for p in state.get("padded_examples", [])][: self.MAX_EXAMPLES]
+        self.csv_rows = int(state.get("csv_rows", self.num_failures))
+        self._resumed = True
 
 
 # ---------------------------------------------------------------------------------------------- datasets
