@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import pickle
 import stat
 
@@ -17,6 +18,7 @@ import torch
 from safetensors import safe_open
 
 from test_import_vjepa2 import write_reference_checkpoint
+from worldmodel.forecast import WorldModel
 from worldmodel.checkpoints import (
     CheckpointError,
     SquareGridPredictor,
@@ -239,6 +241,20 @@ def test_damaged_exports_are_named_and_explained(tmp_path, pretrain_ckpt):
     with pytest.raises(CheckpointError, match="model.safetensors.*does not belong to the config.json"):
         load_model_parts(out)
 
+    # damaged values: named in one line, not a TypeError / ValueError from deep inside
+    for key, value, said in (("format_version", None, "format_version"), ("format_version", "1.0", "format_version"),
+                             ("encoders", {"target": 5}, "bad \"encoders\""), ("data", "oops", "'data' entry is str"),
+                             ("hyper_parameters", [], "'hyper_parameters' entry is list")):
+        config = {**json.loads(good_config), key: value}
+        config_path.write_text(json.dumps(config))
+        with pytest.raises(CheckpointError, match=f"config.json: .*{re.escape(said)}"):
+            load_model_parts(out)
+    config = json.loads(good_config)
+    config["hyper_parameters"]["masks"] = [{"kind": "nope"}]
+    config_path.write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match="masks.* hyper-parameters do not build masks"):
+        WorldModel.load(out)
+
     config_path.write_text("{ not json")
     with pytest.raises(CheckpointError, match="config.json.*not valid JSON"):
         load_model_parts(out)
@@ -268,6 +284,12 @@ def test_cli_reports_unusable_inputs(tmp_path, pretrain_ckpt, capsys):
     assert run_export(export_parser.parse_args([str(pretrain_ckpt), str(tmp_path / "out"), "--encoder", "context"])) == 0
     assert "wrote" in capsys.readouterr().out
     assert json.loads((tmp_path / "out" / "config.json").read_text())["encoders"] == {"context": "encoder"}
+    # a folder holding one encoder cannot give the other: refused, not written under the other's name
+    for asked in ("target", "both"):
+        assert run_export(export_parser.parse_args([str(tmp_path / "out"), str(tmp_path / "re"), "--encoder", asked])) == 2
+        assert "holds only the context encoder, so there is no target encoder to export" in capsys.readouterr().err
+    assert not (tmp_path / "re").exists()
+    assert run_export(export_parser.parse_args([str(tmp_path / "out"), str(tmp_path / "re"), "--encoder", "context"])) == 0
 
 
 def test_exported_files_get_the_mode_of_a_plain_open(tmp_path, pretrain_ckpt):

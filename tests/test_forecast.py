@@ -316,6 +316,24 @@ def test_cli_refuses_a_context_past_the_end(checkpoint, video_folder, tmp_path, 
     assert not (tmp_path / "x.safetensors").exists()
 
 
+def test_cli_refuses_an_unwritable_out_before_any_work(checkpoint, model, video_folder, tmp_path, capsys):
+    """--out a file where a folder goes (--eval, --fit-anchor), a folder where a file goes (--video), or
+    below a file: one line and status 2 at once, not a traceback after the whole evaluation or fit."""
+    folder = video_folder(n=1, num_frames=24)
+    (tmp_path / "afile").write_text("x")
+    (tmp_path / "adir").mkdir()
+    for mode, out, said in (("--eval", "afile", "afile is a file, not a folder"),
+                            ("--fit-anchor", "afile/sub", "afile is a file, so"),
+                            ("--video", "adir", "adir is a folder; name the file to write"),
+                            ("--video", "afile/x.safetensors", "afile is a file, so")):
+        source = folder / ("manifest.csv" if mode != "--video" else "v000.mp4")
+        assert cli([mode, source, "--checkpoint", checkpoint, "--out", tmp_path / out, "--device", "cpu"]) == 2
+        err = capsys.readouterr().err
+        assert f"worldmodel forecast: error: --out: {tmp_path}/{said}" in err and "Traceback" not in err, err
+    with pytest.raises(ForecastError, match="take a video tensor, not a path"):
+        model.encode(str(folder / "v000.mp4"))
+
+
 # ---------------------------------------------------------------------------------------------- eval
 def test_eval_writes_json_and_plot_measured_honestly(checkpoint, model, video_folder, tmp_path):
     folder = video_folder(n=3, num_frames=24, size=(40, 40))

@@ -502,6 +502,12 @@ def test_an_unusable_validation_video_or_action_stops_the_probe_before_any_featu
 
 
 def test_bad_inputs_exit_with_a_message(tmp_path, tiny_ckpt):
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(SystemExit, match="--out: .*afile is a file, not a folder"):
+        run_probe(_args(tmp_path / "afile", "--checkpoint", str(tiny_ckpt), "--corpus", str(tmp_path / "none")))
+    for option in ("--threads", "--head-threads", "--probe-heads"):
+        with pytest.raises(SystemExit, match=f"{option} must be >= 1, got 0"):
+            run_probe(_args(tmp_path / "o", "--checkpoint", str(tiny_ckpt), option, "0", "--corpus", str(tmp_path / "none")))
     with pytest.raises(SystemExit, match="--train-annotations, --val-annotations and --videos"):
         run_probe(_args(tmp_path, "--checkpoint", str(tiny_ckpt), "--videos", str(tmp_path)))
     with pytest.raises(SystemExit, match="config-from only applies"):

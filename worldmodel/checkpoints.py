@@ -40,6 +40,7 @@ import re
 import sys
 import tempfile
 import uuid
+import warnings
 import zipfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -443,6 +444,13 @@ def _read_model(path: str | os.PathLike, roles: tuple[str, ...], **vjepa2_option
             )
         return _read_pretrain(ckpt, path), path
     if _is_vjepa2_checkpoint(ckpt):
+        if "img_size" not in vjepa2_options:  # V-JEPA 2 files do not record it; 384 px models exist
+            warnings.warn(
+                f"{path}: a V-JEPA 2 checkpoint holds no resolution; read as trained at {VJEPA2_IMG_SIZE} px (clips are "
+                f"cropped to it). For one trained at another size (vitg-384) import it once with that size: "
+                f"`worldmodel import-vjepa2 {path} DIR --img-size 384`, then use DIR",
+                stacklevel=2,
+            )
         return _read_vjepa2(ckpt, path, roles, **vjepa2_options), path
     keys = sorted(map(str, ckpt))[:8] if isinstance(ckpt, dict) else type(ckpt).__name__
     raise CheckpointError(
@@ -875,6 +883,14 @@ def export_model(
     _check_role(encoder, allow_both=True)
     roles = ENCODER_ROLES if encoder == "both" else (encoder,)
     loaded, path = _read_model(checkpoint_or_dir, roles, **vjepa2_options)
+    missing = [role for role in roles if role not in loaded.encoders]
+    if missing and not loaded.shared:  # an exported folder with one encoder: never write it under another role
+        held = " and ".join(loaded.encoders)
+        raise CheckpointError(
+            f"{path} holds only the {held} encoder, so there is no {' or '.join(missing)} encoder to export; "
+            f"export --encoder {next(iter(loaded.encoders))}, or export both from the checkpoint it came from "
+            "(`worldmodel export CKPT DIR --encoder both`)"
+        )
     return _write_export(loaded, path, out_dir, roles)
 
 
@@ -940,14 +956,23 @@ def read_export_config(folder: Path) -> dict[str, Any]:
         raise CheckpointError(f"{path}: not valid JSON ({err}); re-run `worldmodel export`") from err
     if not isinstance(config, dict) or config.get("format") != EXPORT_FORMAT:
         raise CheckpointError(f"{path}: not a worldmodel export config (no \"format\": \"{EXPORT_FORMAT}\")")
-    if int(config.get("format_version", 0)) > EXPORT_VERSION:
+    version = config.get("format_version", 0)
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise CheckpointError(f"{path}: \"format_version\" is {version!r}, not a whole number; re-run `worldmodel export`")
+    if version > EXPORT_VERSION:
         raise CheckpointError(
-            f"{path}: written by a newer worldmodel (export format {config['format_version']} > {EXPORT_VERSION}); "
-            "upgrade worldmodel"
+            f"{path}: written by a newer worldmodel (export format {version} > {EXPORT_VERSION}); upgrade worldmodel"
         )
     for key in ("export_id", "encoders", "architecture"):
         if key not in config:
             raise CheckpointError(f"{path}: has no {key!r} entry; re-run `worldmodel export`")
+    encoders = config["encoders"]
+    if not isinstance(encoders, dict) or not all(isinstance(v, str) for v in encoders.values()):
+        raise CheckpointError(f"{path}: bad \"encoders\" entry {encoders!r} (role -> tensor prefix); re-run `worldmodel export`")
+    for key, kinds in (("architecture", (dict,)), ("hyper_parameters", (dict, type(None))), ("data", (dict, type(None)))):
+        if key in config and not isinstance(config[key], kinds):
+            raise CheckpointError(f"{path}: its {key!r} entry is {type(config[key]).__name__}, not an object; "
+                                  "re-run `worldmodel export`")  # fmt: skip
     return config
 
 

@@ -3,12 +3,16 @@
 - `json_text`: `json.dumps` with every non-finite float as null (JSON has no NaN or Infinity, and strict
   readers reject them) and numpy scalars as plain numbers.
 - `resolve_device`: a --device value checked before any work is done, with a one-line `DeviceError`.
+- `output_problem`: why an --out path cannot be written (a file where a folder must be, a folder where
+  a file must be, a file among its parents), found before any work rather than when the results are.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -76,3 +80,26 @@ def resolve_device(name: str | torch.device, option: str = "--device") -> torch.
                 f"{where}: torch {torch.__version__} cannot use it on this machine ({msg}); use {option} cpu"
             ) from None
     return device
+
+
+def output_problem(path: str | os.PathLike, kind: str) -> str | None:
+    """Why `path` cannot be written as a `kind` ("dir": a folder to write files into; "file": a file to
+    create or replace), or None. Checks what exists now: the path itself and the first existing parent."""
+    path = Path(path)
+    if kind not in ("dir", "file"):
+        raise ValueError(f"kind must be 'dir' or 'file', got {kind!r}")
+    if path.exists():
+        if kind == "dir" and not path.is_dir():
+            return f"{path} is a file, not a folder to write the results into"
+        if kind == "file" and path.is_dir():
+            return f"{path} is a folder; name the file to write (e.g. {path / 'out.safetensors'})"
+        target = path if kind == "dir" else path.parent
+    else:
+        target = path.parent
+        while not target.exists() and target != target.parent:
+            target = target.parent
+        if not target.is_dir():
+            return f"{target} is a file, so {path} cannot be created below it"
+    if not os.access(target, os.W_OK | os.X_OK):
+        return f"{target} is not writable (permissions), so {path} cannot be written"
+    return None

@@ -91,6 +91,7 @@ from __future__ import annotations
 
 import argparse
 import inspect
+import io
 import json
 import math
 import os
@@ -107,7 +108,7 @@ from einops import rearrange, repeat
 from torch import Tensor, nn
 
 from worldmodel.checkpoints import CheckpointError, atomic_write_bytes, load_model_roles, weights_hash
-from worldmodel.cliutil import DeviceError, json_text, resolve_device
+from worldmodel.cliutil import DeviceError, json_text, output_problem, resolve_device
 from worldmodel.data.transforms import ResizeCenterCropVideo, normalize_video
 from worldmodel.data.video import ClipSampler, VideoError, VideoInfo, read_frames, read_video_info
 from worldmodel.masks import FutureMask, build_mask_kinds
@@ -363,7 +364,10 @@ class WorldModel(nn.Module):
         # what `context_encoder` really is: "context", "shared" (SIGReg), or "target" for a folder
         # exported with the target encoder only (forecasts are then fed from the target encoder)
         self.context_encoder_role = context_encoder_role
-        kinds = build_mask_kinds(self.config.get("masks") or _default_masks())
+        try:
+            kinds = build_mask_kinds(self.config.get("masks") or _default_masks())
+        except (ValueError, TypeError, KeyError) as err:  # a damaged or foreign config, named, not a traceback
+            raise CheckpointError(f"{source}: its \"masks\" hyper-parameters do not build masks ({err})") from err
         future = [i for i, kind in enumerate(kinds) if isinstance(kind, FutureMask)]
         self.future_mask: FutureMask | None = kinds[future[0]] if future else None
         self.mask_kind = future[0] if future else 0
@@ -486,6 +490,11 @@ class WorldModel(nn.Module):
     # ------------------------------------------------------------------ encoding
     def _as_input(self, video: Tensor) -> Tensor:
         """uint8 or float (B, C, T, H, W) / (C, T, H, W) -> normalised float (B, C, T, H, W) on the device."""
+        if isinstance(video, (str, os.PathLike)):
+            raise ForecastError(
+                f"encode / forecast take a video tensor, not a path ({os.fspath(video)!r}): read the clip first, e.g. "
+                "frames = worldmodel.data.video.read_frames(path, indices); video = model.eval_transform()(frames)"
+            )
         if not isinstance(video, Tensor):
             video = torch.as_tensor(np.asarray(video))  # a numpy array (or nested lists) of frames
         if video.ndim == 4:
@@ -1198,10 +1207,9 @@ def plot_quality(report: dict[str, Any], path: str | os.PathLike) -> Path:
         "does NOT beat both baselines at every step"
     fig.suptitle(f"forecast quality over {report['num_clips']} clips: model {verdict}", fontsize=10)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, format="png")
-    return path
+    buffer = io.BytesIO()  # rendered in memory, then written atomically: never a half-written PNG
+    fig.savefig(buffer, format="png")
+    return atomic_write_bytes(buffer.getvalue(), path)
 
 
 def write_eval_report(report: dict[str, Any], out_dir: str | os.PathLike) -> tuple[Path, Path]:
@@ -1297,6 +1305,9 @@ def _check_options(args: argparse.Namespace) -> None:
             raise ForecastError(f"{option} must be > 0, got {value}")
     if not (math.isfinite(args.start) and args.start >= 0):
         raise ForecastError(f"--start must be >= 0 seconds, got {args.start}")
+    problem = output_problem(args.out, "dir" if (args.eval or args.fit_anchor) else "file")
+    if problem:  # found now, not after the whole evaluation or fit
+        raise ForecastError(f"--out: {problem}")
 
 
 def forecast_videos(
@@ -1427,6 +1438,6 @@ def run_forecast(args: argparse.Namespace) -> int:
             print(format_quality_table(meta["quality"]))
         print(f"wrote {out}: latents {tuple(latents.shape)} for {len(args.video)} video(s)")
         return 0
-    except (ForecastError, VideoError, CheckpointError, DeviceError, FileNotFoundError) as err:
+    except (ForecastError, VideoError, CheckpointError, DeviceError, OSError) as err:
         print(f"worldmodel forecast: error: {err}", file=sys.stderr)
         return 2

@@ -110,7 +110,7 @@ from worldmodel.checkpoints import (
     safe_torch_load,
     weights_hash,
 )
-from worldmodel.cliutil import json_text, resolve_device
+from worldmodel.cliutil import json_text, output_problem, resolve_device
 from worldmodel.data.annotations import ActionVocabulary, read_annotations
 from worldmodel.data.datasets import AnticipationDataset, ManifestEntry, collate_samples, read_manifest, to_video
 from worldmodel.data.transforms import RandomResizedCropVideo, ResizeCenterCropVideo
@@ -225,6 +225,10 @@ class ProbeConfig:
             raise ValueError("epochs, batch_size, num_frames and num_clips must be >= 1")
         if not 0.0 < self.holdout_fraction < 1.0:
             raise ValueError(f"holdout_fraction must be in (0, 1), got {self.holdout_fraction}")
+        if self.probe_heads is not None and self.probe_heads < 1:
+            raise ValueError(f"--probe-heads must be >= 1, got {self.probe_heads}")
+        if self.head_threads is not None and self.head_threads < 1:
+            raise ValueError(f"--head-threads must be >= 1, got {self.head_threads}")
         if self.feature_store not in FEATURE_STORES:
             raise ValueError(f"feature_store must be one of {FEATURE_STORES}, got {self.feature_store!r}")
 
@@ -1402,7 +1406,7 @@ def run_probe(args: argparse.Namespace) -> int:
     device) prints one line to stderr and exits with status 2 (`ProbeInputError`)."""
     try:
         return _run_probe(args)
-    except (FileNotFoundError, ValueError, CheckpointError, VideoError, ForecastError) as err:
+    except (OSError, ValueError, CheckpointError, VideoError, ForecastError) as err:
         message = f"worldmodel probe: error: {err}"
         print(message, file=sys.stderr, flush=True)
         raise ProbeInputError(message) from err
@@ -1410,6 +1414,11 @@ def run_probe(args: argparse.Namespace) -> int:
 
 def _run_probe(args: argparse.Namespace) -> int:
     started = time.perf_counter()
+    if args.threads is not None and args.threads < 1:
+        raise ValueError(f"--threads must be >= 1, got {args.threads}")
+    problem = output_problem(args.out, "dir")
+    if problem:  # found now, not after the features and the heads
+        raise ValueError(f"--out: {problem}")
     if args.threads:
         torch.set_num_threads(args.threads)
     cfg = _config_from_args(args)
