@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -108,6 +109,7 @@ def main() -> None:
     first_ckpt = None
     for name in args.variants:
         run_dir = work / name
+        shutil.rmtree(run_dir, ignore_errors=True)  # each variant trains afresh (pretrain refuses a folder holding a run)
         seconds = run([sys.executable, "-m", "worldmodel.cli", "pretrain", "--config", "tiny", "--run_dir", str(run_dir),
                        *VARIANTS[name]], work / f"{name}.pretrain.log")
         ckpt = str(run_dir / "checkpoints" / "last.ckpt")

@@ -13,6 +13,7 @@ echo "== same with activation checkpointing"
 $PY scripts/bench_train.py --encoder vit_base --frames 16 --resolution 224 --batch 16 \
     --pred-depth 12 --pred-dim 384 --steps 20 --warmup 3 --precision bf16 --activation-checkpointing
 echo "== 40 real pretraining steps on the built-in corpus (bf16)"
+rm -rf /tmp/gpu_check_run  # a fresh run each time (pretrain refuses a folder that holds one)
 $PY -m worldmodel.cli pretrain --config tiny --run_dir /tmp/gpu_check_run \
     --trainer.accelerator gpu --trainer.precision bf16-mixed --trainer.max_steps 40 \
     --trainer.enable_progress_bar false --data.num_workers 4

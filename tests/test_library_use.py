@@ -161,14 +161,27 @@ def test_a_dataloader_without_the_mask_collator_gets_the_same_masks(video_folder
     with pytest.raises(ValueError, match=r"collate_fn=model.mask_collator\(\)"):
         model.compute_loss({"video": plain["video"]})
 
-    # and a Trainer over a plain DataLoader trains
+    # and a Trainer over a plain DataLoader trains, collapse monitors included (they read the step's masks;
+    # they used to look for the batch's and fail at step 0)
     loader = DataLoader(
         ClipDataset([str(folder / "manifest.csv")], ClipSampler(num_frames=4, frame_step=2), transform=crop, seed=0),
         batch_size=2, collate_fn=collate_samples,
     )
     trainer = L.Trainer(max_steps=2, **TRAINER)
-    trainer.fit(model, train_dataloaders=loader)
+    trainer.fit(JEPAPretrainer(**{**TINY, "collapse_every": 1}), train_dataloaders=loader)
     assert trainer.global_step == 2
+
+
+def test_a_checkpoint_resumes_only_into_as_many_mask_kinds():
+    """One learned mask token per kind: a run with another number of kinds is refused by name (it was a
+    state_dict size mismatch, after the run's config.yaml had been overwritten)."""
+    from worldmodel.pretrain import ConfigError
+
+    checkpoint = {"hyper_parameters": dict(tiny_model().hparams), "global_step": 3}
+    one_kind = JEPAPretrainer(**{**TINY, "masks": [{"type": "future", "context_fraction": [0.25, 0.75]}]})
+    with pytest.raises(ConfigError, match="model.masks: checkpoint 2 mask kinds, this run 1"):
+        one_kind.on_load_checkpoint(checkpoint)
+    tiny_model().on_load_checkpoint(checkpoint)  # the same kinds: fine
 
 
 def test_odd_attention_head_sizes_are_refused_when_the_model_is_built():

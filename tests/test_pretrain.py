@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import csv
 import math
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -126,6 +128,12 @@ def test_settings_that_cannot_work_are_one_line_errors_before_training(tmp_path,
         (["--model.encoder", "vit_nope"], "encoder must be one of"),
         (["--data.manifest_weights", "[1, 2]"], "got 2 manifest weights for 1 manifests"),
         (["--data.train_manifests", f"[{tmp_path / 'empty'}]"], "no video files found in this directory"),
+        (["--model.lr", '{"kind": "warmup_cosin", "base": 1e-3}'], "model.lr: schedules.py: unknown schedule kind"),
+        (["--model.num_frames", "3", "--data.num_frames", "3"], "3 frames is not a multiple of the tubelet size 2"),
+        (["--model.ema_momentum", "1.5"], "model.ema_momentum must stay within [0, 1], got 1.5"),
+        (["--resume", str(videos / "manifest.csv")], "manifest.csv: not a PyTorch checkpoint"),
+        (["--checkpoint_every", "0"], "--checkpoint_every must be >= 1"),
+        (["--trainer.accelerator", "gpu"], "on this machine add --trainer.accelerator cpu"),
     ]
     (tmp_path / "empty").mkdir()
     for i, (args, message) in enumerate(cases):
@@ -148,6 +156,13 @@ def test_settings_that_cannot_work_are_one_line_errors_before_training(tmp_path,
         rows = list(csv.DictReader(f))
     assert len(rows) == proc.stderr.count(": empty: ") >= 3 and {r["reason"] for r in rows} == {"empty"}
     assert {r["path"] for r in rows} == {str(bad / n) for n in ("a.mp4", "b.mp4", "c.mp4")}
+
+    # a run folder that holds a run: a new start would overwrite its checkpoint, so it is refused
+    (tmp_path / "held" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "held" / "checkpoints" / "last.ckpt").write_bytes(b"kept")
+    proc = run_pretrain(common + ["--run_dir", str(tmp_path / "held")], check=False)
+    assert proc.returncode != 0 and "already holds a run" in proc.stderr and "--resume auto" in proc.stderr
+    assert (tmp_path / "held" / "checkpoints" / "last.ckpt").read_bytes() == b"kept"
 
     # a run bounded by epochs: the schedules span the steps those epochs take
     run_pretrain(common + ["--run_dir", str(tmp_path / "epochs"), "--trainer.max_steps", "-1",
@@ -173,7 +188,7 @@ def test_nonfinite_loss_stops_with_clear_error_and_keeps_last_good_checkpoint(tm
         check=False,
     )
     assert proc.returncode != 0
-    assert "loss became" in proc.stderr + proc.stdout
+    assert "worldmodel pretrain: stopped: loss became" in proc.stderr and "Traceback" not in proc.stderr
     ckpt = safe_torch_load(run_dir / "checkpoints" / "last.ckpt")
     assert ckpt["global_step"] < 200
     for name, tensor in ckpt["state_dict"].items():
@@ -256,6 +271,28 @@ def test_sigusr1_under_slurm_stops_at_a_batch_end_checkpoints_and_requeues(tmp_p
     resumed = run_pretrain(common + ["--trainer.max_steps", str(step + 2), "--resume", "auto"])
     assert f"finished at step {step + 2}" in resumed.stdout
     assert sorted(step_losses(run_dir)) == list(range(step + 2))
+
+
+def test_sigterm_stops_at_a_batch_end_with_a_checkpoint_and_a_failing_status(tmp_path, video_folder):
+    """kill / docker stop / a scheduler's preemption: the run stops at the end of the batch in progress,
+    writes last.ckpt there and exits with 143 (128 + SIGTERM), not 0 as if it had finished."""
+    videos = video_folder(n=4, num_frames=12, size=(32, 32))
+    run_dir = tmp_path / "run"
+    common = SMALL + ["--data.train_manifests", str(videos / "manifest.csv"), "--data.num_workers", "0",
+                      "--run_dir", str(run_dir), "--model.lr", "0.001", "--model.ema_momentum", "0.996"]
+    proc = subprocess.Popen([sys.executable, "-m", "worldmodel.cli", "pretrain", *common, "--trainer.max_steps", "500",
+                             "--checkpoint_every", "1000"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    metrics = run_dir / "logs" / "metrics.csv"
+    deadline = time.monotonic() + 240
+    while proc.poll() is None and time.monotonic() < deadline and not (metrics.exists() and len(step_losses(run_dir)) >= 2):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=240)
+    assert proc.returncode == 143, err[-3000:]
+    step = safe_torch_load(run_dir / "checkpoints" / "last.ckpt")["global_step"]
+    assert 2 <= step < 500 and f"stopped by SIGTERM at step {step}" in out
+    resumed = run_pretrain(common + ["--trainer.max_steps", str(step + 1), "--resume", "auto"])
+    assert f"finished at step {step + 1}" in resumed.stdout
 
 
 def test_stop_on_signal_in_a_trainer_of_ones_own(tmp_path, video_folder):

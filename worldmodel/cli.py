@@ -32,16 +32,23 @@ def shipped_configs() -> dict[str, Path]:
     return {Path(p.name).stem: Path(str(p)) for p in folder.iterdir() if p.name.endswith(".yaml")}
 
 
+def _is_config_option(arg: str) -> bool:
+    """`--config X`, `--config=X`, `-c X` (LightningCLI's short form) or `-cX`."""
+    return arg in ("--config", "-c") or arg.startswith("--config=") or (arg.startswith("-c") and not arg.startswith("--"))
+
+
 def resolve_config_args(argv: list[str]) -> list[str]:
-    """Replace `--config NAME` by the shipped config's path when NAME is not a file."""
+    """Replace `--config NAME` (or `-c NAME`) by the shipped config's path when NAME is not a file."""
     configs = shipped_configs()
     out = list(argv)
     for i, arg in enumerate(out):
         value, prefix = None, None
-        if arg == "--config" and i + 1 < len(out):
+        if arg in ("--config", "-c") and i + 1 < len(out):
             value, idx = out[i + 1], i + 1
         elif arg.startswith("--config="):
             value, idx, prefix = arg.split("=", 1)[1], i, "--config="
+        elif arg.startswith("-c") and not arg.startswith("--") and len(arg) > 2:
+            value, idx, prefix = arg[2:].removeprefix("="), i, "--config="
         if value is None or os.path.exists(value):
             continue
         name = Path(value).stem if value.endswith(".yaml") else value
@@ -100,7 +107,7 @@ def pretrain_main(argv: Sequence[str]) -> int:
         for name, path in sorted(shipped_configs().items()):
             print(f"{name:20s} {path}")
         return 0
-    if not any(a == "--config" or a.startswith("--config=") for a in argv):
+    if not any(_is_config_option(a) for a in argv):
         argv = ["--config", "tiny"] + argv
     argv = resolve_config_args(argv)
 

@@ -55,6 +55,7 @@ class StepOutput:
     metrics: dict[str, torch.Tensor]  # detached scalars, still on the device
     full: torch.Tensor  # (B, N, D) target-encoder tokens of the whole clip, detached
     targets: torch.Tensor  # (B, N, D) their layer-normed targets, detached
+    masks: list[Any]  # the masks of the step, one per kind (the batch's, or drawn for it)
 
 
 ENCODERS = ("vit_tiny", "vit_small", "vit_base", "vit_large", "vit_huge", "vit_giant")
@@ -264,6 +265,11 @@ class JEPAPretrainer(L.LightningModule):
             f"model.{key}: checkpoint {saved[key]!r}, this run {self.hparams.get(key)!r}"
             for key in ARCHITECTURE_KEYS if key in saved and saved[key] != self.hparams.get(key)
         ]
+        if "masks" in saved:  # one learned mask token per kind: the number of kinds is part of the weights
+            kinds = [len(build_mask_kinds(m if m is not None else DEFAULT_MASKS)) for m in (saved["masks"], self.hparams.get("masks"))]
+            if kinds[0] != kinds[1]:
+                differ.append(f"model.masks: checkpoint {kinds[0]} mask kinds, this run {kinds[1]} "
+                              "(the predictor learns one mask token per kind)")  # fmt: skip
         if differ:
             raise ConfigError(
                 "the checkpoint was trained with other model settings, so its weights do not fit this model: "
@@ -286,7 +292,10 @@ class JEPAPretrainer(L.LightningModule):
                     "trainer.max_epochs or model.total_steps"
                 )
             total, source = int(estimate), "trainer.max_epochs"
-        schedule = Schedule.from_config(value, total_steps=total)
+        try:
+            schedule = Schedule.from_config(value, total_steps=total)
+        except (ValueError, TypeError) as err:  # an unknown kind or argument: named, not a traceback
+            raise ConfigError(f"model.{name}: {err}") from None
         try:  # every phase must fit: fail now, not at the first optimiser step
             schedule(0)
         except ValueError as err:
@@ -299,6 +308,10 @@ class JEPAPretrainer(L.LightningModule):
         self.lr_schedule = self._schedule("lr")
         self.wd_schedule = self._schedule("weight_decay")
         self.ema_schedule = self._schedule("ema_momentum")
+        last = self._schedule_steps.get("ema_momentum", (1, ""))[0] - 1
+        outside = [v for v in (self.ema_schedule(0), self.ema_schedule(last)) if not 0.0 <= v <= 1.0]
+        if outside:  # found now, not at the first optimiser step (after an update the EMA never sees)
+            raise ConfigError(f"model.ema_momentum must stay within [0, 1], got {outside[0]:g}")
         saved = getattr(self, "_resumed_schedule_steps", None) or {}
         self._resumed_schedule_steps = {}  # said once, for the fit that resumed
         changed = sorted(
@@ -380,7 +393,7 @@ class JEPAPretrainer(L.LightningModule):
             reg = sigreg(full.flatten(0, 1).float(), num_slices=self.hparams.sigreg_slices, generator=generator)
             total = loss + self.hparams.sigreg_weight * reg
             metrics["sigreg"] = reg.detach()
-        return StepOutput(total, loss, metrics, full.detach(), targets.detach())
+        return StepOutput(total, loss, metrics, full.detach(), targets.detach(), list(masks))
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         out = self.compute_loss(batch)
@@ -396,13 +409,12 @@ class JEPAPretrainer(L.LightningModule):
             self.log(f"train/{name}", value, on_step=True)
         every = self.hparams.collapse_every
         if every and self.global_step % every == 0:
-            self._log_collapse(batch, out.full, out.targets)
+            self._log_collapse(batch, out.full, out.targets, out.masks[0])
         return total
 
     @torch.no_grad()
-    def _log_collapse(self, batch, full, targets) -> None:
+    def _log_collapse(self, batch, full, targets, mask) -> None:
         stats = collapse_stats(full)
-        mask = batch["masks"][0]
         baseline = copy_context_loss(
             targets, mask.context_idx, mask.context_valid, mask.target_idx, mask.target_valid,
             kind=self.hparams.loss, grid=self.encoder.grid(batch["video"].shape),

@@ -36,11 +36,17 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.loggers.logger import rank_zero_experiment
 
-from worldmodel.checkpoints import AtomicCheckpointIO, LastCheckpoint, optimizer_stepped
+from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
+
+from worldmodel.checkpoints import AtomicCheckpointIO, CheckpointError, LastCheckpoint, optimizer_stepped
 from worldmodel.data.datamodule import DataErrorCallback, VideoDataModule
 from worldmodel.data.datasets import DataConfigError, DataFailureError
 from worldmodel.data.loader import DataProgressCallback
-from worldmodel.pretrain import ConfigError, JEPAPretrainer
+from worldmodel.pretrain import ConfigError, JEPAPretrainer, NonFiniteLossError
+
+# what a start can fail with before its first batch because of a setting, a file or the machine: one
+# line, and the run folder as it was (`LogsSnapshot`)
+SETUP_ERRORS = (ConfigError, DataConfigError, ValueError, TypeError, CheckpointError, OSError, MisconfigurationException)
 
 
 class _HistoryWriter(ExperimentWriter):
@@ -155,6 +161,8 @@ class PretrainCLI(LightningCLI):
     def instantiate_trainer(self, **kwargs: Any):
         config = self.config_init
         run_dir = Path(config["run_dir"])
+        if config["checkpoint_every"] < 1:
+            raise ValueError(f"--checkpoint_every must be >= 1 (optimiser steps), got {config['checkpoint_every']}")
         trainer_cfg = config["trainer"]
         if trainer_cfg.get("default_root_dir") in (None, "", "."):
             kwargs["default_root_dir"] = str(run_dir)
@@ -177,8 +185,12 @@ class PretrainCLI(LightningCLI):
         if SLURMEnvironment.detect() and not any(isinstance(p, ClusterEnvironment) for p in plugins):
             # our stop-at-a-batch-end on SIGUSR1 instead of Lightning's save-in-the-middle-of-a-step
             plugins.append(SLURMEnvironment(auto_requeue=False))
-            if not any(isinstance(c, StopOnSignal) for c in callbacks):
+            if not any(isinstance(c, StopOnSignal) and c.signum == signal.SIGUSR1 for c in callbacks):
                 callbacks.append(StopOnSignal())
+        if not any(isinstance(c, StopOnSignal) and c.signum == signal.SIGTERM for c in callbacks):
+            # kill, docker stop, a scheduler's preemption: stop at the batch's end with last.ckpt written there
+            # (Lightning then ends the run with SIGTERMException, reported with status 143)
+            callbacks.append(StopOnSignal(signal.SIGTERM))
         # last: callbacks run in list order at the end of a batch, so the checkpoint holds that batch's
         # data-error counts too
         callbacks.append(LastCheckpoint(run_dir / "checkpoints", every_n_steps=config["checkpoint_every"]))
@@ -275,20 +287,34 @@ def run_pretrain_cli(argv: list[str]) -> PretrainCLI:
             auto_configure_optimizers=False,
             parser_kwargs={"prog": "worldmodel pretrain"},
         )
-    except (ValueError, FileNotFoundError) as err:  # a setting the classes refuse: say which, no traceback
-        raise SystemExit(f"worldmodel pretrain: error: {err}") from None
+    except (ValueError, TypeError, OSError, MisconfigurationException) as err:  # a setting refused: say which
+        raise SystemExit(f"worldmodel pretrain: error: {err}{_gpu_hint(err)}") from None
+    run_dir = Path(cli.config["run_dir"])
+    final = run_dir / "checkpoints" / "last.ckpt"
+    if cli.config["resume"] is None and final.exists():  # a new run would overwrite that one's checkpoint
+        raise SystemExit(
+            f"worldmodel pretrain: error: {run_dir} already holds a run ({final}); continue it with --resume auto, or "
+            "start a new run in another --run_dir (or delete that folder first)"
+        )
     ckpt = resolve_resume(cli.config["resume"], cli.config["run_dir"])
+    snapshot = next((c for c in cli.trainer.callbacks if isinstance(c, LogsSnapshot)), None)
     try:
         cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=ckpt)
-    except (ConfigError, DataConfigError, FileNotFoundError) as err:  # found at setup, before any step
-        if cli.trainer.is_global_zero:  # the run folder as it was: its config.yaml keeps the run's settings
-            for callback in cli.trainer.callbacks:
-                if isinstance(callback, LogsSnapshot):
-                    callback.restore()
-        raise SystemExit(f"worldmodel pretrain: error: {err}") from None
     except DataFailureError as err:  # too many unusable videos: the message lists them, a traceback adds nothing
         raise SystemExit(f"worldmodel pretrain: stopped: {err}") from None
-    final = Path(cli.config["run_dir"]) / "checkpoints" / "last.ckpt"
+    except NonFiniteLossError as err:
+        raise SystemExit(f"worldmodel pretrain: stopped: {err} Checkpoint: {final}") from None
+    except SIGTERMException:  # StopOnSignal had last.ckpt written at the end of the batch, when it was a whole step
+        if cli.trainer.is_global_zero:
+            print(f"[worldmodel] stopped by SIGTERM at step {cli.trainer.global_step}; checkpoint: {final}; "
+                  "continue with --resume auto", flush=True)  # fmt: skip
+        raise SystemExit(128 + signal.SIGTERM) from None
+    except SETUP_ERRORS as err:
+        if snapshot is None or snapshot.started:
+            raise  # during training: a fault, with its traceback
+        if cli.trainer.is_global_zero:  # the run folder as it was: its config.yaml keeps the run's settings
+            snapshot.restore()
+        raise SystemExit(f"worldmodel pretrain: error: {err}{_gpu_hint(err)}") from None
     stopped = any(isinstance(c, StopOnSignal) and c.received for c in cli.trainer.callbacks)
     if cli.trainer.is_global_zero:
         if stopped:
@@ -296,3 +322,12 @@ def run_pretrain_cli(argv: list[str]) -> PretrainCLI:
         else:
             print(f"[worldmodel] finished at step {cli.trainer.global_step}; checkpoint: {final}")
     return cli
+
+
+def _gpu_hint(err: BaseException) -> str:
+    """What to do about Lightning's 'no GPU' errors on a machine without one."""
+    text = str(err).lower()
+    if "gpu" in text or "cuda" in text:
+        return ("; this config asks for a GPU (trainer.accelerator / devices / strategy / precision): on this machine add "
+                "--trainer.accelerator cpu --trainer.devices 1 --trainer.strategy auto --trainer.precision 32")
+    return ""
