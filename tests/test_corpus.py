@@ -10,6 +10,8 @@ import csv
 import hashlib
 import json
 import math
+import subprocess
+import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -415,3 +417,15 @@ def test_default_corpus_renders_within_two_minutes(tmp_path):
     elapsed = time.perf_counter() - started
     assert summary.num_videos == DEFAULT_VIDEOS and is_complete_corpus(tmp_path / "full")
     assert elapsed < 120, f"default corpus took {elapsed:.0f} s"
+
+
+def test_a_script_without_a_main_guard_still_gets_its_corpus(tmp_path):
+    """Spawned render workers re-import the caller's script; one that builds the corpus at import (no
+    `if __name__ == "__main__":`) used to die with BrokenProcessPool. The rest is rendered in-process."""
+    script = tmp_path / "noguard.py"
+    script.write_text("from worldmodel.data.corpus import generate_corpus\n"
+                      "generate_corpus('out', num_videos=8, size=32, workers=2, seed=0)\nprint('done')\n")
+    proc = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip().splitlines()[-1] == "done" and "rendering in this process" in proc.stderr
+    assert len(list((tmp_path / "out" / "videos").glob("*.mp4"))) == 8

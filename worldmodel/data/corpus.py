@@ -50,6 +50,7 @@ import time
 import uuid
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -1460,19 +1461,27 @@ def generate_corpus(
     try:
         jobs = sorted(plan.videos, key=lambda v: -v.num_frames)  # longest first: balanced workers
         paths = [str(tmp / "videos" / f"{v.video_id}.mp4") for v in jobs]
-        if workers == 1:
-            for i, (v, p) in enumerate(zip(jobs, paths)):
+        done: set[int] = set()
+        if workers > 1:
+            context = multiprocessing.get_context("spawn")  # safe whatever threads the caller runs
+            try:
+                with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+                    futures = [pool.submit(_render_one, v, size, p) for v, p in zip(jobs, paths)]
+                    for i, fut in enumerate(futures):
+                        fut.result()
+                        done.add(i)
+                        if log:
+                            log(f"[{i + 1}/{len(jobs)}] {jobs[i].video_id}")
+            except BrokenProcessPool:
+                # spawned workers re-import the caller's script: one without `if __name__ == "__main__":`
+                # that builds the corpus on import kills them. Render the rest here instead (slower).
+                print("worldmodel corpus: note: worker processes could not start (a script without "
+                      "`if __name__ == \"__main__\":`?); rendering in this process", file=sys.stderr, flush=True)
+        for i, (v, p) in enumerate(zip(jobs, paths)):
+            if i not in done:
                 _render_one(v, size, p)
                 if log:
                     log(f"[{i + 1}/{len(jobs)}] {v.video_id}")
-        else:
-            context = multiprocessing.get_context("spawn")  # safe whatever threads the caller runs
-            with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-                futures = [pool.submit(_render_one, v, size, p) for v, p in zip(jobs, paths)]
-                for i, fut in enumerate(futures):
-                    fut.result()
-                    if log:
-                        log(f"[{i + 1}/{len(jobs)}] {jobs[i].video_id}")
         baselines = anticipation_baselines(plan)
         _write_metadata(tmp, plan, params, baselines)
         _move_into_place(tmp, out_dir, replace)
