@@ -245,6 +245,16 @@ def test_the_error_list_of_a_fresh_run_starts_anew_and_a_resumed_one_matches_its
     assert rows(resumed.csv_path) == [["a.mp4", "empty", "zero bytes"]] * 3
     resumed.update([("b.mp4", "corrupt", "bad")] * 2, num_ok=5)  # the same batches again: listed once
     assert len(rows(resumed.csv_path)) == 5 and resumed.num_failures == 5
+    resumed.start()  # a second fit() of the same trainer: the list goes on, nothing set aside
+    assert len(rows(resumed.csv_path)) == 5
+    # DDP: only rank 0 writes checkpoints, so its row count says nothing about rank 1's CSV: kept whole
+    rank1 = DataErrorTracker(str(tmp_path), max_failure_ratio=1.0, min_samples=1, rank=1)
+    rank1.start()
+    rank1.update([("d.mp4", "corrupt", "bad")] * 4, num_ok=1)
+    other = DataErrorTracker(str(tmp_path), max_failure_ratio=1.0, min_samples=1, rank=1)
+    other.load_state_dict(checkpointed)  # rank 0's state (3 rows)
+    other.start()
+    assert len(rows(other.csv_path)) == 4
     fresh = DataErrorTracker(str(tmp_path), max_failure_ratio=1.0, min_samples=1)
     fresh.start()  # a new run in the same folder: nothing of the old list in its own
     assert not fresh.csv_path.exists() and len(rows(tmp_path / "data_errors.previous.csv")) == 5

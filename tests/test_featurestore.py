@@ -40,6 +40,23 @@ def test_the_plan_chooses_memory_disk_or_refuses_before_any_work(tmp_path):
         plan_feature_store("disk", 6 * gb, folder, "n clips", available=100 * gb, free_disk=5 * gb)
     with pytest.raises(ValueError, match="--feature-store must be one of"):
         plan_feature_store("ram", 1, folder, "n clips")
+    # --disk-cache writes the features once more to the same disk
+    with pytest.raises(ValueError, match="2 times over on disk"):
+        plan_feature_store("disk", 6 * gb, folder, "n clips", available=100 * gb, free_disk=10 * gb, disk_copies=2)
     # measured for real here: this machine has memory and its disk has room for one byte
     assert plan_feature_store("disk", 1, folder, "one byte")[0].kind == "disk"
     assert available_memory_bytes() is None or available_memory_bytes() > 0
+
+
+def test_a_full_disk_is_an_error_when_the_store_is_made_not_a_crash_when_it_is_written(tmp_path, monkeypatch):
+    """The file's space is reserved when the tensor is made (posix_fallocate): a sparse file on a full disk
+    killed the process with SIGBUS at the first write of a page, hours into feature extraction."""
+    import errno
+
+    def full(fd, offset, length):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "posix_fallocate", full)
+    with pytest.raises(OSError, match="no room for .* of features in .*No space left"):
+        FeatureStore(tmp_path / "store").empty((1000, 10))
+    assert os.listdir(tmp_path / "store") == []  # nothing left behind

@@ -276,23 +276,42 @@ def test_sigusr1_under_slurm_stops_at_a_batch_end_checkpoints_and_requeues(tmp_p
 def test_sigterm_stops_at_a_batch_end_with_a_checkpoint_and_a_failing_status(tmp_path, video_folder):
     """kill / docker stop / a scheduler's preemption: the run stops at the end of the batch in progress,
     writes last.ckpt there and exits with 143 (128 + SIGTERM), not 0 as if it had finished."""
+    import os
+
     videos = video_folder(n=4, num_frames=12, size=(32, 32))
+
+    def start_and_stop(run_dir: Path, *extra: str) -> tuple[str, list[str]]:
+        """SIGTERM to the whole process group, DataLoader worker included (what SLURM and docker do)."""
+        common = SMALL + ["--data.train_manifests", str(videos / "manifest.csv"), "--data.num_workers", "1",
+                          "--run_dir", str(run_dir), "--model.lr", "0.001", "--model.ema_momentum", "0.996", *extra]
+        proc = subprocess.Popen([sys.executable, "-m", "worldmodel.cli", "pretrain", *common, "--trainer.max_steps",
+                                 "500", "--checkpoint_every", "1000"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True, start_new_session=True)  # fmt: skip
+        metrics = run_dir / "logs" / "metrics.csv"
+        deadline = time.monotonic() + 240
+        while proc.poll() is None and time.monotonic() < deadline and not (metrics.exists() and len(step_losses(run_dir)) >= 2):
+            time.sleep(0.2)
+        os.killpg(proc.pid, signal.SIGTERM)
+        out, err = proc.communicate(timeout=240)
+        assert proc.returncode == 143, err[-3000:]  # the worker's death used to crash the run, no checkpoint
+        return out, common
+
     run_dir = tmp_path / "run"
-    common = SMALL + ["--data.train_manifests", str(videos / "manifest.csv"), "--data.num_workers", "0",
-                      "--run_dir", str(run_dir), "--model.lr", "0.001", "--model.ema_momentum", "0.996"]
-    proc = subprocess.Popen([sys.executable, "-m", "worldmodel.cli", "pretrain", *common, "--trainer.max_steps", "500",
-                             "--checkpoint_every", "1000"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    metrics = run_dir / "logs" / "metrics.csv"
-    deadline = time.monotonic() + 240
-    while proc.poll() is None and time.monotonic() < deadline and not (metrics.exists() and len(step_losses(run_dir)) >= 2):
-        time.sleep(0.2)
-    proc.send_signal(signal.SIGTERM)
-    out, err = proc.communicate(timeout=240)
-    assert proc.returncode == 143, err[-3000:]
+    out, common = start_and_stop(run_dir)
     step = safe_torch_load(run_dir / "checkpoints" / "last.ckpt")["global_step"]
-    assert 2 <= step < 500 and f"stopped by SIGTERM at step {step}" in out
+    assert 2 <= step < 500 and f"stopped by SIGTERM at step {step}; checkpoint: " in out
     resumed = run_pretrain(common + ["--trainer.max_steps", str(step + 1), "--resume", "auto"])
     assert f"finished at step {step + 1}" in resumed.stdout
+    # part-way through gradient accumulation there is no checkpoint of that step, and the message says so
+    accumulating = tmp_path / "accumulating"
+    out, _ = start_and_stop(accumulating, "--trainer.accumulate_grad_batches", "4")
+    last = accumulating / "checkpoints" / "last.ckpt"
+    said = out.split("stopped by SIGTERM at step ")[1]
+    stopped_at = int(said.split(";")[0])
+    if last.exists() and safe_torch_load(last)["global_step"] == stopped_at:
+        assert "; checkpoint: " in said
+    else:
+        assert "no checkpoint was written yet" in said or "is from an earlier step" in said
 
 
 def test_stop_on_signal_in_a_trainer_of_ones_own(tmp_path, video_folder):

@@ -238,6 +238,9 @@ def test_feature_cache_returns_exactly_the_uncached_features(tmp_path, corpus, t
     assert uncached.tokens.shape == (len(train), n_tokens + horizon * 4, 48)
     # the size planned before any encoding is the size the features take
     assert feature_bytes(cfg, (2, 2, 2), 48, horizon, len(train), 0, 1)[0] == uncached.tokens.numel() * 4
+    # --encoder auto with --repeats: each repeat may choose another encoder, whose validation features stay too
+    one, _ = feature_bytes(cfg, (2, 2, 2), 48, horizon, 0, len(train), 2, repeats=1)
+    assert feature_bytes(cfg, (2, 2, 2), 48, horizon, 0, len(train), 2, repeats=3)[0] == 2 * one
     mapped = extract_features(model, train.dataset, list(range(len(train))), 8, 0, horizon=horizon,
                               store=FeatureStore(tmp_path / "mapped"))
     assert torch.equal(mapped.tokens, uncached.tokens)

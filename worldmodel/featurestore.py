@@ -21,6 +21,7 @@ leaves (containers, SLURM jobs); where neither can be read, memory is assumed to
 
 from __future__ import annotations
 
+import errno
 import math
 import os
 import shutil
@@ -44,9 +45,49 @@ def _read_int(path: str) -> int | None:
     return int(text) if text.isdigit() else None  # "max" (no limit) and anything else: None
 
 
+def _inactive_file(stat_file: Path) -> int:
+    """Reclaimable page cache of a cgroup (its memory.stat's inactive_file), 0 when unknown."""
+    try:
+        for line in stat_file.read_text().splitlines():
+            key, _, value = line.partition(" ")
+            if key in ("inactive_file", "total_inactive_file"):
+                return int(value)
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
+def _cgroup_folders() -> list[tuple[Path, str, str]]:
+    """(folder, limit file, usage file) of this process's memory cgroup and of every cgroup above it, from
+    /proc/self/cgroup (v2 "0::/path", v1 "N:memory:/path"); a SLURM job or systemd slice is such a folder."""
+    try:
+        lines = Path("/proc/self/cgroup").read_text().splitlines()
+    except OSError:
+        return []
+    found = []
+    for line in lines:
+        parts = line.split(":", 2)
+        if len(parts) != 3:
+            continue
+        if parts[0] == "0" and parts[1] == "":
+            root, limit, usage = Path("/sys/fs/cgroup"), "memory.max", "memory.current"
+        elif "memory" in parts[1].split(","):
+            root, limit, usage = Path("/sys/fs/cgroup/memory"), "memory.limit_in_bytes", "memory.usage_in_bytes"
+        else:
+            continue
+        folder = root / parts[2].lstrip("/")
+        while True:
+            found.append((folder, limit, usage))
+            if folder == root or root not in folder.parents:
+                break
+            folder = folder.parent
+    return found
+
+
 def available_memory_bytes() -> int | None:
-    """Bytes of memory this process can still take: MemAvailable, capped by a cgroup limit (v2 or v1) minus
-    its current use. None where none of these can be read (not Linux)."""
+    """Bytes of memory this process can still take: MemAvailable, capped by the memory limit of its cgroup
+    or any cgroup above it (v2 or v1: containers, SLURM jobs, systemd slices) minus that cgroup's use
+    (reclaimable page cache not counted). None where none of these can be read (not Linux)."""
     available = None
     try:
         for line in Path("/proc/meminfo").read_text().splitlines():
@@ -55,15 +96,11 @@ def available_memory_bytes() -> int | None:
                 break
     except (OSError, ValueError, IndexError):
         pass
-    for limit_file, usage_file in (
-        ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
-        ("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory/memory.usage_in_bytes"),
-    ):
-        limit, usage = _read_int(limit_file), _read_int(usage_file)
+    for folder, limit_file, usage_file in _cgroup_folders():
+        limit, usage = _read_int(str(folder / limit_file)), _read_int(str(folder / usage_file))
         if limit is not None and usage is not None and limit < 1 << 60:  # v1 writes a huge number for "none"
-            left = max(0, limit - usage)
+            left = max(0, limit - max(0, usage - _inactive_file(folder / "memory.stat")))
             available = left if available is None else min(available, left)
-            break
     return available
 
 
@@ -93,7 +130,15 @@ class FeatureStore:
         self.folder.mkdir(parents=True, exist_ok=True)
         fd, name = tempfile.mkstemp(prefix=".features-", suffix=".bin", dir=self.folder)
         try:
-            os.ftruncate(fd, max(1, numel * item))
+            try:  # the space itself, now: a full disk is an OSError here, not a SIGBUS when a page is written
+                os.posix_fallocate(fd, 0, max(1, numel * item))
+            except AttributeError:  # no posix_fallocate (macOS): a sparse file
+                os.ftruncate(fd, max(1, numel * item))
+            except OSError as err:
+                if err.errno not in (errno.EOPNOTSUPP, errno.EINVAL):  # ENOSPC and the like: say it now
+                    raise OSError(err.errno, f"no room for {gib(numel * item)} of features in {self.folder}: "
+                                             f"{err.strerror}") from None
+                os.ftruncate(fd, max(1, numel * item))  # a file system that cannot reserve: a sparse file
             os.close(fd)
             fd = -1
             tensor = torch.from_file(name, shared=True, size=numel, dtype=dtype)
@@ -116,11 +161,14 @@ def plan_feature_store(
     what: str,
     available: int | None = -1,
     free_disk: int | None = -1,
+    disk_copies: int = 1,
 ) -> tuple[FeatureStore, str]:
     """Choose where features of `need_bytes` live (see the module docstring); returns the store and a
     one-line description for the log. Raises ValueError, before any encoding, when the chosen place (or,
     for auto, both places) cannot hold them. `what` says what the bytes are (clips x tokens x width);
-    `available` / `free_disk` override the measured memory and disk (-1: measure; None: unknown)."""
+    `available` / `free_disk` override the measured memory and disk (-1: measure; None: unknown).
+    disk_copies: how many times the features are written to that disk besides the store (2 with the
+    probe's --disk-cache): counted against the free disk when the store is there."""
     if mode not in FEATURE_STORES:
         raise ValueError(f"--feature-store must be one of {', '.join(FEATURE_STORES)}, got {mode!r}")
     folder = Path(folder)
@@ -133,9 +181,10 @@ def plan_feature_store(
         free_disk = shutil.disk_usage(existing).free
     memory_text = "unknown" if available is None else gib(available)
     fits_memory = available is None or need_bytes <= available
-    fits_disk = free_disk is None or need_bytes <= 0.95 * free_disk
+    fits_disk = free_disk is None or need_bytes * max(1, disk_copies) <= 0.95 * free_disk
     disk_text = "unknown" if free_disk is None else gib(free_disk)
-    sizes = f"the frozen features need {gib(need_bytes)} ({what})"
+    sizes = f"the frozen features need {gib(need_bytes)} ({what})" + (
+        f", {disk_copies} times over on disk (the store and --disk-cache)" if disk_copies > 1 else "")
     if mode == "memory" and not fits_memory:
         raise ValueError(
             f"{sizes}, more than the {memory_text} of memory available: keep them on disk (--feature-store disk, "

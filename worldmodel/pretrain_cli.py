@@ -306,7 +306,15 @@ def run_pretrain_cli(argv: list[str]) -> PretrainCLI:
         raise SystemExit(f"worldmodel pretrain: stopped: {err} Checkpoint: {final}") from None
     except SIGTERMException:  # StopOnSignal had last.ckpt written at the end of the batch, when it was a whole step
         if cli.trainer.is_global_zero:
-            print(f"[worldmodel] stopped by SIGTERM at step {cli.trainer.global_step}; checkpoint: {final}; "
+            saver = next((c for c in cli.trainer.callbacks if isinstance(c, LastCheckpoint)), None)
+            saved = saver._saved_step if saver is not None else -1
+            if saved == cli.trainer.global_step:
+                where = f"checkpoint: {final}"
+            elif final.exists():  # part-way through gradient accumulation: no checkpoint for this step
+                where = f"the latest checkpoint, {final}, is from an earlier step (stopped part-way through accumulation)"
+            else:
+                where = "no checkpoint was written yet"
+            print(f"[worldmodel] stopped by SIGTERM at step {cli.trainer.global_step}; {where}; "
                   "continue with --resume auto", flush=True)  # fmt: skip
         raise SystemExit(128 + signal.SIGTERM) from None
     except SETUP_ERRORS as err:

@@ -325,17 +325,20 @@ def forecast_horizon(anticipation_s: float, fps: float, tubelet_size: int) -> in
 
 def feature_bytes(
     cfg: ProbeConfig, grid: tuple[int, int, int], width: int, horizon: int | None, num_train: int, num_val: int,
-    num_encoders: int,
+    num_encoders: int, repeats: int = 1,
 ) -> tuple[int, str]:
     """Bytes of float32 features a probe run keeps at its peak, and what they are (for messages): every
-    training clip's tokens for each candidate encoder, the validation clips' for the chosen one, and with
-    augmentation the re-encoded training epochs (the previous, the new one and its fresh rows)."""
+    training clip's tokens for each candidate encoder, the validation clips' for the chosen one (for each
+    candidate with several repeats: each repeat chooses), and with augmentation the re-encoded training
+    epochs (the previous, the new one and its fresh rows)."""
     t, h, w = grid
     forecast = 0 if horizon is None else (horizon if cfg.forecast_tokens == "all" else 1) * h * w
     tokens = t * h * w + forecast
-    clips = num_train * num_encoders + num_val + (3 * num_train if cfg.augment else 0)
+    val_sets = num_encoders if repeats > 1 else 1
+    clips = num_train * num_encoders + num_val * val_sets + (3 * num_train if cfg.augment else 0)
     parts = [f"{num_train} training clips" + (f" x {num_encoders} encoders" if num_encoders > 1 else ""),
-             f"{num_val} validation clips"] + (["3 augmented training epochs"] if cfg.augment else [])
+             f"{num_val} validation clips" + (f" x {val_sets} encoders" if val_sets > 1 else "")]
+    parts += ["3 augmented training epochs"] if cfg.augment else []
     what = f"{' + '.join(parts)}, each {tokens} tokens x {width} float32"
     return clips * tokens * width * 4, what
 
@@ -1483,8 +1486,9 @@ def _run_probe(args: argparse.Namespace) -> int:
         clip_set.dataset.check()
     _log(f"{task}: {len(train)} training items, {len(val)} validation items")
     grid = modules[first].grid((1, 3, cfg.num_frames, img_size, img_size))
-    need, what = feature_bytes(cfg, grid, enc_cfg.embed_dim, horizon, len(train), len(val), len(model_keys))
-    store, where = plan_feature_store(cfg.feature_store, need, out_dir, what)  # before any encoding
+    need, what = feature_bytes(cfg, grid, enc_cfg.embed_dim, horizon, len(train), len(val), len(model_keys), args.repeats)
+    # --disk-cache writes every feature set once more, to OUT/feature_cache on the same disk
+    store, where = plan_feature_store(cfg.feature_store, need, out_dir, what, disk_copies=2 if args.disk_cache else 1)
     _log(where)
     cache = FeatureCache(out_dir / "feature_cache" if args.disk_cache else None)
     sources = {

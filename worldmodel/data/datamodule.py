@@ -12,6 +12,7 @@ with ``use_distributed_sampler=False``: the sampler does the rank split itself.
 from __future__ import annotations
 
 import random
+import signal
 from functools import partial
 from pathlib import Path
 from typing import Any, Callable
@@ -42,6 +43,10 @@ def seed_worker(worker_id: int, seed: int, rank: int) -> None:
     torch.manual_seed(int(state[0]))
     np.random.seed(int(state[1]))
     random.seed(int(state[0]))
+    # SIGTERM to the whole process group (SLURM, docker stop) is the main process's to handle: it stops at
+    # the batch's end and checkpoints; a worker killed first would crash the run without a checkpoint.
+    # Workers end with the main process anyway.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 class VideoDataModule(LightningDataModule):

@@ -245,6 +245,8 @@ class DataErrorTracker:
         self.padded_examples: list[str] = []
         self.csv_rows = 0  # rows this run has written to the CSV (kept in checkpoints)
         self._resumed = False
+        self._resume_rows: int | None = None  # the rows of this rank's CSV the checkpoint counted (None: unknown)
+        self._started = False
 
     @property
     def csv_path(self) -> Path | None:
@@ -289,17 +291,22 @@ class DataErrorTracker:
         earlier attempt in the same folder to ``data_errors.previous.csv`` instead of adding to it; a resumed
         run keeps the rows its checkpoint had counted and drops those written after it (their batches are
         trained again and list their errors again)."""
+        if self._started:  # once per tracker: a second fit() of the same trainer continues its list
+            return
+        self._started = True
         path = self.csv_path
         if path is None or not path.is_file():
             return
         if not self._resumed:
             path.replace(path.with_name(path.stem + ".previous.csv"))
             return
+        if self._resume_rows is None:
+            return  # a checkpoint that did not count this rank's rows (other ranks, older versions): kept as is
         with open(path, newline="") as f:
             rows = list(csv.reader(f))
-        if len(rows) > 1 + self.csv_rows:
+        if len(rows) > 1 + self._resume_rows:
             with open(path, "w", newline="") as f:
-                csv.writer(f).writerows(rows[: 1 + self.csv_rows])
+                csv.writer(f).writerows(rows[: 1 + self._resume_rows])
 
     def _append_csv(self, errors: list[DataError]) -> None:
         path = self.csv_path
@@ -357,7 +364,7 @@ class DataErrorTracker:
     def state_dict(self) -> dict:
         return {"counts": dict(self.counts), "num_ok": self.num_ok, "examples": [list(e) for e in self.examples],
                 "num_padded": self.num_padded, "padded_examples": list(self.padded_examples),
-                "csv_rows": self.csv_rows}  # fmt: skip
+                "csv_rows": self.csv_rows, "csv_rank": self.rank}  # fmt: skip
 
     def load_state_dict(self, state: dict) -> None:
         self.counts = Counter({str(k): int(v) for k, v in state.get("counts", {}).items()})
@@ -365,7 +372,10 @@ class DataErrorTracker:
         self.examples = [tuple(e) for e in state.get("examples", [])][: self.MAX_EXAMPLES]
         self.num_padded = int(state.get("num_padded", 0))
         self.padded_examples = [str(p) for p in state.get("padded_examples", [])][: self.MAX_EXAMPLES]
-        self.csv_rows = int(state.get("csv_rows", self.num_failures))
+        # only rank 0 writes checkpoints: its row count says nothing about another rank's CSV
+        same_csv = "csv_rows" in state and int(state.get("csv_rank", 0)) == self.rank
+        self._resume_rows = int(state["csv_rows"]) if same_csv else None
+        self.csv_rows = int(state.get("csv_rows", self.num_failures)) if same_csv else self.num_failures
         self._resumed = True
 
 
