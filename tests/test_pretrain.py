@@ -348,6 +348,59 @@ def test_stop_on_signal_in_a_trainer_of_ones_own(tmp_path, video_folder):
     assert requeue_job(None).startswith("not a SLURM job") if "SLURM_JOB_ID" not in os.environ else True
 
 
+def test_sigterm_at_an_epochs_end_checkpoints_there_and_resumes_exactly(tmp_path, video_folder):
+    """Lightning also ends a SIGTERM'd run at an epoch's end, where no batch-end hook could save: the
+    checkpoint is written there (LastCheckpoint.on_exception), and the resumed run matches the uninterrupted one."""
+    import os
+
+    import lightning as L
+    from lightning.pytorch.callbacks import Callback
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    from worldmodel.checkpoints import LastCheckpoint
+    from worldmodel.data.datamodule import VideoDataModule
+    from worldmodel.pretrain import JEPAPretrainer
+    from worldmodel.pretrain_cli import StopOnSignal
+
+    videos = video_folder(n=4, num_frames=16, size=(40, 40))
+
+    class TermAtEpochEnd(Callback):
+        def on_train_epoch_end(self, trainer, pl_module):
+            if trainer.current_epoch == 0:
+                os.kill(os.getpid(), signal.SIGTERM)
+
+    class Losses(Callback):
+        def __init__(self) -> None:
+            self.by_step: dict[int, float] = {}
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            self.by_step[trainer.global_step] = float(outputs["loss"])
+
+    def fit(max_steps, callbacks, ckpt_path=None):
+        L.seed_everything(0, verbose=False)
+        losses = Losses()
+        trainer = L.Trainer(accelerator="cpu", max_steps=max_steps, logger=False, enable_progress_bar=False,
+                            enable_model_summary=False, enable_checkpointing=False,
+                            callbacks=[losses, *callbacks, LastCheckpoint(tmp_path / "ckpt", every_n_steps=100)])
+        model = JEPAPretrainer(img_size=32, num_frames=4, encoder_kwargs={"depth": 1, "embed_dim": 48, "num_heads": 3},
+                               pred_depth=1, pred_dim=32, pred_heads=2, collapse_every=0)
+        data = VideoDataModule(train_manifests=str(videos / "manifest.csv"), num_frames=4, frame_step=2, crop_size=32,
+                               batch_size=2, num_workers=0)  # 2 batches an epoch
+        trainer.fit(model, datamodule=data, ckpt_path=ckpt_path)
+        return losses.by_step
+
+    full = fit(5, [])
+    (tmp_path / "ckpt" / "last.ckpt").unlink()
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(SIGTERMException):
+        fit(5, [TermAtEpochEnd(), StopOnSignal(signal.SIGTERM)])
+    signal.signal(signal.SIGTERM, before)
+    assert safe_torch_load(tmp_path / "ckpt" / "last.ckpt")["global_step"] == 2
+    resumed = fit(5, [], ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"))
+    assert sorted(resumed) == [3, 4, 5]
+    assert all(resumed[s] == pytest.approx(full[s], rel=1e-5) for s in resumed), (resumed, full)
+
+
 def test_with_gradient_accumulation_stops_and_checkpoints_wait_for_an_optimiser_step(tmp_path, video_folder):
     """With accumulate_grad_batches 2, a checkpoint after a batch that only accumulated would count a batch
     whose gradient it does not hold: a SLURM stop arriving then waits for the step's second batch, and no

@@ -266,6 +266,15 @@ class LastCheckpoint(Callback):
         if step > 0 and step % self.every_n_steps == 0 or last or trainer.should_stop:
             self._save(trainer)
 
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        # Lightning ends a run that got SIGTERM at a batch's end (after this callback's batch-end save, when
+        # `StopOnSignal` asked for one) or at an epoch's end, where nothing has saved: save there too, when it
+        # is a whole optimiser step (every rank gets the exception at the same point)
+        from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+        if isinstance(exception, SIGTERMException) and optimizer_stepped(trainer) and trainer.global_step > 0:
+            self._save(trainer)
+
     def on_train_end(self, trainer, pl_module) -> None:
         # runs limited by max_epochs (or stopped early) end on an epoch boundary: save that state too
         if not optimizer_stepped(trainer) and trainer.global_step != self._saved_step and trainer.is_global_zero:
