@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Multi-GPU / multi-node pretraining with torchrun (no SLURM needed). Lightning reads the torchrun
-# environment (RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT) itself.
+# environment (RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT) itself. --resume auto: running
+# the same command again (or a torchrun restart) continues the run in --run_dir, exactly; a --resume in
+# the arguments takes precedence.
 #
 # One node, 8 GPUs:
 #   NPROC=8 bash scripts/launch_torchrun.sh --config vit_large_ddp --data.train_manifests my_videos.csv
@@ -15,5 +17,5 @@ MASTER_PORT=${MASTER_PORT:-29500}
 exec torchrun \
   --nproc_per_node "$NPROC" --nnodes "$NNODES" --node_rank "$NODE_RANK" \
   --master_addr "$MASTER_ADDR" --master_port "$MASTER_PORT" \
-  -m worldmodel.cli pretrain "$@" \
+  -m worldmodel.cli pretrain --resume auto "$@" \
   --trainer.devices "$NPROC" --trainer.num_nodes "$NNODES"  # after "$@": a --config there must not reset them
