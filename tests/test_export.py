@@ -208,6 +208,20 @@ def test_vjepa2_import_round_trip_is_bit_identical(tmp_path, vjepa2_ckpt, capsys
     assert_same_model(load_vjepa2(vjepa2_ckpt, img_size=(32, 48), num_frames=16), plain, video, grid=(8, 2, 3))
 
 
+def test_a_vjepa2_file_read_directly_warns_of_its_resolution_and_takes_it(vjepa2_ckpt):
+    """V-JEPA 2 files do not record the resolution they were trained at: read directly they are taken as
+    256 px, with a warning saying how to give another (vitg-384), which WorldModel.load accepts."""
+    with pytest.warns(UserWarning, match=r"holds no resolution; read as trained at 256 px.*img_size=384"):
+        default = WorldModel.load(vjepa2_ckpt)
+    assert default.img_size == 256
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # given the size: nothing to warn about
+        sized = WorldModel.load(vjepa2_ckpt, img_size=(32, 48), num_frames=16)
+    assert tuple(sized.img_size) == (32, 48)
+
+
 def test_re_export_replaces_both_files(tmp_path, pretrain_ckpt, vjepa2_ckpt):
     out = tmp_path / "export"
     export_model(pretrain_ckpt, out)

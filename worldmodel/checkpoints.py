@@ -456,8 +456,9 @@ def _read_model(path: str | os.PathLike, roles: tuple[str, ...], **vjepa2_option
         if "img_size" not in vjepa2_options:  # V-JEPA 2 files do not record it; 384 px models exist
             warnings.warn(
                 f"{path}: a V-JEPA 2 checkpoint holds no resolution; read as trained at {VJEPA2_IMG_SIZE} px (clips are "
-                f"cropped to it). For one trained at another size (vitg-384) import it once with that size: "
-                f"`worldmodel import-vjepa2 {path} DIR --img-size 384`, then use DIR",
+                f"cropped to it). For one trained at another size (vitg-384) pass it (WorldModel.load(path, "
+                f"img_size=384)), or import it once with that size: `worldmodel import-vjepa2 {path} DIR --img-size 384`, "
+                "then use DIR",
                 stacklevel=2,
             )
         return _read_vjepa2(ckpt, path, roles, **vjepa2_options), path

@@ -377,16 +377,19 @@ class WorldModel(nn.Module):
     # ------------------------------------------------------------------ loading
     @classmethod
     def load(
-        cls, path: str | os.PathLike, encoder: str = "target", device: torch.device | str | None = None
+        cls, path: str | os.PathLike, encoder: str = "target", device: torch.device | str | None = None,
+        **vjepa2_options: Any,
     ) -> WorldModel:
         """From a `worldmodel pretrain` checkpoint (or whatever `load_model_parts` accepts).
 
         encoder: which encoder `encode()` uses by default ("target": the EMA encoder). Forecasting
         always feeds the predictor from the context encoder (what it was trained on).
+        vjepa2_options: for a V-JEPA 2 `.pt` file read directly, what its file does not record, as
+        `worldmodel import-vjepa2` takes them (e.g. ``img_size=384`` for vitg-384; see `load_vjepa2`).
         """
         if encoder not in ("target", "context"):
             raise ValueError(f"encoder must be 'target' or 'context', got {encoder!r}")
-        parts = load_model_roles(path, ("context", "target"))  # one read of the file for both encoders
+        parts = load_model_roles(path, ("context", "target"), **vjepa2_options)  # one read for both encoders
         context_parts = parts["context"]
         # a SIGReg model has one shared encoder; a folder exported with one encoder gives it for both roles
         target_encoder = parts["target"].encoder
