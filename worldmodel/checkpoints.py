@@ -49,6 +49,7 @@ from typing import Any, Callable, Sequence
 import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.plugins.io import TorchCheckpointIO
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from torch import Tensor, nn
 
 from worldmodel.models.predictor import Predictor
@@ -251,6 +252,11 @@ class LastCheckpoint(Callback):
         self.every_n_steps = every_n_steps
         self._saved_step = -1
 
+    @property
+    def saved_step(self) -> int:
+        """The global step of the last save in this process (-1: none yet)."""
+        return self._saved_step
+
     def _save(self, trainer) -> None:
         if trainer.global_step != self._saved_step:
             # the full state (optimizer, loops, sampler) that exact resume needs; saying so also keeps
@@ -270,8 +276,6 @@ class LastCheckpoint(Callback):
         # Lightning ends a run that got SIGTERM at a batch's end (after this callback's batch-end save, when
         # `StopOnSignal` asked for one) or at an epoch's end, where nothing has saved: save there too, when it
         # is a whole optimiser step (every rank gets the exception at the same point)
-        from lightning.pytorch.utilities.exceptions import SIGTERMException
-
         if isinstance(exception, SIGTERMException) and optimizer_stepped(trainer) and trainer.global_step > 0:
             self._save(trainer)
 

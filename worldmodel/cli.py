@@ -32,9 +32,18 @@ def shipped_configs() -> dict[str, Path]:
     return {Path(p.name).stem: Path(str(p)) for p in folder.iterdir() if p.name.endswith(".yaml")}
 
 
+def _attached_config(arg: str) -> str | None:
+    """The NAME of `--config=NAME`, `-cNAME` or `-c=NAME` (LightningCLI's short form); None otherwise."""
+    if arg.startswith("--config="):
+        return arg.split("=", 1)[1]
+    if arg.startswith("-c") and not arg.startswith("--") and len(arg) > 2:
+        return arg[2:].removeprefix("=")
+    return None
+
+
 def _is_config_option(arg: str) -> bool:
-    """`--config X`, `--config=X`, `-c X` (LightningCLI's short form) or `-cX`."""
-    return arg in ("--config", "-c") or arg.startswith("--config=") or (arg.startswith("-c") and not arg.startswith("--"))
+    """`--config X`, `--config=X`, `-c X` or `-cX`."""
+    return arg in ("--config", "-c") or _attached_config(arg) is not None
 
 
 def resolve_config_args(argv: list[str]) -> list[str]:
@@ -45,10 +54,8 @@ def resolve_config_args(argv: list[str]) -> list[str]:
         value, prefix = None, None
         if arg in ("--config", "-c") and i + 1 < len(out):
             value, idx = out[i + 1], i + 1
-        elif arg.startswith("--config="):
-            value, idx, prefix = arg.split("=", 1)[1], i, "--config="
-        elif arg.startswith("-c") and not arg.startswith("--") and len(arg) > 2:
-            value, idx, prefix = arg[2:].removeprefix("="), i, "--config="
+        elif (attached := _attached_config(arg)) is not None:
+            value, idx, prefix = attached, i, "--config="
         if value is None or os.path.exists(value):
             continue
         name = Path(value).stem if value.endswith(".yaml") else value

@@ -82,6 +82,14 @@ def resolve_device(name: str | torch.device, option: str = "--device") -> torch.
     return device
 
 
+def existing_ancestor(path: str | os.PathLike) -> Path:
+    """`path` if it exists, else its nearest parent that does (the root at worst)."""
+    path = Path(path)
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
 def output_problem(path: str | os.PathLike, kind: str) -> str | None:
     """Why `path` cannot be written as a `kind` ("dir": a folder to write files into; "file": a file to
     create or replace), or None. Checks what exists now: the path itself and the first existing parent."""
@@ -95,9 +103,7 @@ def output_problem(path: str | os.PathLike, kind: str) -> str | None:
             return f"{path} is a folder; name the file to write (e.g. {path / 'out.safetensors'})"
         target = path if kind == "dir" else path.parent
     else:
-        target = path.parent
-        while not target.exists() and target != target.parent:
-            target = target.parent
+        target = existing_ancestor(path.parent)
         if not target.is_dir():
             return f"{target} is a file, so {path} cannot be created below it"
     if not os.access(target, os.W_OK | os.X_OK):

@@ -32,6 +32,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from worldmodel.cliutil import existing_ancestor
+
 FEATURE_STORES = ("auto", "memory", "disk")
 AUTO_MEMORY_SHARE = 0.5  # auto keeps features in memory up to this share of the memory available
 GIB = 1024**3
@@ -121,24 +123,23 @@ class FeatureStore:
         return "memory" if self.folder is None else "disk"
 
     def empty(self, shape: tuple[int, ...], dtype: torch.dtype = torch.float32) -> Tensor:
-        """An uninitialised tensor of `shape` (contents: whatever the memory or a new sparse file holds: zeros
-        for a file)."""
+        """An uninitialised tensor of `shape` (contents: whatever the memory holds; zeros for a new file)."""
         if self.folder is None:
             return torch.empty(shape, dtype=dtype)
         numel = math.prod(shape)
-        item = torch.empty((), dtype=dtype).element_size()
+        nbytes = max(1, numel * torch.empty((), dtype=dtype).element_size())
         self.folder.mkdir(parents=True, exist_ok=True)
         fd, name = tempfile.mkstemp(prefix=".features-", suffix=".bin", dir=self.folder)
         try:
             try:  # the space itself, now: a full disk is an OSError here, not a SIGBUS when a page is written
-                os.posix_fallocate(fd, 0, max(1, numel * item))
+                os.posix_fallocate(fd, 0, nbytes)
             except AttributeError:  # no posix_fallocate (macOS): a sparse file
-                os.ftruncate(fd, max(1, numel * item))
+                os.ftruncate(fd, nbytes)
             except OSError as err:
                 if err.errno not in (errno.EOPNOTSUPP, errno.EINVAL):  # ENOSPC and the like: say it now
-                    raise OSError(err.errno, f"no room for {gib(numel * item)} of features in {self.folder}: "
+                    raise OSError(err.errno, f"no room for {gib(nbytes)} of features in {self.folder}: "
                                              f"{err.strerror}") from None
-                os.ftruncate(fd, max(1, numel * item))  # a file system that cannot reserve: a sparse file
+                os.ftruncate(fd, nbytes)  # a file system that cannot reserve: a sparse file
             os.close(fd)
             fd = -1
             tensor = torch.from_file(name, shared=True, size=numel, dtype=dtype)
@@ -151,7 +152,7 @@ class FeatureStore:
     def zeros(self, shape: tuple[int, ...], dtype: torch.dtype = torch.float32) -> Tensor:
         if self.folder is None:
             return torch.zeros(shape, dtype=dtype)
-        return self.empty(shape, dtype)  # a new sparse file reads as zeros
+        return self.empty(shape, dtype)  # a new file (reserved or sparse) reads as zeros
 
 
 def plan_feature_store(
@@ -175,10 +176,7 @@ def plan_feature_store(
     if available == -1:
         available = available_memory_bytes()
     if free_disk == -1:
-        existing = folder
-        while not existing.exists() and existing != existing.parent:
-            existing = existing.parent
-        free_disk = shutil.disk_usage(existing).free
+        free_disk = shutil.disk_usage(existing_ancestor(folder)).free
     memory_text = "unknown" if available is None else gib(available)
     fits_memory = available is None or need_bytes <= available
     fits_disk = free_disk is None or need_bytes * max(1, disk_copies) <= 0.95 * free_disk

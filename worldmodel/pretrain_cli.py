@@ -35,7 +35,6 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.loggers.logger import rank_zero_experiment
-
 from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
 
 from worldmodel.checkpoints import AtomicCheckpointIO, CheckpointError, LastCheckpoint, optimizer_stepped
@@ -307,7 +306,7 @@ def run_pretrain_cli(argv: list[str]) -> PretrainCLI:
     except SIGTERMException:  # StopOnSignal had last.ckpt written at the end of the batch, when it was a whole step
         if cli.trainer.is_global_zero:
             saver = next((c for c in cli.trainer.callbacks if isinstance(c, LastCheckpoint)), None)
-            saved = saver._saved_step if saver is not None else -1
+            saved = saver.saved_step if saver is not None else -1
             if saved == cli.trainer.global_step:
                 where = f"checkpoint: {final}"
             elif final.exists():  # part-way through gradient accumulation: no checkpoint for this step

@@ -375,7 +375,7 @@ class DataErrorTracker:
         # only rank 0 writes checkpoints: its row count says nothing about another rank's CSV
         same_csv = "csv_rows" in state and int(state.get("csv_rank", 0)) == self.rank
         self._resume_rows = int(state["csv_rows"]) if same_csv else None
-        self.csv_rows = int(state.get("csv_rows", self.num_failures)) if same_csv else self.num_failures
+        self.csv_rows = self._resume_rows if same_csv else self.num_failures
         self._resumed = True
 
 

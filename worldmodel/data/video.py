@@ -89,7 +89,7 @@ from einops import rearrange
 from torch.utils.dlpack import from_dlpack
 
 # MPEG program / transport streams: decord returns wrong frames from them, so they are refused with the
-# command that remuxes them into mp4 (see _refuse_unseekable), and an annotation lookup takes them last
+# command that remuxes them into mp4 (see _refuse_by_header), and an annotation lookup takes them last
 REMUX_EXTENSIONS: tuple[str, ...] = (".mpg", ".mpeg", ".vob", ".ts", ".mts", ".m2ts")
 # Files with these extensions are videos to a folder manifest and to annotation lookups (any case). The
 # MPEG streams are listed so that they are refused with advice, not left out without a word.
@@ -502,7 +502,7 @@ def _open_reader(path: str, size: int | tuple[int, int] | None, num_threads: int
     import decord
 
     check_file(path)
-    _refuse_unseekable(path)
+    _refuse_by_header(path)
     height, width = _decode_size(path, size) or (-1, -1)
     try:
         return decord.VideoReader(path, width=width, height=height, num_threads=num_threads)
@@ -556,8 +556,7 @@ def _decode_with_pyav(path: str, unique: np.ndarray) -> torch.Tensor:
 
     wanted = {int(i): k for k, i in enumerate(unique)}
     frames: list[np.ndarray | None] = [None] * len(unique)
-    with open(path, "rb") as f:
-        rotates = _container_family(f.read(16)) == "iso_bmff"
+    rotates = _is_iso_bmff(path)
     try:
         with av.open(path) as container:
             for index, frame in enumerate(container.decode(video=0)):
@@ -600,7 +599,7 @@ def _frame_count_and_fps(path: str, reader) -> tuple[int, float]:
         # (Matroska, WebM, AVI, ...) may report a nominal rate that the frames do not follow. So the
         # timestamps (about 0.4 ms a file, on every clip a loader reads) are read for those, and
         # for any file whose rate is not sane.
-        check = fps is not None and not _rates_from_durations(path)
+        check = fps is not None and not _is_iso_bmff(path)
         if (fps is None or check) and num_frames:
             times = reader.get_frame_timestamp([0, num_frames - 1])  # (2, 2): start, end of each
             span_s = float(times[1, 1]) - float(times[0, 0])
@@ -709,7 +708,7 @@ def _variable_starts(path: str, reader, num_frames: int, fps: float) -> np.ndarr
 _UNSEEKABLE = {"mpeg_ps": "an MPEG program stream (.mpg / .vob)", "mpeg_ts": "an MPEG transport stream (.ts / .m2ts)"}
 
 
-def _refuse_unseekable(path: str) -> None:
+def _refuse_by_header(path: str) -> None:
     """VideoError("unsupported") for a container whose frames decord returns out of place, and
     VideoError("truncated") for a Matroska / WebM or AVI file shorter than its header says (decord reads
     such a file's first part without complaint; an mp4's truncation makes decord fail, `_bmff_problem`)."""
@@ -775,8 +774,8 @@ def _declared_size(family: str | None, head: bytes) -> int | None:
     return None
 
 
-def _rates_from_durations(path: str) -> bool:
-    """Whether the file is an mp4 / mov (ISO BMFF), whose average rate comes from the frame durations."""
+def _is_iso_bmff(path: str) -> bool:
+    """Whether the file is an mp4 / mov (ISO BMFF), by its first bytes; False when it cannot be read."""
     try:
         with open(path, "rb") as f:
             return _container_family(f.read(16)) == "iso_bmff"
