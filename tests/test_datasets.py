@@ -226,7 +226,7 @@ def test_failure_threshold_raises_with_examples(tmp_path, make_video):
         small.update([("z.mp4", "empty", "zero bytes")], num_ok=0)
 
 
-def test_the_error_list_of_a_fresh_run_starts_anew_and_a_resumed_one_matches_its_checkpoint(tmp_path):
+def test_the_error_list_of_a_fresh_run_starts_anew_and_a_resumed_one_matches_its_checkpoint(tmp_path, monkeypatch):
     """A CSV left by an earlier attempt in the run folder is set aside, not added to; a resumed run drops
     the rows written after its checkpoint (those batches run again and list their errors again)."""
     def rows(path):
@@ -239,6 +239,16 @@ def test_the_error_list_of_a_fresh_run_starts_anew_and_a_resumed_one_matches_its
     checkpointed = first.state_dict()
     first.update([("b.mp4", "corrupt", "bad")] * 2, num_ok=5)  # after the checkpoint, then a crash
     assert len(rows(first.csv_path)) == 5
+    # the cut is atomic: killed while it writes (here: the write fails), the whole old list is still there
+    with monkeypatch.context() as patch:
+        def killed(fd):
+            raise KeyboardInterrupt
+        patch.setattr(os, "fsync", killed)
+        interrupted = DataErrorTracker(str(tmp_path), max_failure_ratio=1.0, min_samples=1)
+        interrupted.load_state_dict(checkpointed)
+        with pytest.raises(KeyboardInterrupt):
+            interrupted.start()
+    assert len(rows(first.csv_path)) == 5 and sorted(os.listdir(tmp_path)) == ["data_errors.csv"]
     resumed = DataErrorTracker(str(tmp_path), max_failure_ratio=1.0, min_samples=1)
     resumed.load_state_dict(checkpointed)
     resumed.start()

@@ -222,6 +222,44 @@ def test_a_vjepa2_file_read_directly_warns_of_its_resolution_and_takes_it(vjepa2
     assert tuple(sized.img_size) == (32, 48)
 
 
+def test_forecast_cli_takes_the_size_of_a_vjepa2_file_and_refuses_it_for_others(
+    tmp_path, vjepa2_ckpt, pretrain_ckpt, video_folder, capsys
+):
+    """`worldmodel forecast --img-size` gives a V-JEPA 2 file the size it does not record (no warning; clips are
+    cropped to it); a checkpoint that records its own size refuses the option before any work."""
+    import warnings
+
+    from worldmodel.forecast import add_forecast_arguments, load_latents, run_forecast
+
+    def forecast(checkpoint, *extra):
+        parser = argparse.ArgumentParser()
+        add_forecast_arguments(parser)
+        argv = ["--checkpoint", checkpoint, "--video", video_folder(n=1, num_frames=32) / "v000.mp4",
+                "--out", tmp_path / "f.safetensors", "--horizon", 1, "--context-frames", 4, "--frame-step", 1,
+                "--device", "cpu", *extra]
+        return run_forecast(parser.parse_args([str(a) for a in argv]))
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the size is given: nothing to warn about
+        assert forecast(vjepa2_ckpt, "--img-size", 32) == 0
+    latents, meta = load_latents(tmp_path / "f.safetensors")
+    assert latents.shape[-2] == (32 // 16) ** 2  # tokens of one tubelet: a 2 x 2 grid of 16 px patches
+    assert forecast(pretrain_ckpt, "--img-size", 32) == 2
+    assert "--img-size applies to a V-JEPA 2 checkpoint" in capsys.readouterr().err
+    assert forecast(vjepa2_ckpt, "--img-size", 0) == 2
+    assert "--img-size must be >= 1" in capsys.readouterr().err
+
+    # the probe's --img-size (its crop, for any source) reaches a V-JEPA 2 file's loader the same way
+    from worldmodel.probe import build_world_model
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert build_world_model(str(vjepa2_ckpt), img_size=32).img_size == 32
+        random = build_world_model("random", config_from=str(vjepa2_ckpt), img_size=32)
+        assert build_world_model(str(pretrain_ckpt), img_size=64).img_size == 32  # records its own size
+    assert random.img_size == 32
+
+
 def test_re_export_replaces_both_files(tmp_path, pretrain_ckpt, vjepa2_ckpt):
     out = tmp_path / "export"
     export_model(pretrain_ckpt, out)

@@ -460,9 +460,9 @@ def _read_model(path: str | os.PathLike, roles: tuple[str, ...], **vjepa2_option
         if "img_size" not in vjepa2_options:  # V-JEPA 2 files do not record it; 384 px models exist
             warnings.warn(
                 f"{path}: a V-JEPA 2 checkpoint holds no resolution; read as trained at {VJEPA2_IMG_SIZE} px (clips are "
-                f"cropped to it). For one trained at another size (vitg-384) pass it (WorldModel.load(path, "
-                f"img_size=384)), or import it once with that size: `worldmodel import-vjepa2 {path} DIR --img-size 384`, "
-                "then use DIR",
+                f"cropped to it). For one trained at another size (vitg-384) pass it: `--img-size 384` to `worldmodel forecast` "
+                f"or `worldmodel probe`, WorldModel.load(path, img_size=384) in Python; or import it once with that size, "
+                f"`worldmodel import-vjepa2 {path} DIR --img-size 384`, then use DIR",
                 stacklevel=2,
             )
         return _read_vjepa2(ckpt, path, roles, **vjepa2_options), path
@@ -472,6 +472,17 @@ def _read_model(path: str | os.PathLike, roles: tuple[str, ...], **vjepa2_option
         f"('state_dict' and 'hyper_parameters') or a V-JEPA 2 checkpoint ('encoder', 'target_encoder', "
         f"'predictor'); found {keys}"
     )
+
+
+def is_vjepa2_source(path: str | os.PathLike) -> bool:
+    """Whether `path` is a V-JEPA 2 checkpoint file (read memory-mapped: cheap even for a large one), the one
+    model source whose file records no resolution. False for folders, other checkpoints and unreadable paths
+    (loading them says what is wrong)."""
+    try:
+        path = resolve_model_path(path)
+        return path.is_file() and _is_vjepa2_checkpoint(safe_torch_load(path, mmap=True))
+    except (CheckpointError, OSError):
+        return False
 
 
 def _is_pretrain_checkpoint(ckpt: Any) -> bool:

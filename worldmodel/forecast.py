@@ -107,7 +107,7 @@ import torch.nn.functional as F
 from einops import rearrange, repeat
 from torch import Tensor, nn
 
-from worldmodel.checkpoints import CheckpointError, atomic_write_bytes, load_model_roles, weights_hash
+from worldmodel.checkpoints import CheckpointError, atomic_write_bytes, is_vjepa2_source, load_model_roles, weights_hash
 from worldmodel.cliutil import DeviceError, json_text, output_problem, resolve_device
 from worldmodel.data.transforms import ResizeCenterCropVideo, normalize_video
 from worldmodel.data.video import ClipSampler, VideoError, VideoInfo, read_frames, read_video_info
@@ -1291,6 +1291,9 @@ def add_forecast_arguments(parser: argparse.ArgumentParser) -> None:
                         help="how predictions are fed back in long rollouts")
     parser.add_argument("--batch-size", type=int, default=8, help="clips per forward pass (--eval, --fit-anchor)")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
+    parser.add_argument("--img-size", type=int, default=None,
+                        help="for a V-JEPA 2 checkpoint (.pt) read directly, which does not record it: the frame size "
+                             "it was trained at, which clips are cropped to (default 256; 384 for vitg-384)")
 
 
 def _check_options(args: argparse.Namespace) -> None:
@@ -1299,6 +1302,8 @@ def _check_options(args: argparse.Namespace) -> None:
                           ("--window", args.window), ("--max-context", args.max_context)):
         if value is not None and value < 1:
             raise ForecastError(f"{option} must be >= 1, got {value}")
+    if getattr(args, "img_size", None) is not None and args.img_size < 1:
+        raise ForecastError(f"--img-size must be >= 1, got {args.img_size}")
     if args.context_frames is not None and args.context_frames < 1:
         raise ForecastError(f"--context-frames must be a positive multiple of the tubelet size, got {args.context_frames}")
     if args.frame_step is not None and args.frame_step < 1:
@@ -1400,7 +1405,15 @@ def run_forecast(args: argparse.Namespace) -> int:
     try:
         _check_options(args)
         device = resolve_device(args.device)  # before the checkpoint is read: a bad --device fails at once
-        model = WorldModel.load(args.checkpoint, device=device)
+        options = {}
+        if getattr(args, "img_size", None) is not None:
+            if not is_vjepa2_source(args.checkpoint):
+                raise ForecastError(
+                    f"--img-size applies to a V-JEPA 2 checkpoint (.pt) read directly, the one source that does not record "
+                    f"its frame size; {args.checkpoint} records its own"
+                )
+            options["img_size"] = args.img_size
+        model = WorldModel.load(args.checkpoint, device=device, **options)
         if model.context_encoder_role == "target":  # "shared" (SIGReg) is what its predictor was trained on
             print(f"worldmodel forecast: note: {args.checkpoint} holds no context encoder (an export written without "
                   f"--encoder both), so the predictor reads the {model.context_encoder_role} encoder's tokens, not the "

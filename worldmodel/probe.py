@@ -103,6 +103,7 @@ from worldmodel.checkpoints import (
     atomic_torch_save,
     atomic_write_bytes,
     build_predictor,
+    is_vjepa2_source,
     load_model_parts,
     predictor_arch,
     read_export_config,
@@ -260,7 +261,9 @@ def _takes_jepa_arguments(config: Mapping[str, Any]) -> bool:
     return set(config) <= set(inspect.signature(JEPAPretrainer.__init__).parameters) - {"self"}
 
 
-def build_world_model(checkpoint: str, encoder: str = "target", config_from: str | None = None, seed: int = 0):
+def build_world_model(
+    checkpoint: str, encoder: str = "target", config_from: str | None = None, seed: int = 0, img_size: int | None = None
+):
     """The frozen `WorldModel`: from a checkpoint, or "random": seeded random weights of an architecture.
 
     checkpoint: anything `WorldModel.load` reads (a pretraining checkpoint or its run folder, an exported
@@ -269,7 +272,9 @@ def build_world_model(checkpoint: str, encoder: str = "target", config_from: str
     A worldmodel pretraining run's hyper-parameters build a `JEPAPretrainer`, so the weights are those
     its pretraining starts from; another model (V-JEPA 2) is rebuilt from its encoder's and predictor's
     build recipe, in the same order, and its EMA target starts as a copy of the context encoder, as
-    pretraining's does. The source's weights are read to find its architecture, then dropped."""
+    pretraining's does. The source's weights are read to find its architecture, then dropped.
+    img_size: the frame size a V-JEPA 2 checkpoint file read directly was trained at (its file does not
+    record it); ignored for every other source, which records its own."""
     from worldmodel.forecast import WorldModel
     from worldmodel.models.vit import VideoViT
     from worldmodel.pretrain import JEPAPretrainer
@@ -277,9 +282,9 @@ def build_world_model(checkpoint: str, encoder: str = "target", config_from: str
     if checkpoint != "random":
         if config_from is not None:
             raise ValueError("--config-from only applies to --checkpoint random (a checkpoint brings its own config)")
-        return WorldModel.load(checkpoint, encoder=encoder)
+        return WorldModel.load(checkpoint, encoder=encoder, **_vjepa2_options(checkpoint, img_size))
     source = f"random(seed={seed}" + (f", config_from={config_from})" if config_from else ")")
-    parts = load_model_parts(config_from) if config_from is not None else None
+    parts = load_model_parts(config_from, **_vjepa2_options(config_from, img_size)) if config_from is not None else None
     if parts is None or _takes_jepa_arguments(parts.config):
         torch.manual_seed(seed)
         module = JEPAPretrainer(**(parts.config if parts is not None else {}))
@@ -292,6 +297,11 @@ def build_world_model(checkpoint: str, encoder: str = "target", config_from: str
     context = VideoViT(encoder_cfg)
     predictor = build_predictor(pred_arch)
     return WorldModel(context, copy.deepcopy(context), predictor, config, encoder=encoder, source=source)
+
+
+def _vjepa2_options(source: str, img_size: int | None) -> dict[str, Any]:
+    """{"img_size": img_size} for a V-JEPA 2 checkpoint file (which does not record its size), else {}."""
+    return {"img_size": img_size} if img_size is not None and is_vjepa2_source(source) else {}
 
 
 def checkpoint_encoders(checkpoint: str) -> tuple[str, ...]:
@@ -1448,7 +1458,7 @@ def _run_probe(args: argparse.Namespace) -> int:
         _log(f"note: {args.checkpoint} holds only the {held[0]} encoder (it was written without --encoder both); "
              "auto probes that one")  # fmt: skip
     first = candidates[0]
-    world_model = build_world_model(args.checkpoint, first, args.config_from, cfg.seed).to(cfg.device)
+    world_model = build_world_model(args.checkpoint, first, args.config_from, cfg.seed, cfg.img_size).to(cfg.device)
     modules = {"target": world_model.target_encoder, "context": world_model.context_encoder}
     enc_cfg = modules[first].cfg
     if cfg.encoder_blocks is not None:

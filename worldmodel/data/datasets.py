@@ -16,6 +16,7 @@ a share of the data is bad.
 from __future__ import annotations
 
 import csv
+import io
 import math
 import os
 from collections import Counter
@@ -305,8 +306,12 @@ class DataErrorTracker:
         with open(path, newline="") as f:
             rows = list(csv.reader(f))
         if len(rows) > 1 + self._resume_rows:
-            with open(path, "w", newline="") as f:
-                csv.writer(f).writerows(rows[: 1 + self._resume_rows])
+            from worldmodel.checkpoints import atomic_write_bytes  # (lightning and the models: imported late)
+
+            # atomically: a kill during the rewrite leaves the old list, never half of it
+            text = io.StringIO(newline="")
+            csv.writer(text).writerows(rows[: 1 + self._resume_rows])
+            atomic_write_bytes(text.getvalue().encode(), path)
 
     def _append_csv(self, errors: list[DataError]) -> None:
         path = self.csv_path
