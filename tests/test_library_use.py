@@ -65,6 +65,30 @@ def test_an_own_trainer_gets_the_data_callbacks_and_counts_bad_files(video_folde
     assert [c for c in trainer.callbacks if isinstance(c, DataErrorCallback)] == [mine]
 
 
+def test_the_progress_bar_shows_each_steps_own_throughput(video_folder, tmp_path):
+    """train/clips_per_s is logged inside the step, so the progress bar (a callback, whose batch-end hook runs
+    before the module's) shows the value the logger records for that step, not the previous step's."""
+    from lightning.pytorch.loggers import CSVLogger
+
+    folder = video_folder(n=2, num_frames=16)
+    shown = {}
+
+    class Bar(L.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            shown[trainer.global_step] = float(trainer.progress_bar_metrics.get("train/clips_per_s", float("nan")))
+
+    data = VideoDataModule(train_manifests=str(folder / "manifest.csv"), num_frames=4, frame_step=2, crop_size=32,
+                           batch_size=2, num_workers=0, samples_per_epoch=8)
+    logger = CSVLogger(str(tmp_path), name="log", version=0)
+    trainer = L.Trainer(max_steps=5, callbacks=[Bar()], **{**TRAINER, "logger": logger}, log_every_n_steps=1)
+    trainer.fit(tiny_model(), datamodule=data)
+    with open(tmp_path / "log" / "version_0" / "metrics.csv") as f:
+        logged = {int(r["step"]) + 1: float(r["train/clips_per_s"]) for r in csv.DictReader(f) if r.get("train/clips_per_s")}
+    assert sorted(logged) == [2, 3, 4, 5]  # from the second step on (the first has no previous step to time from)
+    assert all(shown[step] == pytest.approx(value) for step, value in logged.items())
+    assert len(set(logged.values())) == 4  # each step its own measurement
+
+
 class _Batches(L.Callback):
     """Per optimiser step: the sampler's epoch, the batch's dataset indices and the loss."""
 

@@ -207,7 +207,8 @@ class JEPAPretrainer(L.LightningModule):
         else:
             self.target_encoder = None
         self.collapse_monitor = CollapseMonitor(min_feature_std=collapse_std_min, min_token_effective_rank=collapse_rank_min)
-        self._last_batch_end: float | None = None
+        self._last_update: float | None = None  # when the previous optimiser step ended (throughput)
+        self._clips_since_update = 0  # clips of this process's batches since then (gradient accumulation)
 
     # ------------------------------------------------------------------ data wiring
     def token_grid(self) -> tuple[int, int, int]:
@@ -404,6 +405,7 @@ class JEPAPretrainer(L.LightningModule):
                 "applying the update. The last good checkpoint is kept. Try a lower model.lr, fp32 "
                 "(trainer.precision=32), or gradient clipping (trainer.gradient_clip_val)."
             )
+        self._clips_since_update += int(batch["video"].shape[0])
         self.log("train/loss", out.loss, on_step=True, prog_bar=True)
         for name, value in out.metrics.items():
             self.log(f"train/{name}", value, on_step=True)
@@ -459,13 +461,16 @@ class JEPAPretrainer(L.LightningModule):
             self.log("train/ema_momentum", momentum, on_step=True)
         self.log("train/lr", lr, on_step=True)
         self.log("train/weight_decay", wd, on_step=True)
-
-    # ------------------------------------------------------------------ throughput
-    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
+        # throughput: the clips of all processes since the previous update, over the time between the two
+        # (loading included). Logged here, inside the batch, so that the progress bar (a callback, whose
+        # batch-end hook runs before this module's) shows this step's value, not the previous one's.
         now = time.perf_counter()
-        if self._last_batch_end is not None:
-            clips = batch["video"].shape[0] * self.trainer.world_size
-            self.log("train/clips_per_s", clips / max(now - self._last_batch_end, 1e-9), on_step=True, prog_bar=True)
-        self._last_batch_end = now
+        if self._last_update is not None:
+            clips = self._clips_since_update * self.trainer.world_size
+            self.log("train/clips_per_s", clips / max(now - self._last_update, 1e-9), on_step=True, prog_bar=True)
+        self._last_update, self._clips_since_update = now, 0
+
+    # ------------------------------------------------------------------ memory
+    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
         for name, value in memory_stats(self.device).items():  # to watch a long run's memory in its logs
             self.log(f"memory/{name}", value, on_step=True)
