@@ -4,6 +4,7 @@ and `worldmodel probe` end to end on a tiny built-in corpus."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -245,6 +246,17 @@ def test_feature_cache_returns_exactly_the_uncached_features(tmp_path, corpus, t
                               store=FeatureStore(tmp_path / "mapped"))
     assert torch.equal(mapped.tokens, uncached.tokens)
     assert uncached.token_types.tolist() == [0] * n_tokens + [1] * horizon * 4
+    # half-precision storage: the float32 features rounded, in half the planned bytes, under another cache key
+    for name in ("bfloat16", "float16"):
+        half_cfg = dataclasses.replace(cfg, feature_dtype=name)
+        half = extract_features(model, train.dataset, list(range(len(train))), 8, 0, horizon=horizon,
+                                store=FeatureStore(tmp_path / "mapped"), dtype=half_cfg.token_dtype)
+        assert half.tokens.dtype == half_cfg.token_dtype and torch.equal(half.tokens, uncached.tokens.to(half.tokens.dtype))
+        assert feature_bytes(half_cfg, (2, 2, 2), 48, horizon, len(train), 0, 1)[0] == uncached.tokens.numel() * 2
+        assert FeatureSource(train, model, FeatureCache(), key, half_cfg, horizon).key != \
+            FeatureSource(train, model, FeatureCache(), key, cfg, horizon).key
+    with pytest.raises(ValueError, match="feature_dtype must be one of"):
+        ProbeConfig(feature_dtype="int8")
 
     first = FeatureSource(train, model, FeatureCache(tmp_path / "cache"), key, cfg, horizon)
     computed = first.evaluation()
@@ -565,6 +577,14 @@ def test_features_that_would_not_fit_in_memory_go_to_mapped_files_with_the_same_
     for key in ("label_recall@1", "label_recall@5", "label_top1", "hp_search"):
         assert mapped[key] == in_memory[key], key
     assert [p.name for p in (tmp_path / "auto").iterdir() if p.name.startswith(".features")] == []
+    # half-precision features: half the bytes, in the mapped files too, and a probe that still learns
+    assert run_probe(_args(tmp_path / "half", *common, "--feature-dtype", "bfloat16")) == 0
+    half = json.loads((tmp_path / "half" / "metrics.json").read_text())
+    assert half["feature_store"] == {"kind": "disk", "dtype": "bfloat16",
+                                     "bytes_planned": in_memory["feature_store"]["bytes_planned"] // 2}
+    assert half["config"]["feature_dtype"] == "bfloat16"
+    # rounding may move a borderline prediction, not the result (here: identical metrics on these few clips)
+    assert half["label_top1"] > 0 and abs(half["label_recall@5"] - in_memory["label_recall@5"]) < 0.34
     with pytest.raises(SystemExit, match=r"need .* MiB .*more than the .* of memory available.*--feature-store disk"):
         run_probe(_args(tmp_path / "refused", *common, "--feature-store", "memory"))
     assert "encoded" not in capsys.readouterr().out and not (tmp_path / "refused" / "metrics.json").exists()

@@ -147,6 +147,7 @@ __all__ = [
 
 FEATURE_FORMAT = "worldmodel.probe_features/2"  # 2: rotated videos' decode size, variable-rate clip starts in time
 PROBE_KINDS = ("attentive", "linear")
+FEATURE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # V-JEPA 2's EK100 grid is lr {5e-3, 3e-3, 1e-3, 3e-4, 1e-4} x wd {1e-4, 1e-3, 1e-2, 0.1}; ours is a
 # smaller grid of the same range (all heads train at once on shared features, so it is cheap).
 DEFAULT_LRS = (1e-2, 3e-3, 1e-3)
@@ -192,6 +193,7 @@ class ProbeConfig:
     device: str = "cpu"
     head_threads: int | None = 1  # CPU threads while training heads (None: leave as is)
     feature_store: str = "auto"  # where frozen features live: "memory", "disk" (memory-mapped) or "auto"
+    feature_dtype: str = "float32"  # how they are kept: "float32", or "bfloat16" / "float16" (half the bytes)
 
     def __post_init__(self) -> None:
         self.probes = tuple(self.probes)
@@ -232,6 +234,13 @@ class ProbeConfig:
             raise ValueError(f"--head-threads must be >= 1, got {self.head_threads}")
         if self.feature_store not in FEATURE_STORES:
             raise ValueError(f"feature_store must be one of {FEATURE_STORES}, got {self.feature_store!r}")
+        if self.feature_dtype not in FEATURE_DTYPES:
+            raise ValueError(f"feature_dtype must be one of {tuple(FEATURE_DTYPES)}, got {self.feature_dtype!r}")
+
+    @property
+    def token_dtype(self) -> torch.dtype:
+        """The dtype frozen features are stored in (heads always compute in float32)."""
+        return FEATURE_DTYPES[self.feature_dtype]
 
 
 @dataclass(frozen=True)
@@ -337,7 +346,7 @@ def feature_bytes(
     cfg: ProbeConfig, grid: tuple[int, int, int], width: int, horizon: int | None, num_train: int, num_val: int,
     num_encoders: int, repeats: int = 1,
 ) -> tuple[int, str]:
-    """Bytes of float32 features a probe run keeps at its peak, and what they are (for messages): every
+    """Bytes of features (cfg.feature_dtype) a probe run keeps at its peak, and what they are (for messages): every
     training clip's tokens for each candidate encoder, the validation clips' for the chosen one (for each
     candidate with several repeats: each repeat chooses), and with augmentation the re-encoded training
     epochs (the previous, the new one and its fresh rows)."""
@@ -349,8 +358,8 @@ def feature_bytes(
     parts = [f"{num_train} training clips" + (f" x {num_encoders} encoders" if num_encoders > 1 else ""),
              f"{num_val} validation clips" + (f" x {val_sets} encoders" if val_sets > 1 else "")]
     parts += ["3 augmented training epochs"] if cfg.augment else []
-    what = f"{' + '.join(parts)}, each {tokens} tokens x {width} float32"
-    return clips * tokens * width * 4, what
+    what = f"{' + '.join(parts)}, each {tokens} tokens x {width} {cfg.feature_dtype}"
+    return clips * tokens * width * cfg.token_dtype.itemsize, what
 
 
 def forecast_tokens(
@@ -655,11 +664,13 @@ def extract_features(
     encoder: str | None = None,
     anchor: ForecastAnchor | None = None,
     store: FeatureStore | None = None,
+    dtype: torch.dtype = torch.float32,
 ) -> Features:
     """Encode the items `keys` of `dataset` with the frozen encoder: Features of (len(keys), L, D).
 
     encoder: "target" or "context" (default: the world model's own choice). store: where the tokens are
-    allocated (default: memory; see `worldmodel.featurestore`).
+    allocated (default: memory; see `worldmodel.featurestore`). dtype: what they are stored as (the
+    encoder's float32 output rounded to it: bfloat16 / float16 halve the memory or disk they take).
 
     horizon: also append the forecast latents of the next `horizon` tubelets (`forecast_tokens`), anchored
     with `anchor` when one is given.
@@ -679,9 +690,9 @@ def extract_features(
                                      encoded={role: encoded})  # (B, F, D)
             parts.append(future.to(encoded.dtype))
             types.append(torch.ones(future.shape[1], dtype=torch.long))
-        out = torch.cat(parts, dim=1).float().cpu()  # (B, L, D)
+        out = torch.cat(parts, dim=1).float().to(dtype).cpu()  # (B, L, D)
         if tokens is None:
-            tokens = (store or FeatureStore()).empty((len(keys), *out.shape[1:]))
+            tokens = (store or FeatureStore()).empty((len(keys), *out.shape[1:]), dtype=dtype)
             token_types = torch.cat(types)
         tokens[done : done + len(out)] = out
         done += len(out)
@@ -761,6 +772,8 @@ class FeatureSource:
         if forecast is not None and self.anchor is not None:
             forecast["anchor"] = {"weights": self.anchor.weights, "model_sha256": self.anchor.model_sha256}
         self.description = {"model": dict(model_key), "data": clips.fingerprint, "forecast": forecast}
+        if cfg.feature_dtype != "float32":  # (float32 keys stay those of the caches written before the option)
+            self.description["dtype"] = cfg.feature_dtype
         self.key = FeatureCache.key(self.description)
         self.extract_s = 0.0  # time spent encoding clips (0 when the cache had them)
         self.source: str | None = None  # where evaluation features came from
@@ -770,6 +783,7 @@ class FeatureSource:
         features = extract_features(
             self.world_model, dataset, keys, self.cfg.extract_batch_size, self.cfg.num_workers, self.horizon,
             self.cfg.forecast_tokens, encoder=self.encoder, anchor=self.anchor, store=self.store,
+            dtype=self.cfg.token_dtype,
         )
         self.extract_s += time.perf_counter() - start
         return features
@@ -790,7 +804,7 @@ class FeatureSource:
         if not self.augmented:
             return self.evaluation().tokens
         fresh = self._extract(self.clips.train_dataset, [(epoch, int(i)) for i in rows])
-        tokens = self.store.zeros((len(self.clips), *fresh.tokens.shape[1:]))
+        tokens = self.store.zeros((len(self.clips), *fresh.tokens.shape[1:]), dtype=fresh.tokens.dtype)
         tokens[torch.as_tensor(rows)] = fresh.tokens
         return tokens
 
@@ -930,7 +944,7 @@ def train_heads(
         with _head_compute(cfg.head_threads, device):
             for first in range(0, len(order), cfg.batch_size):
                 idx = order[first : first + cfg.batch_size]
-                batch = tokens[idx].to(device)  # (B, L, D)
+                batch = tokens[idx].to(device, torch.float32)  # (B, L, D); stored features may be half precision
                 batch_labels = {name: labels[name][idx].to(device) for name in outputs}
                 factor = _lr_factor(step, total_steps, warmup)
                 for group in optimizer.param_groups:
@@ -963,7 +977,7 @@ def predict_scores(probe: nn.Module, features: Features, rows: np.ndarray, cfg: 
     rows_t = torch.as_tensor(rows, dtype=torch.long)
     with _head_compute(cfg.head_threads, device):
         for first in range(0, len(rows_t), batch_size):
-            logits = probe(features.tokens[rows_t[first : first + batch_size]].to(device), token_types)
+            logits = probe(features.tokens[rows_t[first : first + batch_size]].to(device, torch.float32), token_types)
             for name, value in logits.items():
                 out.setdefault(name, []).append(scores_from_logits(value.float(), cfg.loss).cpu())
     return {name: torch.cat(values) for name, values in out.items()}
@@ -1357,6 +1371,9 @@ def add_probe_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--workers", type=int, default=d.num_workers, help="decoding processes")
     g.add_argument("--extract-batch-size", type=int, default=d.extract_batch_size, help="clips per encoder batch")
     g.add_argument("--disk-cache", action="store_true", help="also keep features in OUT/feature_cache (reused by later runs)")
+    g.add_argument("--feature-dtype", choices=tuple(FEATURE_DTYPES), default=d.feature_dtype,
+                   help="how the frozen features are kept: float32 (default), or bfloat16 / float16, half the "
+                        "memory or disk (the encoder's output rounded; heads still train in float32)")
     g.add_argument("--feature-store", choices=FEATURE_STORES, default=d.feature_store,
                    help="where the frozen features live while the heads train: memory, disk (memory-mapped files "
                         "in OUT, for features larger than memory) or auto (default: memory when they need at most "
@@ -1398,7 +1415,7 @@ def _config_from_args(args: argparse.Namespace) -> ProbeConfig:
         forecast=args.forecast, forecast_tokens=args.forecast_tokens, forecast_anchor=args.forecast_anchor,
         encoder_blocks=args.blocks, augment=args.augment,
         extract_batch_size=args.extract_batch_size, num_workers=args.workers, device=device,
-        head_threads=args.head_threads, feature_store=args.feature_store,
+        head_threads=args.head_threads, feature_store=args.feature_store, feature_dtype=args.feature_dtype,
     )  # fmt: skip
 
 
@@ -1544,7 +1561,7 @@ def _run_probe(args: argparse.Namespace) -> int:
         "probe_heads": num_heads,
         "probe_depth": cfg.probe_depth,
         "encoder_blocks": cfg.encoder_blocks if cfg.encoder_blocks is not None else enc_cfg.depth,
-        "feature_store": {"kind": store.kind, "bytes_planned": need},
+        "feature_store": {"kind": store.kind, "bytes_planned": need, "dtype": cfg.feature_dtype},
         "forecast": {"horizon_tubelets": horizon, "tokens": cfg.forecast_tokens,
                      "anchor": None if anchor is None else {"file": cfg.forecast_anchor, "weights": anchor.weights,
                                                            "steps_past_fit": anchor.steps_past_fit(horizon)}}
