@@ -17,7 +17,14 @@
 set -euo pipefail
 NODES=${SLURM_JOB_NUM_NODES:-1}
 GPUS=${SLURM_NTASKS_PER_NODE:-8}
-# --resume auto: a requeued job continues from run_dir/checkpoints/last.ckpt, mid-epoch and exactly.
-# "$@" (with its --config) first: options after a --config override it, and these must match srun's layout
-srun python -m worldmodel.cli pretrain "$@" \
-  --trainer.num_nodes "$NODES" --trainer.devices "$GPUS" --resume auto
+# the repository's environment (scripts/install.sh) when there is one, so the job does not depend on
+# what was activated at submission; PY=/path/to/python overrides it
+cd "${SLURM_SUBMIT_DIR:-.}"
+if [ -z "${PY:-}" ]; then
+  if [ -x .venv/bin/python ]; then PY=.venv/bin/python; else PY=python; fi
+fi
+# --resume auto: a requeued job continues from run_dir/checkpoints/last.ckpt, mid-epoch and exactly; it
+# comes before "$@", so that a --resume given there wins (the last value counts).
+# The layout after "$@" (with its --config): options after a --config override it, and these must match srun's.
+srun "$PY" -m worldmodel.cli pretrain --resume auto "$@" \
+  --trainer.num_nodes "$NODES" --trainer.devices "$GPUS"

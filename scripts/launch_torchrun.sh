@@ -14,7 +14,11 @@ NNODES=${NNODES:-1}
 NODE_RANK=${NODE_RANK:-0}
 MASTER_ADDR=${MASTER_ADDR:-127.0.0.1}
 MASTER_PORT=${MASTER_PORT:-29500}
-exec torchrun \
+# the repository's environment (scripts/install.sh) when there is one; PY=/path/to/python overrides it
+if [ -z "${PY:-}" ]; then
+  if [ -x .venv/bin/python ]; then PY=.venv/bin/python; else PY=python; fi
+fi
+exec "$PY" -m torch.distributed.run \
   --nproc_per_node "$NPROC" --nnodes "$NNODES" --node_rank "$NODE_RANK" \
   --master_addr "$MASTER_ADDR" --master_port "$MASTER_PORT" \
   -m worldmodel.cli pretrain --resume auto "$@" \

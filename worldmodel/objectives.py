@@ -88,6 +88,8 @@ def ema_update(target: nn.Module, online: nn.Module, momentum: float) -> None:
         missing = sorted(set(online_params) ^ set(target_params))[:5]
         raise ValueError(f"objectives.py: ema_update: target and online modules differ in parameters (e.g. {missing})")
     names = list(online_params)
+    if any(target_params[n].shape != online_params[n].shape for n in names):
+        raise ValueError(f"objectives.py: ema_update: {ema_layout_problem(target, online)}")
     torch._foreach_lerp_(
         [target_params[n] for n in names], [online_params[n] for n in names], 1.0 - momentum
     )
@@ -95,6 +97,36 @@ def ema_update(target: nn.Module, online: nn.Module, momentum: float) -> None:
     for name, buffer in online.named_buffers():
         if name in target_buffers:
             target_buffers[name].copy_(buffer)
+
+
+def ema_layout_problem(target: nn.Module, online: nn.Module, sharded: bool = False) -> str | None:
+    """Why `ema_update(target, online, m)` cannot run right here, or None.
+
+    sharded: the model is split across processes (FSDP). Each process then holds a slice of every
+    parameter, and the two encoders get the same slices only when each is an FSDP unit of its own
+    (their blocks nested in them): with one unit per block alone, their other weights (tubelet
+    embedding, final norm) share one flat buffer with the rest of the model and are cut at different
+    places, so the update would mix mismatched pieces of the two (or crash where the pieces' sizes
+    differ). Otherwise every parameter must have the same shape in both."""
+    if sharded and not _both_fsdp_units(target, online):
+        return (
+            "with FSDP, the EMA needs each encoder to be a unit of its own, so that both are split alike across "
+            "processes: trainer.strategy.init_args.auto_wrap_policy [worldmodel.models.layers.Block, "
+            "worldmodel.models.vit.VideoViT] (as the shipped vit_giant_fsdp config has it)"
+        )
+    target_params = dict(target.named_parameters())
+    for name, param in online.named_parameters():
+        other = target_params.get(name)
+        if other is None or other.shape != param.shape:
+            got = "missing" if other is None else f"of shape {tuple(other.shape)}"
+            return f"the EMA target encoder's {name} is {got}, the online encoder's of {tuple(param.shape)}"
+    return None
+
+
+def _both_fsdp_units(*modules: nn.Module) -> bool:
+    from torch.distributed.fsdp import FullyShardedDataParallel  # (only when sharding: some builds lack it)
+
+    return all(isinstance(m, FullyShardedDataParallel) for m in modules)
 
 
 # --------------------------------------------------------------------------------------------------

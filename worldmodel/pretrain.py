@@ -40,6 +40,7 @@ from worldmodel.objectives import (
     CollapseMonitor,
     collapse_stats,
     copy_context_loss,
+    ema_layout_problem,
     ema_update,
     gather_tokens,
     jepa_loss,
@@ -116,6 +117,13 @@ def check_data_matches_model(hparams: Any, datamodule: Any) -> None:
             f"the clips do not fit the model: {'; '.join(wrong)}. Masks are drawn on the model's token grid, "
             "so set both to the same value (e.g. --model.img_size 128 --data.crop_size 128)."
         )
+
+
+def _is_fsdp(strategy: Any) -> bool:
+    """Whether Lightning shards the model with FSDP."""
+    from lightning.pytorch.strategies import FSDPStrategy
+
+    return isinstance(strategy, FSDPStrategy)
 
 
 class JEPAPretrainer(L.LightningModule):
@@ -313,6 +321,10 @@ class JEPAPretrainer(L.LightningModule):
         outside = [v for v in (self.ema_schedule(0), self.ema_schedule(last)) if not 0.0 <= v <= 1.0]
         if outside:  # found now, not at the first optimiser step (after an update the EMA never sees)
             raise ConfigError(f"model.ema_momentum must stay within [0, 1], got {outside[0]:g}")
+        if self.target_encoder is not None:  # found now, not at the first optimiser step
+            problem = ema_layout_problem(self.target_encoder, self.encoder, sharded=_is_fsdp(self.trainer.strategy))
+            if problem:
+                raise ConfigError(problem)
         saved = getattr(self, "_resumed_schedule_steps", None) or {}
         self._resumed_schedule_steps = {}  # said once, for the fit that resumed
         changed = sorted(
@@ -447,6 +459,14 @@ class JEPAPretrainer(L.LightningModule):
             {"params": no_decay, "weight_decay": 0.0, "wd_scale": 0.0},
         ]
         return torch.optim.AdamW(groups, lr=0.0, betas=tuple(self.hparams.betas))
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
+        """Lightning's clipping (trainer.gradient_clip_val), also under FSDP, whose precision plugin refuses
+        clipping by norm at the first step: there the sharded model clips itself, by the norm over all shards."""
+        if gradient_clip_val and gradient_clip_algorithm in (None, "norm") and _is_fsdp(self.trainer.strategy):
+            self.trainer.strategy.model.clip_grad_norm_(gradient_clip_val)
+            return
+        super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
 
     def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure=None) -> None:
         step = self.global_step

@@ -1,0 +1,54 @@
+"""The cluster launch scripts pass the user's arguments through in the order that makes them count."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _recorder(path: Path) -> Path:
+    """An executable that prints the arguments it was started with, one per line (stands in for the
+    cluster's srun, or for python when only the command line is checked)."""
+    path.write_text('#!/bin/sh\nfor a in "$@"; do echo "$a"; done\n')
+    path.chmod(path.stat().st_mode | stat.S_IXUSR)
+    return path
+
+
+def _run(script: str, args: list[str], env: dict[str, str], cwd: Path) -> list[str]:
+    done = subprocess.run(["bash", str(ROOT / "scripts" / script), *args], env={**os.environ, **env}, cwd=cwd,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.splitlines()
+
+
+@pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
+def test_a_users_resume_wins_over_the_scripts_resume_auto(tmp_path):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    _recorder(bin_dir / "srun")
+    venv_python = tmp_path / "submit" / ".venv" / "bin" / "python"
+    venv_python.parent.mkdir(parents=True)
+    _recorder(venv_python)
+    env = {"PATH": f"{bin_dir}:{os.environ['PATH']}", "SLURM_SUBMIT_DIR": str(tmp_path / "submit"),
+           "SLURM_JOB_NUM_NODES": "2", "SLURM_NTASKS_PER_NODE": "4"}
+    user = ["--config", "vit_large_ddp", "--resume", "/other/run/last.ckpt"]
+    # srun gets the submit folder's environment python, then the command; the user's --resume comes last
+    argv = _run("launch_slurm.sh", user, env, tmp_path)
+    assert argv[0] == ".venv/bin/python" and argv[1:5] == ["-m", "worldmodel.cli", "pretrain", "--resume"]
+    resumes = [argv[i + 1] for i, a in enumerate(argv) if a == "--resume"]
+    assert resumes == ["auto", "/other/run/last.ckpt"]  # the last value counts: the user's
+    assert argv[-4:] == ["--trainer.num_nodes", "2", "--trainer.devices", "4"]
+
+    # torchrun through the environment's python (no torchrun on PATH needed), same order
+    argv = _run("launch_torchrun.sh", user, {"PY": str(_recorder(tmp_path / "py")), "NPROC": "2"}, tmp_path)
+    assert argv[:2] == ["-m", "torch.distributed.run"]
+    resumes = [argv[i + 1] for i, a in enumerate(argv) if a == "--resume"]
+    assert resumes == ["auto", "/other/run/last.ckpt"]
+    assert argv[-4:] == ["--trainer.devices", "2", "--trainer.num_nodes", "1"]
