@@ -133,7 +133,8 @@ def test_settings_that_cannot_work_are_one_line_errors_before_training(tmp_path,
         (["--model.ema_momentum", "1.5"], "model.ema_momentum must stay within [0, 1], got 1.5"),
         (["--resume", str(videos / "manifest.csv")], "manifest.csv: not a PyTorch checkpoint"),
         (["--checkpoint_every", "0"], "--checkpoint_every must be >= 1"),
-        (["--trainer.accelerator", "gpu"], "on this machine add --trainer.accelerator cpu"),
+        # this machine's torch is a CPU-only build: the hint says so (on a GPU node it would be the cause)
+        (["--trainer.accelerator", "gpu"], "is a CPU-only build, which cannot use a GPU even where there is one"),
     ]
     (tmp_path / "empty").mkdir()
     for i, (args, message) in enumerate(cases):

@@ -98,6 +98,16 @@ def test_all_indices_in_any_order_equal_the_permuted_full_forward(layout):
     torch.testing.assert_close(permuted, expected, atol=1e-5, rtol=1e-5)
 
 
+def test_an_index_outside_the_clip_raises_instead_of_reading_past_it():
+    """Token indices (the encoder's context, the predictor's positions) are not range-checked up front (that
+    would cost a device sync per step), but the gather that uses them checks them, on the CPU too."""
+    model = tiny()
+    video = torch.randn(2, 3, 4, 16, 32)
+    num_tokens = math.prod(model.grid(video.shape))
+    with torch.no_grad(), pytest.raises(RuntimeError, match="out of bounds"):
+        model(video, token_idx=torch.tensor([[0, num_tokens], [1, 2]]))
+
+
 def test_subset_sees_only_its_tokens():
     model = tiny()
     video = torch.randn(1, 3, 4, 32, 32)

@@ -22,6 +22,8 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
+from worldmodel.models.layers import take_tokens
+
 LOSS_KINDS = ("l1", "l2")
 
 
@@ -38,7 +40,7 @@ def gather_tokens(tokens: Tensor, idx: Tensor) -> Tensor:
 
     Padding positions (index 0) gather token 0; mask them out with the matching `valid`.
     """
-    return torch.gather(tokens, 1, idx.unsqueeze(-1).expand(-1, -1, tokens.shape[-1]))
+    return take_tokens(tokens, idx)
 
 
 def _token_errors(pred: Tensor, target: Tensor, kind: str) -> Tensor:

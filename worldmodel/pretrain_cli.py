@@ -334,7 +334,15 @@ def run_pretrain_cli(argv: list[str]) -> PretrainCLI:
 def _gpu_hint(err: BaseException) -> str:
     """What to do about Lightning's 'no GPU' errors on a machine without one."""
     text = str(err).lower()
-    if "gpu" in text or "cuda" in text:
-        return ("; this config asks for a GPU (trainer.accelerator / devices / strategy / precision): on this machine add "
-                "--trainer.accelerator cpu --trainer.devices 1 --trainer.strategy auto --trainer.precision 32")
-    return ""
+    if "gpu" not in text and "cuda" not in text:
+        return ""
+    import torch
+
+    if torch.version.cuda is None and torch.version.hip is None:  # the GPU may be there: this torch cannot use it
+        return (f"; this torch ({torch.__version__}) is a CPU-only build, which cannot use a GPU even where there is "
+                "one (e.g. installed on a login node without a GPU): reinstall with the CUDA build, "
+                "`TORCH_BUILD=cuda bash scripts/install.sh`, or run on the CPU: --trainer.accelerator cpu "
+                "--trainer.devices 1 --trainer.strategy auto --trainer.precision 32")
+    return ("; this config asks for a GPU (trainer.accelerator / devices / strategy / precision) and torch finds none "
+            "here: run it where there is one, or on the CPU: --trainer.accelerator cpu --trainer.devices 1 "
+            "--trainer.strategy auto --trainer.precision 32")

@@ -22,6 +22,14 @@ from torch.utils.checkpoint import checkpoint
 
 from worldmodel.models.rope import RotaryTable, rotate
 
+
+def take_tokens(tokens: Tensor, idx: Tensor) -> Tensor:
+    """Tokens by index per sample: tokens (B, N, D), idx (B, K) int64 -> (B, K, D).
+
+    An index outside [0, N) raises, on the CPU too (`torch.take_along_dim` with a broadcast index reads
+    past the tensor there without a word)."""
+    return torch.gather(tokens, 1, idx.unsqueeze(-1).expand(-1, -1, tokens.shape[-1]))
+
 INIT_STD = 0.02
 
 

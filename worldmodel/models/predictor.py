@@ -45,7 +45,9 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from worldmodel.models.layers import Block, init_layer_norm, init_linear_or_conv, key_padding_mask, run_blocks
+from worldmodel.models.layers import (
+    Block, init_layer_norm, init_linear_or_conv, key_padding_mask, run_blocks, take_tokens,
+)  # fmt: skip
 from worldmodel.models.rope import Rope3D
 from worldmodel.models.vit import grid_positions, token_positions
 
@@ -146,7 +148,7 @@ class Predictor(nn.Module):
             return context_mean_by_position(context, context_idx, context_valid, target_idx, grid)
         slot, source_time = _latest_earlier(context_idx, context_valid, target_idx, grid)  # (B, Nt) each
         has_source = source_time >= 0
-        last = torch.take_along_dim(context, slot[..., None], dim=1) * has_source[..., None]  # (B, Nt, P)
+        last = take_tokens(context, slot) * has_source[..., None]  # (B, Nt, P)
         if self.copy_context == "last":
             return last
         mean = context_mean_by_position(context, context_idx, context_valid, target_idx, grid)  # (B, Nt, P)
@@ -212,7 +214,7 @@ class Predictor(nn.Module):
         x = run_blocks(self.predictor_blocks, x, rope, key_padding_mask(torch.cat(keys)), checkpointing)
         x = x.chunk(num_kinds)  # J x (B, N, P)
         targets = torch.cat(
-            [torch.take_along_dim(x[j], target_idx[j][..., None], dim=1) for j in range(num_kinds)], dim=1
+            [take_tokens(x[j], target_idx[j]) for j in range(num_kinds)], dim=1
         )  # (B, sum Nt, P)
         out = self.predictor_proj(self.predictor_norm(targets))  # (B, sum Nt, D)
         return list(out.split([idx.shape[1] for idx in target_idx], dim=1))
@@ -245,7 +247,7 @@ def context_mean_by_position(
     )  # (B, S, P)
     counts = weight.new_zeros(batch, positions).scatter_add(1, spatial, weight)  # (B, S)
     means = sums / counts.clamp(min=1)[..., None]
-    return torch.take_along_dim(means, target_idx.remainder(positions)[..., None], dim=1)  # (B, Nt, P)
+    return take_tokens(means, target_idx.remainder(positions))  # (B, Nt, P)
 
 
 def _grid_slots(idx: Tensor, valid: Tensor | None, num_tokens: int) -> Tensor:

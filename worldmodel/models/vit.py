@@ -28,6 +28,7 @@ from worldmodel.models.layers import (
     key_padding_mask,
     run_blocks,
     run_blocks_packed,
+    take_tokens,
 )
 from worldmodel.models.rope import Rope3D
 
@@ -46,9 +47,6 @@ def grid_positions(grid: tuple[int, int, int], device: torch.device | str | None
     return token_positions(torch.arange(grid_t * grid_h * grid_w, device=device), grid)
 
 
-def _take_tokens(tokens: Tensor, token_idx: Tensor) -> Tensor:
-    """tokens (B, N, D), token_idx (B, K) -> (B, K, D)."""
-    return torch.take_along_dim(tokens, token_idx[..., None], dim=1)
 
 
 @dataclass
@@ -155,7 +153,7 @@ class VideoViT(nn.Module):
         if token_idx is None:
             positions = grid_positions(grid, device=x.device)  # (N, 3)
         else:
-            x = _take_tokens(x, token_idx)  # (B, K, D)
+            x = take_tokens(x, token_idx)  # (B, K, D)
             positions = token_positions(token_idx, grid)  # (B, K, 3)
         rope = self.rope.table(positions)  # once per call, shared by all blocks
         checkpointing = self.cfg.activation_checkpointing and self.training and torch.is_grad_enabled()
