@@ -125,6 +125,12 @@ def test_load_keeps_both_encoders_and_the_geometry(checkpoint, model):
     assert again.default_encoder == "context"
     video = torch.randint(0, 256, (3, 4, 32, 32), dtype=torch.uint8)
     assert torch.equal(again.encode(video), model.encode(video, encoder="context"))
+    assert WorldModel.load(checkpoint, device="auto").device.type == ("cuda" if torch.cuda.is_available() else "cpu")
+    if not torch.cuda.is_available():  # a device this machine lacks: a DeviceError that says so, not an assert
+        from worldmodel.cliutil import DeviceError
+
+        with pytest.raises(DeviceError, match="device cuda: CUDA is not available on this machine"):
+            WorldModel.load(checkpoint, device="cuda")
 
 
 def test_encode_normalises_uint8_and_accepts_unbatched(model):

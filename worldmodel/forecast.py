@@ -384,11 +384,15 @@ class WorldModel(nn.Module):
 
         encoder: which encoder `encode()` uses by default ("target": the EMA encoder). Forecasting
         always feeds the predictor from the context encoder (what it was trained on).
+        device: where the model goes ("auto": cuda when available, "cpu", "cuda:1", a torch.device; None
+        leaves it on the CPU); one this machine cannot use raises DeviceError before the file is read.
         vjepa2_options: for a V-JEPA 2 `.pt` file read directly, what its file does not record, as
         `worldmodel import-vjepa2` takes them (e.g. ``img_size=384`` for vitg-384; see `load_vjepa2`).
         """
         if encoder not in ("target", "context"):
             raise ValueError(f"encoder must be 'target' or 'context', got {encoder!r}")
+        if device is not None:  # checked before the (possibly multi-GB) read: a clear DeviceError, not an assert
+            device = resolve_device(device, option="device")
         parts = load_model_roles(path, ("context", "target"), **vjepa2_options)  # one read for both encoders
         context_parts = parts["context"]
         # a SIGReg model has one shared encoder; a folder exported with one encoder gives it for both roles

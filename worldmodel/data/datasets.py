@@ -584,6 +584,11 @@ class AnticipationDataset(Dataset):
         gaps = (anticipation_s,) if isinstance(anticipation_s, (int, float)) else tuple(anticipation_s)
         if not gaps or any(not (float(g) >= 0 and math.isfinite(float(g))) for g in gaps):
             raise ValueError(f"anticipation_s must be one or more finite gaps >= 0 seconds, got {anticipation_s}")
+        if not isinstance(vocabulary, ActionVocabulary):
+            raise TypeError(
+                f"vocabulary must be an ActionVocabulary (the classes, from the TRAINING annotations: "
+                f"ActionVocabulary.from_annotations(train_csv)), got {type(vocabulary).__name__}"
+            )
         self.annotations_csv = str(annotations_csv)
         self.videos_dir = str(videos_dir)
         self.vocabulary = vocabulary

@@ -53,6 +53,15 @@ from worldmodel.models.vit import grid_positions, token_positions
 
 
 class Predictor(nn.Module):
+    """The JEPA predictor (see the module note): a narrow transformer from context tokens to predictions of
+    the encoder's tokens at target positions.
+
+    `predictor(context, context_idx, context_valid, target_idx, target_valid, grid=(t, h, w), mask_kind=k)`
+    takes the encoder's context tokens (B, Nc, D) at their raster indices (B, Nc) and returns (B, Nt, D)
+    predictions for the raster indices `target_idx` (B, Nt); the valid masks (or None) mark padding;
+    mask_kind picks the learned mask token. `forward_kinds` runs several mask kinds at once (training).
+    """
+
     def __init__(
         self,
         embed_dim: int,

@@ -82,6 +82,15 @@ class TubeletEmbed(nn.Module):
 
 
 class VideoViT(nn.Module):
+    """The video encoder (see the module note). Build a named size with `vit_tiny` ... `vit_giant` or
+    `build_vit(name, **overrides)`, or any shape with a `VideoViTConfig`.
+
+    `model(video)` takes float (B, C, T, H, W) clips (normalised, channels first; T divisible by the
+    tubelet, H and W by the patch) or (B, C, H, W) images, and returns (B, N, D) tokens in (t h w) raster
+    order; `model(video, token_idx)` runs only the tokens at `token_idx` (B, K) (the context), `grid(shape)`
+    gives the (t, h, w) token grid, `forward_subsets` runs several token subsets of one clip at once.
+    """
+
     def __init__(self, cfg: VideoViTConfig) -> None:
         super().__init__()
         self.cfg = cfg
@@ -246,24 +255,30 @@ def build_vit(name: str, **overrides) -> VideoViT:
 
 
 def vit_tiny(**overrides) -> VideoViT:
+    """ViT-tiny/16: 192 wide, 12 deep, 3 heads; overrides: any `VideoViTConfig` field (img_size, num_frames, ...)."""
     return build_vit("vit_tiny", **overrides)
 
 
 def vit_small(**overrides) -> VideoViT:
+    """ViT-small/16: 384 wide, 12 deep, 6 heads; overrides: any `VideoViTConfig` field (img_size, num_frames, ...)."""
     return build_vit("vit_small", **overrides)
 
 
 def vit_base(**overrides) -> VideoViT:
+    """ViT-base/16: 768 wide, 12 deep, 12 heads; overrides: any `VideoViTConfig` field (img_size, num_frames, ...)."""
     return build_vit("vit_base", **overrides)
 
 
 def vit_large(**overrides) -> VideoViT:
+    """ViT-large/16: 1024 wide, 24 deep, 16 heads (V-JEPA 2's ViT-L, 300M); overrides: any `VideoViTConfig` field (img_size, num_frames, ...)."""
     return build_vit("vit_large", **overrides)
 
 
 def vit_huge(**overrides) -> VideoViT:
+    """ViT-huge/16: 1280 wide, 32 deep, 16 heads (V-JEPA 2's ViT-H, 600M); overrides: any `VideoViTConfig` field (img_size, num_frames, ...)."""
     return build_vit("vit_huge", **overrides)
 
 
 def vit_giant(**overrides) -> VideoViT:
+    """ViT-giant/16: 1408 wide, 40 deep, 22 heads (V-JEPA 2's ViT-g, 1B); overrides: any `VideoViTConfig` field (img_size, num_frames, ...)."""
     return build_vit("vit_giant", **overrides)
