@@ -108,6 +108,12 @@ def test_an_index_outside_the_clip_raises_instead_of_reading_past_it():
         model(video, token_idx=torch.tensor([[0, num_tokens], [1, 2]]))
 
 
+def test_channels_last_clips_are_refused_with_what_to_do():
+    model = tiny()
+    with pytest.raises(ValueError, match=r"expected 3 channels in dim 1 .*rearrange"):
+        model(torch.randn(1, 4, 16, 32, 3))  # (B, T, H, W, C)
+
+
 def test_subset_sees_only_its_tokens():
     model = tiny()
     video = torch.randn(1, 3, 4, 32, 32)

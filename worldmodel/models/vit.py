@@ -143,7 +143,8 @@ class VideoViT(nn.Module):
 
         video: float (B, C, T, H, W), or (B, C, H, W): an image, repeated to one tubelet.
         token_idx: (B, K) int64 indices into the (t h w) raster of tokens: keep only these (taken after
-            the tubelet embedding, positions from the indices). Not range-checked (no host sync).
+            the tubelet embedding, positions from the indices). One outside the grid raises (checked by
+            the gather itself: no host sync).
         token_valid: (B, K) bool (or (B, N) without token_idx): False marks padding, which no token
             attends to. Outputs at padding positions are finite but meaningless.
         Returns (B, K, D) with token_idx, else (B, N, D), N = t*h*w in (t h w) raster order.
@@ -152,6 +153,12 @@ class VideoViT(nn.Module):
             raise TypeError(
                 f"VideoViT takes normalised float video, got {video.dtype}; uint8 clips go through "
                 "worldmodel.data.transforms.normalize_video first (WorldModel.encode does it)"
+            )
+        if video.ndim in (4, 5) and video.shape[1] != self.cfg.in_chans:
+            raise ValueError(
+                f"worldmodel/models/vit.py: expected {self.cfg.in_chans} channels in dim 1 of a (B, C, T, H, W) video "
+                f"(or (B, C, H, W) image), got shape {tuple(video.shape)}; channels-last clips (B, T, H, W, C) "
+                "need `einops.rearrange(x, 'b t h w c -> b c t h w')` first"
             )
         grid = self.grid(video.shape)
         if video.ndim == 4:
