@@ -246,8 +246,10 @@ def test_default_rollout_keeps_the_longest_trained_context_and_queries_a_clip_le
 def test_rollout_rejects_bad_arguments(model):
     with pytest.raises(ForecastError, match="horizon"):
         model.forecast(torch.randn(1, 3, 4, 32, 32), horizon=0)
-    with pytest.raises(ValueError, match="tubelet"):
+    with pytest.raises(ForecastError, match="3 frames is not a multiple of the tubelet size 2"):
         model.forecast(torch.randn(1, 3, 3, 32, 32), horizon=1)
+    with pytest.raises(ForecastError, match="frame size 30x32 is not a multiple of the patch size 16"):
+        model.encode(torch.randn(1, 3, 4, 30, 32))
 
 
 # ---------------------------------------------------------------------------------------------- CLI

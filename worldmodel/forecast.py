@@ -517,6 +517,10 @@ class WorldModel(nn.Module):
             raise ForecastError(
                 f"the video has {video.shape[2]} frames; the model needs at least one tubelet ({cfg.tubelet_size} frames)"
             )
+        try:  # frames a multiple of the tubelet, sides of the patch: a ForecastError like every input check here
+            self.context_encoder.grid(tuple(video.shape))
+        except ValueError as err:
+            raise ForecastError(str(err).removeprefix("worldmodel/models/vit.py: ")) from None
         video = video.to(self.device)
         if video.dtype == torch.uint8:
             norm = self.config.get("normalization") or {}
