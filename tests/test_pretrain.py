@@ -164,12 +164,38 @@ def test_settings_that_cannot_work_are_one_line_errors_before_training(tmp_path,
     proc = run_pretrain(common + ["--run_dir", str(tmp_path / "held")], check=False)
     assert proc.returncode != 0 and "already holds a run" in proc.stderr and "--resume auto" in proc.stderr
     assert (tmp_path / "held" / "checkpoints" / "last.ckpt").read_bytes() == b"kept"
+    # so is starting there from ANOTHER checkpoint (its first save would overwrite the run's progress)
+    (tmp_path / "other.ckpt").write_bytes(b"other")
+    proc = run_pretrain(common + ["--run_dir", str(tmp_path / "held"), "--resume", str(tmp_path / "other.ckpt")],
+                        check=False)
+    assert proc.returncode != 0 and "already holds a run" in proc.stderr and "Traceback" not in proc.stderr
+    assert (tmp_path / "held" / "checkpoints" / "last.ckpt").read_bytes() == b"kept"
 
     # a run bounded by epochs: the schedules span the steps those epochs take
     run_pretrain(common + ["--run_dir", str(tmp_path / "epochs"), "--trainer.max_steps", "-1",
                            "--trainer.max_epochs", "2", "--data.samples_per_epoch", "4", "--model.lr",
                            '{"kind": "warmup_constant_cooldown", "base": 1e-3, "warmup_steps": 1, "cooldown_steps": 1}'])
     assert sorted(step_losses(tmp_path / "epochs")) == [0, 1, 2, 3]
+
+
+def test_a_requeued_slurm_job_continues_its_own_run_not_the_resume_it_started_from(tmp_path, monkeypatch):
+    """sbatch launch_slurm.sh ... --resume OTHER.ckpt: a requeued job replays that command line; it continues
+    the run's own last.ckpt (SLURM_RESTART_COUNT >= 1) instead of starting over from OTHER.ckpt."""
+    from worldmodel.pretrain_cli import _resume_over_a_run
+
+    final = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    other = tmp_path / "other.ckpt"
+    other.write_bytes(b"x")
+    monkeypatch.delenv("SLURM_RESTART_COUNT", raising=False)
+    assert _resume_over_a_run(str(other), final) == str(other)  # the first start: no run there yet
+    final.parent.mkdir(parents=True)
+    final.write_bytes(b"y")
+    assert _resume_over_a_run(str(final), final) == str(final)  # --resume auto / its own checkpoint
+    assert _resume_over_a_run(None, final) is None
+    with pytest.raises(SystemExit, match="already holds a run"):
+        _resume_over_a_run(str(other), final)
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
+    assert _resume_over_a_run(str(other), final) == str(final)
 
 
 def test_nonfinite_loss_stops_with_clear_error_and_keeps_last_good_checkpoint(tmp_path, video_folder):

@@ -527,6 +527,10 @@ def test_bad_inputs_exit_with_a_message(tmp_path, tiny_ckpt):
         run_probe(_args(tmp_path, "--checkpoint", str(tiny_ckpt), "--videos", str(tmp_path)))
     with pytest.raises(SystemExit, match="config-from only applies"):
         run_probe(_args(tmp_path, "--checkpoint", str(tiny_ckpt), "--config-from", str(tiny_ckpt), "--corpus", str(tmp_path / "none")))
+    # a --corpus folder named on purpose is not filled with the default corpus (another draw than meant)
+    with pytest.raises(SystemExit, match=r"--corpus .*none: no complete corpus there; write one first with `worldmodel corpus --out"):
+        run_probe(_args(tmp_path / "o2", "--checkpoint", str(tiny_ckpt), "--corpus", str(tmp_path / "none")))
+    assert not (tmp_path / "none").exists()
 
 
 def _quick_linear_probe_args(checkpoint: Path, corpus: Path) -> tuple[str, ...]:

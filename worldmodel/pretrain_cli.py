@@ -277,6 +277,25 @@ def resolve_resume(resume: str | None, run_dir: str) -> str | None:
     return resume
 
 
+def _resume_over_a_run(ckpt: str | None, final: Path) -> str | None:
+    """The checkpoint to start from, when --resume names another file while run_dir already holds a run
+    (its checkpoints/last.ckpt): starting there would overwrite that run's progress at the first save.
+    Refused, except in a requeued SLURM job (SLURM_RESTART_COUNT >= 1), which replays its first command
+    line (`sbatch launch_slurm.sh ... --resume OTHER.ckpt`) and must continue its own run, not restart
+    from OTHER.ckpt every time."""
+    if ckpt is None or not final.is_file() or Path(ckpt).resolve() == final.resolve():
+        return ckpt
+    if int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0) >= 1:
+        print(f"[worldmodel] requeued SLURM job: continuing this run from {final}, not from --resume {ckpt} "
+              "(where its first start began)", flush=True)  # fmt: skip
+        return str(final)
+    raise SystemExit(
+        f"worldmodel pretrain: error: --resume {ckpt}: {final.parent.parent} already holds a run ({final}), which "
+        "starting from another checkpoint would overwrite; continue that run with --resume auto, or start from "
+        f"{ckpt} in another --run_dir (or delete that folder first)"
+    )
+
+
 def run_pretrain_cli(argv: list[str]) -> PretrainCLI:
     # `worldmodel pretrain ARGS` hands ARGS (with the config resolved) to LightningCLI; sys.argv keeps
     # the whole command so Lightning's DDP launcher can start the other ranks with it.
@@ -305,6 +324,7 @@ def run_pretrain_cli(argv: list[str]) -> PretrainCLI:
             "start a new run in another --run_dir (or delete that folder first)"
         )
     ckpt = resolve_resume(cli.config["resume"], cli.config["run_dir"])
+    ckpt = _resume_over_a_run(ckpt, final)
     snapshot = next((c for c in cli.trainer.callbacks if isinstance(c, LogsSnapshot)), None)
     try:
         cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=ckpt)

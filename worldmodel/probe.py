@@ -1331,7 +1331,9 @@ def add_probe_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--videos", default=None, metavar="DIR", help="videos: DIR/<video_id>.<ext> or DIR/<participant>/videos/<video_id>.<ext>")
     g.add_argument("--train-manifest", default=None, help="classification instead: 'path label' manifest of training videos")
     g.add_argument("--val-manifest", default=None, help="classification: 'path label' manifest of validation videos")
-    g.add_argument("--corpus", default="data/corpus", help="where the built-in corpus is (generated if missing)")
+    g.add_argument("--corpus", default=None, metavar="DIR",
+                   help="a built-in corpus written by `worldmodel corpus --out DIR` (default: data/corpus, "
+                        "written first when missing)")
     g.add_argument("--out", required=True, metavar="DIR", help="output folder: metrics.json, report.md, per_class_recall.png")
     g = parser.add_argument_group("clips")
     g.add_argument("--num-frames", type=int, default=d.num_frames, help=f"context frames (default {d.num_frames})")
@@ -1394,9 +1396,13 @@ def _data_description(args: argparse.Namespace) -> tuple[str, dict[str, str]]:
         if not all(anticipation):
             raise ValueError("anticipation needs --train-annotations, --val-annotations and --videos")
         return "anticipation", {"train_annotations": args.train_annotations, "val_annotations": args.val_annotations, "videos": args.videos}
-    from worldmodel.data.corpus import ensure_corpus
+    from worldmodel.data.corpus import ensure_corpus, is_complete_corpus
 
-    root = ensure_corpus(args.corpus).parent
+    if args.corpus is not None and not is_complete_corpus(args.corpus):
+        # a folder named on purpose: writing the default corpus there would probe another corpus than meant
+        raise ValueError(f"--corpus {args.corpus}: no complete corpus there; write one first with "
+                         f"`worldmodel corpus --out {args.corpus}` (with the --seed / --videos you mean)")
+    root = ensure_corpus(args.corpus or "data/corpus").parent
     return "anticipation", {
         "train_annotations": str(root / "annotations" / "train.csv"),
         "val_annotations": str(root / "annotations" / "val.csv"),
