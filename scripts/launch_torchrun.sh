@@ -11,6 +11,7 @@
 set -euo pipefail
 NPROC=${NPROC:-8}
 NNODES=${NNODES:-1}
+MASTER_ADDR_GIVEN=${MASTER_ADDR:-}${MASTER_PORT:-}
 NODE_RANK=${NODE_RANK:-0}
 MASTER_ADDR=${MASTER_ADDR:-127.0.0.1}
 MASTER_PORT=${MASTER_PORT:-29500}
@@ -18,8 +19,13 @@ MASTER_PORT=${MASTER_PORT:-29500}
 if [ -z "${PY:-}" ]; then
   if [ -x .venv/bin/python ]; then PY=.venv/bin/python; else PY=python; fi
 fi
-exec "$PY" -m torch.distributed.run \
-  --nproc_per_node "$NPROC" --nnodes "$NNODES" --node_rank "$NODE_RANK" \
-  --master_addr "$MASTER_ADDR" --master_port "$MASTER_PORT" \
+# one node and no address given: torchrun --standalone picks a free port, so two jobs on one machine do not
+# collide on 29500
+if [ "$NNODES" = 1 ] && [ -z "${MASTER_ADDR_GIVEN:-}" ]; then
+  RENDEZVOUS=(--standalone)
+else
+  RENDEZVOUS=(--nnodes "$NNODES" --node_rank "$NODE_RANK" --master_addr "$MASTER_ADDR" --master_port "$MASTER_PORT")
+fi
+exec "$PY" -m torch.distributed.run --nproc_per_node "$NPROC" "${RENDEZVOUS[@]}" \
   -m worldmodel.cli pretrain --resume auto "$@" \
   --trainer.devices "$NPROC" --trainer.num_nodes "$NNODES"  # after "$@": a --config there must not reset them

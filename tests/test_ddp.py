@@ -78,3 +78,54 @@ def test_ddp_resume_continues_exactly_mid_epoch_and_at_an_epoch_end(tmp_path, vi
         assert sorted(got) == list(range(7)), (stop, sorted(got))
         for step in range(stop, 7):
             assert got[step] == pytest.approx(want[step], rel=1e-5, abs=1e-7), (stop, step, got[step], want[step])
+
+
+def _children(pid: int) -> list[int]:
+    """Processes whose parent is `pid` (from /proc)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                found.append(int(entry.name))
+    return found
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="finds the second rank through /proc")
+def test_a_sigterm_to_one_rank_stops_every_rank_at_a_batch_end(tmp_path, video_folder):
+    """A SIGTERM that reaches one rank only (a node's scheduler, a kill of one process): every rank stops at the
+    end of the same batch, last.ckpt is written there, the run exits 143 and resumes. Lightning's own SIGTERM
+    handler, which runs a collective inside the signal handler, deadlocked both ranks for good here."""
+    import os
+    import signal
+    import time
+
+    from test_pretrain import SMALL, run_pretrain, step_losses
+
+    videos = video_folder(n=4, num_frames=16, size=(40, 40))
+    run_dir = tmp_path / "run"
+    common = SMALL + ["--data.train_manifests", str(videos / "manifest.csv"), "--data.num_workers", "0",
+                      "--trainer.devices", "2", "--trainer.strategy", "ddp", "--run_dir", str(run_dir),
+                      "--model.total_steps", "500", "--checkpoint_every", "1000"]
+    proc = subprocess.Popen([sys.executable, "-m", "worldmodel.cli", "pretrain", *common, "--trainer.max_steps", "500"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 240
+        metrics = run_dir / "logs" / "metrics.csv"
+        while proc.poll() is None and time.monotonic() < deadline and not (metrics.exists() and len(step_losses(run_dir)) >= 2):
+            time.sleep(0.2)
+        rank1 = [pid for pid in _children(proc.pid) if b"worldmodel.cli" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+        assert len(rank1) == 1, rank1
+        os.kill(rank1[0], signal.SIGTERM)
+        out, err = proc.communicate(timeout=180)  # a deadlock fails here
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 143, err[-3000:]
+    step = safe_torch_load(run_dir / "checkpoints" / "last.ckpt")["global_step"]
+    assert 2 <= step < 500 and f"stopped by SIGTERM at step {step}; checkpoint: " in out
+    resumed = run_pretrain(common + ["--trainer.max_steps", str(step + 1), "--resume", "auto"])
+    assert f"finished at step {step + 1}" in resumed.stdout

@@ -22,7 +22,7 @@ def _recorder(path: Path) -> Path:
 
 
 def _run(script: str, args: list[str], env: dict[str, str], cwd: Path) -> list[str]:
-    done = subprocess.run(["bash", str(ROOT / "scripts" / script), *args], env={**os.environ, **env}, cwd=cwd,
+    done = subprocess.run(["bash", str(ROOT / "scripts" / script), *args], env=env, cwd=cwd,
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     return done.stdout.splitlines()
@@ -36,7 +36,7 @@ def test_a_users_resume_wins_over_the_scripts_resume_auto(tmp_path):
     venv_python = tmp_path / "submit" / ".venv" / "bin" / "python"
     venv_python.parent.mkdir(parents=True)
     _recorder(venv_python)
-    env = {"PATH": f"{bin_dir}:{os.environ['PATH']}", "SLURM_SUBMIT_DIR": str(tmp_path / "submit"),
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "SLURM_SUBMIT_DIR": str(tmp_path / "submit"),
            "SLURM_JOB_NUM_NODES": "2", "SLURM_NTASKS_PER_NODE": "4"}
     user = ["--config", "vit_large_ddp", "--resume", "/other/run/last.ckpt"]
     # srun gets the submit folder's environment python, then the command; the user's --resume comes last
@@ -47,8 +47,15 @@ def test_a_users_resume_wins_over_the_scripts_resume_auto(tmp_path):
     assert argv[-4:] == ["--trainer.num_nodes", "2", "--trainer.devices", "4"]
 
     # torchrun through the environment's python (no torchrun on PATH needed), same order
-    argv = _run("launch_torchrun.sh", user, {"PY": str(_recorder(tmp_path / "py")), "NPROC": "2"}, tmp_path)
+    env = {k: v for k, v in os.environ.items() if k not in ("MASTER_ADDR", "MASTER_PORT")}
+    env.update(PY=str(_recorder(tmp_path / "py")), NPROC="2")
+    argv = _run("launch_torchrun.sh", user, env, tmp_path)
     assert argv[:2] == ["-m", "torch.distributed.run"]
+    assert "--standalone" in argv and "--master_port" not in argv  # one node: a free port, no clash on 29500
     resumes = [argv[i + 1] for i, a in enumerate(argv) if a == "--resume"]
     assert resumes == ["auto", "/other/run/last.ckpt"]
     assert argv[-4:] == ["--trainer.devices", "2", "--trainer.num_nodes", "1"]
+    # several nodes meet at the address given
+    argv = _run("launch_torchrun.sh", user, {**env, "NNODES": "2", "NODE_RANK": "1", "MASTER_ADDR": "10.0.0.1"}, tmp_path)
+    assert "--standalone" not in argv and argv[argv.index("--master_addr") + 1] == "10.0.0.1"
+    assert argv[argv.index("--node_rank") + 1] == "1" and argv[-1] == "2"

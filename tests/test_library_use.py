@@ -299,10 +299,11 @@ def test_resuming_into_a_longer_run_says_its_schedules_were_replanned(video_fold
     folder = video_folder(n=2, num_frames=16)
     lr = {"kind": "warmup_constant_cooldown", "base": 1e-3, "warmup_steps": 1, "cooldown_steps": 2}
 
-    def fit(max_steps: int, ckpt_path=None):
+    def fit(max_steps: int, ckpt_path=None, progress_bar=False):
         data = VideoDataModule(train_manifests=str(folder / "manifest.csv"), num_frames=4, frame_step=2, crop_size=32,
                                batch_size=2, num_workers=0)
-        trainer = L.Trainer(max_steps=max_steps, default_root_dir=str(tmp_path), **TRAINER)
+        trainer = L.Trainer(max_steps=max_steps, default_root_dir=str(tmp_path),
+                            **{**TRAINER, "enable_progress_bar": progress_bar})
         L.seed_everything(0, verbose=False)
         trainer.fit(JEPAPretrainer(**{**TINY, "lr": lr}), datamodule=data, ckpt_path=ckpt_path)
         return trainer
@@ -310,7 +311,7 @@ def test_resuming_into_a_longer_run_says_its_schedules_were_replanned(video_fold
     fit(4).save_checkpoint(tmp_path / "four.ckpt")
     fit(4, ckpt_path=str(tmp_path / "four.ckpt"))
     assert "note: resumed" not in capsys.readouterr().out  # the same plan: nothing to say
-    fit(6, ckpt_path=str(tmp_path / "four.ckpt"))
+    fit(6, ckpt_path=str(tmp_path / "four.ckpt"), progress_bar=True)  # the note was lost with a progress bar
     out = capsys.readouterr().out
     assert "resumed at step 4 into schedules of 6 steps (trainer.max_steps); the checkpoint's run planned 4" in out
     assert "model.lr now follow" in out and "set model.total_steps 4" in out

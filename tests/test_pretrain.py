@@ -223,6 +223,73 @@ def test_nonfinite_loss_stops_with_clear_error_and_keeps_last_good_checkpoint(tm
             assert torch.isfinite(tensor).all(), name
 
 
+def test_weights_that_diverged_never_replace_the_last_good_checkpoint(tmp_path, video_folder, capsys):
+    """An update can make the weights non-finite while its own loss was finite (the NEXT loss stops the run):
+    the checkpoint of that step is not written, last.ckpt keeps the step before."""
+    import lightning as L
+    from lightning.pytorch.callbacks import Callback
+
+    from worldmodel.checkpoints import LastCheckpoint
+    from worldmodel.data.datamodule import VideoDataModule
+    from worldmodel.pretrain import JEPAPretrainer
+
+    class Diverge(Callback):  # before LastCheckpoint in the list: its batch end runs first
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            if trainer.global_step == 2:
+                with torch.no_grad():
+                    next(pl_module.encoder.parameters()).fill_(float("inf"))
+
+    videos = video_folder(n=2, num_frames=16, size=(40, 40))
+    trainer = L.Trainer(accelerator="cpu", max_steps=2, logger=False, enable_progress_bar=False,
+                        enable_model_summary=False, enable_checkpointing=False,
+                        callbacks=[Diverge(), LastCheckpoint(tmp_path / "ckpt", every_n_steps=1)])
+    model = JEPAPretrainer(img_size=32, num_frames=4, encoder_kwargs={"depth": 1, "embed_dim": 48, "num_heads": 3},
+                           pred_depth=1, pred_dim=32, pred_heads=2, collapse_every=0)
+    data = VideoDataModule(train_manifests=str(videos / "manifest.csv"), num_frames=4, frame_step=2, crop_size=32,
+                           batch_size=2, num_workers=0)
+    trainer.fit(model, datamodule=data)
+    kept = safe_torch_load(tmp_path / "ckpt" / "last.ckpt")
+    assert kept["global_step"] == 1 and all(torch.isfinite(t).all() for t in kept["state_dict"].values() if t.is_floating_point())
+    assert "the weights at step 2 hold inf / NaN" in capsys.readouterr().out
+
+
+def test_a_second_run_in_a_folder_in_use_stops_at_once(tmp_path, video_folder):
+    """Two starts in one run folder (the same command twice, a relaunch while the first still trains) wrote
+    the same last.ckpt and metrics.csv rows twice: the second now stops at once, naming the first."""
+    import os
+
+    videos = video_folder(n=2, num_frames=12, size=(32, 32))
+    run_dir = tmp_path / "run"
+    common = SMALL + ["--data.train_manifests", str(videos / "manifest.csv"), "--data.num_workers", "0",
+                      "--run_dir", str(run_dir), "--model.total_steps", "100000"]
+    first = subprocess.Popen([sys.executable, "-m", "worldmodel.cli", "pretrain", *common, "--trainer.max_steps", "100000"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while first.poll() is None and time.monotonic() < deadline and not (run_dir / "logs" / "metrics.csv").exists():
+            time.sleep(0.2)
+        second = run_pretrain(common + ["--trainer.max_steps", "100000", "--resume", "auto"], check=False)
+        assert second.returncode != 0 and f"another run is using {run_dir} (process {first.pid} on " in second.stderr
+        assert "Traceback" not in second.stderr and first.poll() is None  # the first one trains on
+    finally:
+        os.killpg(first.pid, signal.SIGKILL)
+        first.communicate()
+    # once it is gone, the folder is free again (a killed process holds no lock)
+    again = run_pretrain(common + ["--trainer.max_steps", "1", "--resume", "auto"], check=False)
+    assert "another run is using" not in again.stderr
+
+
+def test_a_max_time_stop_says_so(tmp_path, video_folder):
+    """trainer.max_time ends the run where it is, with last.ckpt there: said as a stop, not as finished."""
+    videos = video_folder(n=2, num_frames=12, size=(32, 32))
+    proc = run_pretrain(SMALL + ["--data.train_manifests", str(videos / "manifest.csv"), "--data.num_workers", "0",
+                                 "--run_dir", str(tmp_path / "run"), "--trainer.max_steps", "100000",
+                                 "--model.total_steps", "100000", "--trainer.max_time", "00:00:00:04"])
+    step = safe_torch_load(tmp_path / "run" / "checkpoints" / "last.ckpt")["global_step"]
+    assert 0 < step < 100000 and f"stopped by trainer.max_time at step {step}; checkpoint: " in proc.stdout
+    assert "finished at step" not in proc.stdout
+
+
 def test_loss_falls_on_builtin_corpus(tmp_path):
     from worldmodel.data.corpus import generate_corpus
 
@@ -375,14 +442,15 @@ def test_stop_on_signal_in_a_trainer_of_ones_own(tmp_path, video_folder):
     assert requeue_job(None).startswith("not a SLURM job") if "SLURM_JOB_ID" not in os.environ else True
 
 
-def test_sigterm_at_an_epochs_end_checkpoints_there_and_resumes_exactly(tmp_path, video_folder):
-    """Lightning also ends a SIGTERM'd run at an epoch's end, where no batch-end hook could save: the
-    checkpoint is written there (LastCheckpoint.on_exception), and the resumed run matches the uninterrupted one."""
+def test_sigterm_at_an_epochs_end_stops_at_the_next_batch_end_and_resumes_exactly(tmp_path, video_folder):
+    """A SIGTERM between batches (here at an epoch's end) stops the run at the end of the next batch, with the
+    checkpoint there, and the resumed run matches the uninterrupted one. StopOnSignal's handler is the only
+    SIGTERM handler while training (Lightning's own runs a collective inside the handler, which deadlocked
+    multi-process runs), and the handler from before fit is back afterwards."""
     import os
 
     import lightning as L
     from lightning.pytorch.callbacks import Callback
-    from lightning.pytorch.utilities.exceptions import SIGTERMException
 
     from worldmodel.checkpoints import LastCheckpoint
     from worldmodel.data.datamodule import VideoDataModule
@@ -394,6 +462,7 @@ def test_sigterm_at_an_epochs_end_checkpoints_there_and_resumes_exactly(tmp_path
     class TermAtEpochEnd(Callback):
         def on_train_epoch_end(self, trainer, pl_module):
             if trainer.current_epoch == 0:
+                assert signal.getsignal(signal.SIGTERM) == stop._on_signal  # ours alone, not Lightning's
                 os.kill(os.getpid(), signal.SIGTERM)
 
     class Losses(Callback):
@@ -419,12 +488,13 @@ def test_sigterm_at_an_epochs_end_checkpoints_there_and_resumes_exactly(tmp_path
     full = fit(5, [])
     (tmp_path / "ckpt" / "last.ckpt").unlink()
     before = signal.getsignal(signal.SIGTERM)
-    with pytest.raises(SIGTERMException):
-        fit(5, [TermAtEpochEnd(), StopOnSignal(signal.SIGTERM)])
-    signal.signal(signal.SIGTERM, before)
-    assert safe_torch_load(tmp_path / "ckpt" / "last.ckpt")["global_step"] == 2
+    stop = StopOnSignal(signal.SIGTERM)
+    stopped = fit(5, [TermAtEpochEnd(), stop])
+    assert stop.received and sorted(stopped) == [1, 2, 3]  # the first batch of epoch 2 finished, then it stopped
+    assert signal.getsignal(signal.SIGTERM) == before
+    assert safe_torch_load(tmp_path / "ckpt" / "last.ckpt")["global_step"] == 3
     resumed = fit(5, [], ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"))
-    assert sorted(resumed) == [3, 4, 5]
+    assert sorted(resumed) == [4, 5]
     assert all(resumed[s] == pytest.approx(full[s], rel=1e-5) for s in resumed), (resumed, full)
 
 

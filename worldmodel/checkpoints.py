@@ -258,11 +258,33 @@ class LastCheckpoint(Callback):
         return self._saved_step
 
     def _save(self, trainer) -> None:
-        if trainer.global_step != self._saved_step:
-            # the full state (optimizer, loops, sampler) that exact resume needs; saying so also keeps
-            # Lightning from logging that `weights_only` defaulted to False at every save
-            trainer.save_checkpoint(self.path, weights_only=False)
-            self._saved_step = trainer.global_step
+        if trainer.global_step == self._saved_step:
+            return
+        # an update can make the weights non-finite while its own loss was finite (the next loss is what
+        # stops the run): such a state must not replace the last good checkpoint
+        finite = _all_finite(trainer.lightning_module)
+        if trainer.world_size > 1:  # the same decision on every rank: saving is collective (FSDP gathers)
+            finite = trainer.strategy.reduce_boolean_decision(finite, all=True)
+        if not finite:
+            if trainer.is_global_zero:
+                kept = f"it keeps step {self._saved_step}" if self._saved_step >= 0 else "it keeps what it held"
+                print(f"[worldmodel] warning: the weights at step {trainer.global_step} hold inf / NaN (an update "
+                      f"diverged): {self.path} is not overwritten; {kept}", flush=True)  # fmt: skip
+            return
+        # the full state (optimizer, loops, sampler) that exact resume needs; saying so also keeps
+        # Lightning from logging that `weights_only` defaulted to False at every save
+        trainer.save_checkpoint(self.path, weights_only=False)
+        self._saved_step = trainer.global_step
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        if trainer.world_size > 1:  # every process decides --resume auto from its own view of the run folder
+            steps = trainer.strategy.all_gather(torch.tensor(trainer.global_step, device=pl_module.device))
+            if bool((steps != steps.reshape(-1)[0]).any()):
+                raise ValueError(
+                    f"the processes start from different steps ({sorted(set(steps.reshape(-1).tolist()))}): they see "
+                    f"different checkpoints at {self.path}. The run folder must be on storage that every node shares "
+                    "(only rank 0 writes checkpoints)"
+                )
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
         if not optimizer_stepped(trainer):
@@ -289,6 +311,14 @@ class LastCheckpoint(Callback):
                 flush=True,
             )
         self._save(trainer)
+
+
+def _all_finite(module: nn.Module) -> bool:
+    """Whether every floating-point parameter and buffer of `module` is finite (one device sync)."""
+    tensors = [t.detach() for t in (*module.parameters(), *module.buffers()) if t.is_floating_point() and t.numel()]
+    if not tensors:
+        return True
+    return bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all())
 
 
 # ---------------------------------------------------------------------------------------------- models

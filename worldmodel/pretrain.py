@@ -334,11 +334,15 @@ class JEPAPretrainer(L.LightningModule):
         if changed:  # a longer (or shorter) run re-plans its schedules: say so, it is easy to miss
             names = ", ".join(f"model.{name}" for name, *_ in changed)
             _, before, now, source = changed[0]
-            self.print(
-                f"[worldmodel] note: resumed at step {self._resumed_step} into schedules of {now} steps ({source}); "
-                f"the checkpoint's run planned {before}. {names} now follow the {now}-step plan from this step on "
-                f"(e.g. a cooldown that had begun starts over). To keep the old plan, set model.total_steps {before}."
-            )
+            # a plain print: LightningModule.print goes through a progress bar, which does not exist yet here
+            # and the note was lost
+            if self.trainer.is_global_zero:
+                print(
+                    f"[worldmodel] note: resumed at step {self._resumed_step} into schedules of {now} steps ({source}); "
+                    f"the checkpoint's run planned {before}. {names} now follow the {now}-step plan from this step on "
+                    f"(e.g. a cooldown that had begun starts over). To keep the old plan, set model.total_steps {before}.",
+                    flush=True,
+                )
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         steps = getattr(self, "_schedule_steps", None)
@@ -418,7 +422,8 @@ class JEPAPretrainer(L.LightningModule):
                 "(trainer.precision=32), or gradient clipping (trainer.gradient_clip_val)."
             )
         self._clips_since_update += int(batch["video"].shape[0])
-        self.log("train/loss", out.loss, on_step=True, prog_bar=True)
+        # the mean over processes (one small all-reduce a step); the other train/* metrics are this rank's
+        self.log("train/loss", out.loss, on_step=True, prog_bar=True, sync_dist=True)
         for name, value in out.metrics.items():
             self.log(f"train/{name}", value, on_step=True)
         every = self.hparams.collapse_every

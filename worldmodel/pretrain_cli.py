@@ -23,6 +23,7 @@ import csv
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import threading
 import warnings
@@ -30,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from lightning.fabric.plugins.environments import ClusterEnvironment, SLURMEnvironment
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint, Timer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
@@ -105,6 +106,11 @@ class StopOnSignal(Callback):
     `LastCheckpoint` writes last.ckpt whenever the trainer stops, so the checkpoint holds that batch and
     a resumed run continues exactly; `worldmodel pretrain` then requeues a SLURM job (`requeue_job`).
     The handler is installed for fit only, from the main thread, and the previous one restored after.
+
+    It is the only handler of its signal while training: Lightning installs its own SIGTERM handler when
+    fit starts, which runs a collective (a broadcast) inside the signal handler, on the rank that got the
+    signal; a SIGTERM reaching some ranks only, or the whole process group, deadlocked a multi-process
+    run for good. Here the handler only sets a flag, and the ranks agree at the next batch end.
     """
 
     def __init__(self, signum: int = signal.SIGUSR1) -> None:
@@ -115,9 +121,18 @@ class StopOnSignal(Callback):
     def _on_signal(self, signum, frame) -> None:
         self.received = True
 
+    def _install(self) -> None:
+        if threading.current_thread() is threading.main_thread():
+            previous = signal.signal(self.signum, self._on_signal)
+            if self._previous is None:
+                self._previous = previous  # the handler from before fit, put back at teardown
+
     def setup(self, trainer, pl_module, stage: str) -> None:
-        if stage == "fit" and threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(self.signum, self._on_signal)
+        if stage == "fit":
+            self._install()
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self._install()  # again: over the handler Lightning installed when fit started
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
         if not optimizer_stepped(trainer):
@@ -131,7 +146,8 @@ class StopOnSignal(Callback):
 
     def teardown(self, trainer, pl_module, stage: str) -> None:
         if self._previous is not None:
-            signal.signal(self.signum, self._previous)
+            if signal.getsignal(self.signum) == self._on_signal:  # (Lightning may have restored its own snapshot)
+                signal.signal(self.signum, self._previous)
             self._previous = None
 
 
@@ -259,6 +275,8 @@ class LogsSnapshot(Callback):
                     tmp = path.with_name(f".{name}.restore")
                     tmp.write_bytes(data)
                     os.replace(tmp, path)
+            if not self.run_dir_existed:  # (the lock file of this start: the folder goes as it came)
+                (self.run_dir / ".lock").unlink(missing_ok=True)
             for folder, existed in ((self.logs, self.logs_existed), (self.run_dir, self.run_dir_existed)):
                 if not existed and folder.is_dir() and not any(folder.iterdir()):
                     folder.rmdir()
@@ -275,6 +293,47 @@ def resolve_resume(resume: str | None, run_dir: str) -> str | None:
     if not Path(resume).is_file():
         raise SystemExit(f"worldmodel pretrain: --resume {resume}: no such checkpoint file")
     return resume
+
+
+_RUN_LOCKS: list[Any] = []  # open lock files, held until the process ends
+
+
+def _first_process() -> bool:
+    """Whether this is the job's first process (global rank 0), from the launchers' environment variables
+    (torchrun, SLURM, Lightning's own launcher), before the trainer has set up its process group."""
+    return all(int(os.environ.get(name, "0") or 0) == 0 for name in ("RANK", "LOCAL_RANK", "NODE_RANK", "GROUP_RANK", "SLURM_PROCID"))
+
+
+def _lock_run_dir(run_dir: Path) -> None:
+    """One run at a time in a run folder: the first process holds an exclusive lock on `run_dir/.lock` while
+    it runs. A second start in the same folder (the same command run twice, a relaunch while an orphaned
+    worker still trains) wrote the same last.ckpt and metrics.csv rows twice; it now stops at once. Where
+    the file system cannot lock (some network file systems), nothing is checked."""
+    import fcntl
+
+    if not _first_process():
+        return
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        handle = open(run_dir / ".lock", "a+")
+    except OSError:
+        return  # the run's own writes will say what is wrong with the folder
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "unknown"
+        handle.close()
+        raise SystemExit(f"worldmodel pretrain: error: another run is using {run_dir} (process {holder}); wait for it "
+                         "to end (or stop it), or use another --run_dir") from None
+    except OSError:
+        handle.close()
+        return  # no locks on this file system
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"{os.getpid()} on {socket.gethostname()}\n")
+    handle.flush()
+    _RUN_LOCKS.append(handle)
 
 
 def _resume_over_a_run(ckpt: str | None, final: Path) -> str | None:
@@ -325,39 +384,55 @@ def run_pretrain_cli(argv: list[str]) -> PretrainCLI:
         )
     ckpt = resolve_resume(cli.config["resume"], cli.config["run_dir"])
     ckpt = _resume_over_a_run(ckpt, final)
+    _lock_run_dir(run_dir)
     snapshot = next((c for c in cli.trainer.callbacks if isinstance(c, LogsSnapshot)), None)
     try:
         cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=ckpt)
     except DataFailureError as err:  # too many unusable videos: the message lists them, a traceback adds nothing
         raise SystemExit(f"worldmodel pretrain: stopped: {err}") from None
     except NonFiniteLossError as err:
-        raise SystemExit(f"worldmodel pretrain: stopped: {err} Checkpoint: {final}") from None
-    except SIGTERMException:  # StopOnSignal had last.ckpt written at the end of the batch, when it was a whole step
-        if cli.trainer.is_global_zero:
-            saver = next((c for c in cli.trainer.callbacks if isinstance(c, LastCheckpoint)), None)
-            saved = saver.saved_step if saver is not None else -1
-            if saved == cli.trainer.global_step:
-                where = f"checkpoint: {final}"
-            elif final.exists():  # part-way through gradient accumulation: no checkpoint for this step
-                where = f"the latest checkpoint, {final}, is from an earlier step (stopped part-way through accumulation)"
-            else:
-                where = "no checkpoint was written yet"
-            print(f"[worldmodel] stopped by SIGTERM at step {cli.trainer.global_step}; {where}; "
-                  "continue with --resume auto", flush=True)  # fmt: skip
-        raise SystemExit(128 + signal.SIGTERM) from None
+        where = (f"Checkpoint: {final}" if final.exists() else
+                 f"No checkpoint was written before it (the first is due at step {cli.config['checkpoint_every']}).")
+        raise SystemExit(f"worldmodel pretrain: stopped: {err} {where}" if cli.trainer.is_global_zero else 1) from None
+    except SIGTERMException:  # (a SIGTERM Lightning saw before StopOnSignal took over: setting up)
+        _stopped_by_sigterm(cli, final)
     except SETUP_ERRORS as err:
         if snapshot is None or snapshot.started:
             raise  # during training: a fault, with its traceback
         if cli.trainer.is_global_zero:  # the run folder as it was: its config.yaml keeps the run's settings
             snapshot.restore()
         raise SystemExit(f"worldmodel pretrain: error: {err}{_gpu_hint(err)}") from None
+    if any(isinstance(c, StopOnSignal) and c.signum == signal.SIGTERM and c.received for c in cli.trainer.callbacks):
+        _stopped_by_sigterm(cli, final)
     stopped = any(isinstance(c, StopOnSignal) and c.received for c in cli.trainer.callbacks)
+    timer = next((c for c in cli.trainer.callbacks if isinstance(c, Timer)), None)
+    remaining = timer.time_remaining("train") if timer is not None else None
     if cli.trainer.is_global_zero:
         if stopped:
             print(f"[worldmodel] stopped by signal at step {cli.trainer.global_step}; checkpoint: {final}; {requeue_job()}")
+        elif remaining is not None and remaining <= 0:
+            print(f"[worldmodel] stopped by trainer.max_time at step {cli.trainer.global_step}; checkpoint: {final}; "
+                  "continue with --resume auto (and a later max_time)")
         else:
             print(f"[worldmodel] finished at step {cli.trainer.global_step}; checkpoint: {final}")
     return cli
+
+
+def _stopped_by_sigterm(cli: PretrainCLI, final: Path) -> None:
+    """SIGTERM (kill, docker stop, a scheduler): StopOnSignal stopped every rank at the end of a batch and
+    LastCheckpoint wrote last.ckpt there, when it was a whole optimiser step. Says where, exits 143."""
+    if cli.trainer.is_global_zero:
+        saver = next((c for c in cli.trainer.callbacks if isinstance(c, LastCheckpoint)), None)
+        saved = saver.saved_step if saver is not None else -1
+        if saved == cli.trainer.global_step:
+            where = f"checkpoint: {final}"
+        elif final.exists():  # part-way through gradient accumulation: no checkpoint for this step
+            where = f"the latest checkpoint, {final}, is from an earlier step (stopped part-way through accumulation)"
+        else:
+            where = "no checkpoint was written yet"
+        print(f"[worldmodel] stopped by SIGTERM at step {cli.trainer.global_step}; {where}; "
+              "continue with --resume auto", flush=True)  # fmt: skip
+    raise SystemExit(128 + signal.SIGTERM)
 
 
 def _gpu_hint(err: BaseException) -> str:
