@@ -370,6 +370,10 @@ def test_a_one_video_corpus_says_its_validation_split_is_empty(tmp_path):
     assert (summary.num_train_videos, summary.num_val_videos) == (1, 0)
     assert "1 video (1 train / 0 val)" in str(summary)
     assert "warning: the val split has no video (val.csv is empty)" in str(summary)
+    # no validation action, no baseline: null in corpus.json (strict JSON; it was NaN), said in its README
+    info = json.loads((tmp_path / "one" / "corpus.json").read_text(), parse_constant=lambda c: pytest.fail(c))
+    assert info["baselines"] == {"majority": None, "oracle": None}
+    assert "none (a split has no action)" in (tmp_path / "one" / "README.md").read_text()
     assert "warning" not in str(generate_corpus(tmp_path / "two", num_videos=2, size=32, fps=6.0, time_scale=0.3,
                                                 workers=1))  # fmt: skip
 
@@ -378,9 +382,28 @@ def test_refuses_to_overwrite_a_foreign_folder(tmp_path):
     out = tmp_path / "mine"
     out.mkdir()
     (out / "thesis.tex").write_text("precious")
-    with pytest.raises(FileExistsError, match="not a worldmodel corpus"):
+    with pytest.raises(FileExistsError, match="not .*a worldmodel corpus"):
         ensure_corpus(out, num_videos=1, size=32, time_scale=0.3, workers=1)
     assert (out / "thesis.tex").read_text() == "precious"
+    # a corpus.json alone does not make a folder a corpus (it was enough, and everything else was deleted)
+    (out / "corpus.json").write_text("{}")
+    with pytest.raises(FileExistsError, match=r"\(corpus.json, thesis.tex\).*would delete"):
+        generate_corpus(out, num_videos=1, size=32, time_scale=0.3, workers=1)
+    assert (out / "thesis.tex").read_text() == "precious"
+    # nor does a real corpus with a user's files inside it: regenerating it keeps refusing until they move out
+    real = tmp_path / "real"
+    generate_corpus(real, num_videos=1, size=32, time_scale=0.3, workers=1)
+    (real / "probes").mkdir()
+    (real / "probes" / "metrics.json").write_text("{}")
+    (real / "videos" / "notes.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match=r"\(probes, videos/notes.txt\)"):
+        generate_corpus(real, num_videos=1, seed=1, size=32, time_scale=0.3, workers=1)
+    assert (real / "probes" / "metrics.json").exists() and (real / "videos" / "notes.txt").exists()
+    (real / "probes" / "metrics.json").unlink()
+    (real / "probes").rmdir()
+    (real / "videos" / "notes.txt").unlink()
+    generate_corpus(real, num_videos=1, seed=1, size=32, time_scale=0.3, workers=1)  # a corpus alone: replaced
+    assert json.loads((real / "corpus.json").read_text())["seed"] == 1
 
 
 def test_cli_reports_bad_options_and_outputs_without_a_traceback(tmp_path, capsys):
@@ -399,7 +422,7 @@ def test_cli_reports_bad_options_and_outputs_without_a_traceback(tmp_path, capsy
     assert main(["corpus", "--out", str(tmp_path / "a_file")]) == 2
     assert "is a file; give a folder" in capsys.readouterr().err
     assert main(["corpus", "--out", str(tmp_path / "mine"), "--videos", "1"]) == 2
-    assert "not a worldmodel corpus" in capsys.readouterr().err
+    assert "not (or not only) a worldmodel corpus" in capsys.readouterr().err
     assert (tmp_path / "mine" / "thesis.tex").read_text() == "precious" and not (tmp_path / "new").exists()
 
 
@@ -429,3 +452,12 @@ def test_a_script_without_a_main_guard_still_gets_its_corpus(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.strip().splitlines()[-1] == "done" and "rendering in this process" in proc.stderr
     assert len(list((tmp_path / "out" / "videos").glob("*.mp4"))) == 8
+
+
+def test_which_recipes_a_small_corpus_holds_depends_on_its_seed():
+    """Fewer videos than recipes: the seed picks the recipes (it was always recipes 0..n-1, never the bowl
+    ones, whatever the seed); corpora of whole multiples of 8 hold each recipe equally often, as before."""
+    picks = {tuple(sorted({v.recipe_id for v in plan_corpus(4, seed).videos})) for seed in range(6)}
+    assert len(picks) > 1 and all(len(p) == 4 for p in picks)
+    counts = Counter(v.recipe_id for v in plan_corpus(24, 3).videos)
+    assert sorted(counts) == list(range(8)) and set(counts.values()) == {3}

@@ -1,6 +1,7 @@
-"""Where the probe keeps frozen features: memory or memory-mapped files, chosen before any encoding."""
+"""Where the probe keeps frozen features: memory, memory-mapped files or nowhere (streamed), chosen before any encoding."""
 
 import os
+import re
 
 import pytest
 import torch
@@ -31,8 +32,10 @@ def test_the_plan_chooses_memory_disk_or_refuses_before_any_work(tmp_path):
     assert store.kind == "disk" and store.folder == folder and str(folder) in line  # over half of memory
     store, _ = plan_feature_store("auto", 6 * gb, folder, "n clips", available=None, free_disk=100 * gb)
     assert store.kind == "memory"  # memory unknown: as before
-    with pytest.raises(ValueError, match=r"6\.00 GiB \(n clips\).*half of the 10 GiB.*5\.00 GiB free"):
-        plan_feature_store("auto", 6 * gb, folder, "n clips", available=10 * gb, free_disk=5 * gb)
+    # neither memory nor disk can hold them: auto streams (encodes again every epoch) and says why
+    store, line = plan_feature_store("auto", 6 * gb, folder, "n clips", available=10 * gb, free_disk=5 * gb)
+    assert store.kind == "stream" and re.search(r"6\.00 GiB \(n clips\).*half of the 10 GiB.*5\.00 GiB free.*not stored", line)
+    assert plan_feature_store("stream", 600 * gb, folder, "n clips", available=1, free_disk=1)[0].kind == "stream"
     with pytest.raises(ValueError, match="--feature-store disk"):
         plan_feature_store("memory", 11 * gb, folder, "n clips", available=10 * gb, free_disk=100 * gb)
     assert plan_feature_store("memory", 9 * gb, folder, "n clips", available=10 * gb, free_disk=0)[0].kind == "memory"

@@ -268,7 +268,15 @@ def test_feature_cache_returns_exactly_the_uncached_features(tmp_path, corpus, t
     loaded = again.evaluation()
     assert again.source == "disk" and again.extract_s == 0.0
     assert torch.equal(loaded.tokens, uncached.tokens) and torch.equal(loaded.token_types, uncached.token_types)
-    assert torch.equal(again.epoch(3, np.arange(5)), uncached.tokens)  # not augmented: every epoch the same
+    assert torch.equal(again.epoch(3, np.arange(5)).tokens, uncached.tokens)  # not augmented: every epoch the same
+    # streamed (--feature-store stream): nothing stored, each chunk encoded when read, the same tokens
+    streamed = FeatureSource(train, model, FeatureCache(), key, cfg, horizon, store=FeatureStore(stream=True))
+    features = streamed.epoch(0, np.arange(len(train)))
+    assert features.tokens is None and torch.equal(features.token_types, uncached.token_types)
+    chunks = [torch.tensor([5, 0, 3]), torch.tensor([len(train) - 1]), torch.tensor([2, 2])]
+    for chunk, tokens in zip(chunks, features.batches(chunks), strict=True):
+        torch.testing.assert_close(tokens, uncached.tokens[chunk], rtol=1e-5, atol=1e-5)
+    assert streamed.extract_s > 0
     # anything the features depend on changes the key
     other_model = FeatureSource(train, model, FeatureCache(), {**key, "weights": "0" * 64}, cfg, horizon)
     no_forecast = FeatureSource(train, model, FeatureCache(), key, cfg, None)
@@ -313,11 +321,17 @@ def test_augmented_training_clips_are_reencoded_every_epoch(corpus, tiny_ckpt):
     model = build_world_model(str(tiny_ckpt))
     source = FeatureSource(train, model, FeatureCache(), {"weights": "x"}, cfg, None)
     rows = np.array([0, 3, 5])
-    first, second = source.epoch(0, rows), source.epoch(1, rows)
+    first, second = source.epoch(0, rows).tokens, source.epoch(1, rows).tokens
     assert not torch.equal(first[rows], second[rows])  # new crops, new features
-    assert torch.equal(first[rows], source.epoch(0, rows)[rows])  # a pure function of (seed, epoch, item)
+    assert torch.equal(first[rows], source.epoch(0, rows).tokens[rows])  # a pure function of (seed, epoch, item)
     assert not torch.equal(first[rows], source.evaluation().tokens[rows])  # evaluation: centre crops
     assert float(first[1].abs().sum()) == 0.0  # rows not asked for are not encoded
+    # streamed: the same augmented clips of each epoch, encoded when their batch is read
+    streamed = FeatureSource(train, model, FeatureCache(), {"weights": "x"}, cfg, None, store=FeatureStore(stream=True))
+    chunk = torch.as_tensor(rows)
+    for epoch, stored in ((0, first), (1, second)):
+        (tokens,) = streamed.epoch(epoch, rows).batches([chunk])
+        torch.testing.assert_close(tokens, stored[chunk], rtol=1e-5, atol=1e-5)
 
 
 def test_random_weights_are_seeded_and_default_to_the_tiny_architecture(tiny_ckpt):
@@ -592,6 +606,21 @@ def test_features_that_would_not_fit_in_memory_go_to_mapped_files_with_the_same_
     with pytest.raises(SystemExit, match=r"need .* MiB .*more than the .* of memory available.*--feature-store disk"):
         run_probe(_args(tmp_path / "refused", *common, "--feature-store", "memory"))
     assert "encoded" not in capsys.readouterr().out and not (tmp_path / "refused" / "metrics.json").exists()
+
+    # no room on the disk either: auto streams (nothing stored, every epoch encodes its clips), same results
+    import collections
+
+    monkeypatch.setattr(featurestore.shutil, "disk_usage", lambda path: collections.namedtuple("U", "total used free")(1, 1, 1000))
+    assert run_probe(_args(tmp_path / "stream", *common)) == 0
+    assert "features are not stored" in capsys.readouterr().out
+    streamed = json.loads((tmp_path / "stream" / "metrics.json").read_text())
+    assert streamed["feature_store"]["kind"] == "stream" and streamed["timing"]["val_features_s"] > 0
+    for key in ("label_recall@1", "label_recall@5", "label_top1"):
+        assert streamed[key] == pytest.approx(in_memory[key], abs=1e-9), key
+    assert [k for r in streamed["hp_search"] for k in r["selection_key"]] == pytest.approx(
+        [k for r in in_memory["hp_search"] for k in r["selection_key"]], abs=1e-6)
+    with pytest.raises(SystemExit, match="--disk-cache"):
+        run_probe(_args(tmp_path / "stream_cache", *common, "--feature-store", "stream", "--disk-cache"))
 
 
 def _moved_checkpoint(tiny_ckpt: Path, path: Path) -> Path:

@@ -11,8 +11,11 @@ encoder has filled it. So the size is worked out before any encoding (`plan_feat
   so the page cache holds what fits and the rest stays on disk; the file is unlinked as soon as it is
   mapped, so it takes no name in the folder, and its space returns when the tensor is freed or the
   process ends, killed or not (nothing to clean up). Refused up front when the disk is too small;
+- `stream`: nothing is stored; every training epoch (and every evaluation) encodes its clips again,
+  as V-JEPA 2's probe does: no memory or disk for features, at the price of encoding the training
+  clips once per epoch (20 epochs: about 20 times the work of one pass, more with `--encoder auto`);
 - `auto` (the default): memory when the features need at most half of the memory available now,
-  else disk.
+  else disk, else (neither can hold them) stream.
 
 Values are identical either way (the same float32 numbers, the same reads); only where the bytes live
 differs. Available memory is MemAvailable from /proc/meminfo, lowered to what a cgroup memory limit
@@ -34,7 +37,7 @@ from torch import Tensor
 
 from worldmodel.cliutil import existing_ancestor
 
-FEATURE_STORES = ("auto", "memory", "disk")
+FEATURE_STORES = ("auto", "memory", "disk", "stream")
 AUTO_MEMORY_SHARE = 0.5  # auto keeps features in memory up to this share of the memory available
 GIB = 1024**3
 
@@ -114,13 +117,15 @@ def gib(num_bytes: float) -> str:
 
 @dataclass(frozen=True)
 class FeatureStore:
-    """Allocates feature tensors in memory (folder None) or as memory-mapped files in `folder`."""
+    """Allocates feature tensors in memory (folder None) or as memory-mapped files in `folder`; with
+    stream=True, features are not stored at all (their users encode clips when they need them)."""
 
     folder: Path | None = None
+    stream: bool = False
 
     @property
     def kind(self) -> str:
-        return "memory" if self.folder is None else "disk"
+        return "stream" if self.stream else "memory" if self.folder is None else "disk"
 
     def empty(self, shape: tuple[int, ...], dtype: torch.dtype = torch.float32) -> Tensor:
         """An uninitialised tensor of `shape` (contents: whatever the memory holds; zeros for a new file)."""
@@ -172,6 +177,10 @@ def plan_feature_store(
     probe's --disk-cache): counted against the free disk when the store is there."""
     if mode not in FEATURE_STORES:
         raise ValueError(f"--feature-store must be one of {', '.join(FEATURE_STORES)}, got {mode!r}")
+    streaming = ("features are not stored: every training epoch and every evaluation encodes its clips "
+                 "again (--feature-store stream)")
+    if mode == "stream":
+        return FeatureStore(stream=True), streaming
     folder = Path(folder)
     if available == -1:
         available = available_memory_bytes()
@@ -199,10 +208,10 @@ def plan_feature_store(
         elif fits_disk:
             mode = "disk"
         else:
-            raise ValueError(
+            return FeatureStore(stream=True), (
                 f"{sizes}: more than half of the {memory_text} of memory available, and more than the {disk_text} "
-                f"free on the disk of {folder}: probe fewer or smaller clips (--num-frames, --img-size), one encoder "
-                "(--encoder target) or point --out at a larger disk"
+                f"free on the disk of {folder}, so {streaming}; slower by about the number of epochs (or make room: "
+                "--feature-dtype bfloat16, --encoder target, a larger disk for --out)"
             )
     if mode == "memory":
         return FeatureStore(None), f"{sizes}: kept in memory ({memory_text} available)"

@@ -35,6 +35,10 @@ What a run does (`worldmodel probe`, or `run_probe(args)`):
    anticipation trick), marked with a token type the probe learns an embedding for; with
    `--forecast-anchor JSON` the anchored forecast (`worldmodel forecast --fit-anchor`). With `--augment`
    training clips get a random resized crop per epoch and are re-encoded every epoch (not cached).
+   `--feature-store stream` (and `auto`, when neither memory nor the disk of OUT can hold them) keeps
+   no features at all: every training epoch and every evaluation encodes its clips again, batch by
+   batch while the heads train (V-JEPA 2's way: no memory or disk for features, about `epochs` times
+   the encoding work). `--feature-dtype bfloat16` halves the stored size instead.
 4. **Hyper-parameters on training data only.** A grid of learning rate x weight decay heads, of each
    probe kind (attentive, linear), is trained at once on the shared features of 80% of the TRAINING
    videos (split by video) and scored on the held-out 20%; validation data is never used to choose.
@@ -637,18 +641,67 @@ class Features:
     def num_token_types(self) -> int:
         return int(self.token_types.max()) + 1 if self.token_types.numel() else 1
 
+    @property
+    def batch_size(self) -> int | None:
+        """Items per batch for reading them all (None: any)."""
+        return None
 
-def clip_batches(dataset: Dataset, keys: Sequence, batch_size: int, num_workers: int) -> Iterator[dict]:
-    """Collated uint8 batches (video (B, C, T, H, W)) of the dataset items `keys`, in that order."""
-    loader = DataLoader(
-        dataset,
-        batch_size=batch_size,
-        sampler=list(keys),
-        num_workers=num_workers,
-        collate_fn=collate_samples,
-        persistent_workers=False,
-    )
+    def batches(self, chunks: Sequence[Tensor]) -> Iterator[Tensor]:
+        """The tokens of each chunk of item indices, (len(chunk), L, D), in order."""
+        for chunk in chunks:
+            yield self.tokens[chunk]
+
+
+class StreamedFeatures(Features):
+    """Features that are not stored (`--feature-store stream`): the tokens of a chunk of items are encoded
+    when asked for, by the source's frozen encoder (in DataLoader order, decoding ahead in workers while
+    the heads train). `tokens` is None; `batches` is the way in."""
+
+    def __init__(self, source: "FeatureSource", dataset: Dataset, token_types: Tensor, epoch: int | None = None) -> None:
+        super().__init__(None, token_types)  # type: ignore[arg-type]
+        self.source, self.dataset, self.epoch = source, dataset, epoch
+
+    @property
+    def batch_size(self) -> int | None:
+        return self.source.cfg.extract_batch_size
+
+    def batches(self, chunks: Sequence[Tensor]) -> Iterator[Tensor]:
+        keys = [[int(i) if self.epoch is None else (self.epoch, int(i)) for i in chunk] for chunk in chunks]
+        yield from self.source.encode_chunks(self.dataset, keys)
+
+
+def clip_batches(
+    dataset: Dataset, keys: Sequence, batch_size: int, num_workers: int, batches: Sequence[Sequence] | None = None
+) -> Iterator[dict]:
+    """Collated uint8 batches (video (B, C, T, H, W)) of the dataset items `keys`, in that order, `batch_size`
+    at a time; or, given `batches` (lists of keys), exactly those batches in that order."""
+    if batches is not None:
+        loader = DataLoader(dataset, batch_sampler=[list(b) for b in batches], num_workers=num_workers,
+                            collate_fn=collate_samples, persistent_workers=False)
+    else:
+        loader = DataLoader(dataset, batch_size=batch_size, sampler=list(keys), num_workers=num_workers,
+                            collate_fn=collate_samples, persistent_workers=False)
     yield from loader  # a worker's VideoError arrives as a VideoError with its own one-line message
+
+
+@torch.no_grad()
+def encode_clips(
+    world_model, video: Tensor, horizon: int | None = None, keep: str = "all", encoder: str | None = None,
+    anchor: ForecastAnchor | None = None, dtype: torch.dtype = torch.float32,
+) -> tuple[Tensor, Tensor]:
+    """A batch of uint8 clips (B, C, T, H, W) -> (tokens (B, L, D) on the CPU in `dtype`, token types (L,)):
+    the frozen encoder's tokens, then (with `horizon`) the forecast latents (`forecast_tokens`)."""
+    video = video.to(world_model.device)
+    encoded = world_model.encode(video, encoder=encoder)  # (B, N, D)
+    parts, types = [encoded], [torch.zeros(encoded.shape[1], dtype=torch.long)]
+    if horizon is not None:
+        _, grid_h, grid_w = world_model.target_encoder.grid(video.shape)
+        role = encoder or world_model.default_encoder  # the forecast reuses this encoder's tokens
+        future = forecast_tokens(world_model, video, horizon, grid_h * grid_w, keep, anchor,
+                                 encoded={role: encoded})  # (B, F, D)
+        parts.append(future.to(encoded.dtype))
+        types.append(torch.ones(future.shape[1], dtype=torch.long))
+    return torch.cat(parts, dim=1).float().to(dtype).cpu(), torch.cat(types)
 
 
 @torch.no_grad()
@@ -675,25 +728,14 @@ def extract_features(
     horizon: also append the forecast latents of the next `horizon` tubelets (`forecast_tokens`), anchored
     with `anchor` when one is given.
     """
-    device = world_model.device
     tokens: Tensor | None = None
     token_types: Tensor | None = None
     start, last_log, done = time.perf_counter(), time.perf_counter(), 0
     for batch in clip_batches(dataset, keys, batch_size, num_workers):
-        video = batch["video"].to(device)  # (B, C, T, H, W) uint8
-        encoded = world_model.encode(video, encoder=encoder)  # (B, N, D)
-        parts, types = [encoded], [torch.zeros(encoded.shape[1], dtype=torch.long)]
-        if horizon is not None:
-            _, grid_h, grid_w = world_model.target_encoder.grid(video.shape)
-            role = encoder or world_model.default_encoder  # the forecast reuses this encoder's tokens
-            future = forecast_tokens(world_model, video, horizon, grid_h * grid_w, keep, anchor,
-                                     encoded={role: encoded})  # (B, F, D)
-            parts.append(future.to(encoded.dtype))
-            types.append(torch.ones(future.shape[1], dtype=torch.long))
-        out = torch.cat(parts, dim=1).float().to(dtype).cpu()  # (B, L, D)
+        out, types = encode_clips(world_model, batch["video"], horizon, keep, encoder, anchor, dtype)  # (B, L, D)
         if tokens is None:
             tokens = (store or FeatureStore()).empty((len(keys), *out.shape[1:]), dtype=dtype)
-            token_types = torch.cat(types)
+            token_types = types
         tokens[done : done + len(out)] = out
         done += len(out)
         now = time.perf_counter()
@@ -777,6 +819,35 @@ class FeatureSource:
         self.key = FeatureCache.key(self.description)
         self.extract_s = 0.0  # time spent encoding clips (0 when the cache had them)
         self.source: str | None = None  # where evaluation features came from
+        self._threads = torch.get_num_threads()  # streamed encoding runs with these, also while heads train
+        self._stream_types: Tensor | None = None
+
+    @property
+    def streaming(self) -> bool:
+        """Features are not stored: every epoch and evaluation encodes its clips (`--feature-store stream`)."""
+        return self.store.kind == "stream"
+
+    def encode_chunks(self, dataset: Dataset, batches: Sequence[Sequence]) -> Iterator[Tensor]:
+        """Tokens (len(batch), L, D) of each batch of `dataset` keys, encoded now, in order (streaming)."""
+        threads = torch.get_num_threads()
+        resumed = time.perf_counter()
+        for batch in clip_batches(dataset, (), 0, self.cfg.num_workers, batches=batches):
+            torch.set_num_threads(self._threads)  # the heads train with --head-threads; the encoder needs more
+            try:
+                out, types = encode_clips(self.world_model, batch["video"], self.horizon, self.cfg.forecast_tokens,
+                                          self.encoder, self.anchor, self.cfg.token_dtype)
+            finally:
+                torch.set_num_threads(threads)
+            self._stream_types = types
+            self.extract_s += time.perf_counter() - resumed  # decoding waits and encoding, not the heads' time
+            yield out
+            resumed = time.perf_counter()
+
+    def _streamed(self, dataset: Dataset, epoch: int | None = None) -> StreamedFeatures:
+        if self._stream_types is None:  # the token layout, from one clip
+            for _ in self.encode_chunks(self.clips.dataset, [[0]]):
+                pass
+        return StreamedFeatures(self, dataset, self._stream_types, epoch)
 
     def _extract(self, dataset: Dataset, keys: Sequence) -> Features:
         start = time.perf_counter()
@@ -789,6 +860,9 @@ class FeatureSource:
         return features
 
     def evaluation(self) -> Features:
+        if self.streaming:
+            self.source = self.source or "streamed"
+            return self._streamed(self.clips.dataset)
         keys = list(range(len(self.clips)))
         features, source = self.cache.get(self.key, lambda: self._extract(self.clips.dataset, keys), self.description)
         if self.source is None:
@@ -799,14 +873,17 @@ class FeatureSource:
     def augmented(self) -> bool:
         return self.clips.train_dataset is not None
 
-    def epoch(self, epoch: int, rows: np.ndarray) -> Tensor:
-        """Training tokens (N, L, D) for `epoch`; with augmentation only `rows` are filled (encoded now)."""
+    def epoch(self, epoch: int, rows: np.ndarray) -> Features:
+        """Training features for `epoch`; with augmentation only `rows` are filled (encoded now, or, streaming,
+        when their batches are read)."""
         if not self.augmented:
-            return self.evaluation().tokens
+            return self.evaluation()
+        if self.streaming:
+            return self._streamed(self.clips.train_dataset, epoch)
         fresh = self._extract(self.clips.train_dataset, [(epoch, int(i)) for i in rows])
         tokens = self.store.zeros((len(self.clips), *fresh.tokens.shape[1:]), dtype=fresh.tokens.dtype)
         tokens[torch.as_tensor(rows)] = fresh.tokens
-        return tokens
+        return Features(tokens, fresh.token_types)
 
     def token_types(self) -> Tensor:
         return self.evaluation().token_types
@@ -938,13 +1015,13 @@ def train_heads(
     diverged = [False] * len(probes)
     for epoch in range(cfg.epochs):
         start = time.perf_counter() - (setup_s if epoch == 0 else 0.0)
-        tokens = source.epoch(epoch, rows)  # (N, L, D)
-        got_features = time.perf_counter()
+        epoch_features = source.epoch(epoch, rows)  # stored (N, L, D), or encoded batch by batch (streaming)
+        got_features, streamed_before = time.perf_counter(), source.extract_s
         order = rows_t[torch.randperm(len(rows_t), generator=generator)]
+        chunks = [order[first : first + cfg.batch_size] for first in range(0, len(order), cfg.batch_size)]
         with _head_compute(cfg.head_threads, device):
-            for first in range(0, len(order), cfg.batch_size):
-                idx = order[first : first + cfg.batch_size]
-                batch = tokens[idx].to(device, torch.float32)  # (B, L, D); stored features may be half precision
+            for idx, tokens in zip(chunks, epoch_features.batches(chunks)):
+                batch = tokens.to(device, torch.float32)  # (B, L, D); stored features may be half precision
                 batch_labels = {name: labels[name][idx].to(device) for name in outputs}
                 factor = _lr_factor(step, total_steps, warmup)
                 for group in optimizer.param_groups:
@@ -964,23 +1041,29 @@ def train_heads(
                     optimizer.step()
                 step += 1
         epoch_s.append(time.perf_counter() - start)
-        features_s.append(got_features - start)
+        features_s.append(got_features - start + source.extract_s - streamed_before)
     return TrainResult([p.eval() for p in probes], epoch_s, features_s, diverged)
 
 
 @torch.no_grad()
-def predict_scores(probe: nn.Module, features: Features, rows: np.ndarray, cfg: ProbeConfig, batch_size: int = 256) -> dict[str, Tensor]:
-    """Class probabilities {name: (len(rows), C)} of the probe on the items `rows`."""
+def predict_scores(
+    probes: Sequence[nn.Module], features: Features, rows: np.ndarray, cfg: ProbeConfig, batch_size: int = 256
+) -> list[dict[str, Tensor]]:
+    """Class probabilities {name: (len(rows), C)} of each probe on the items `rows`, in one pass over their
+    features (streamed features are encoded once for all the probes, `cfg.extract_batch_size` at a time)."""
     device = torch.device(cfg.device)
     token_types = features.token_types.to(device)
-    out: dict[str, list[Tensor]] = {}
+    out: list[dict[str, list[Tensor]]] = [{} for _ in probes]
     rows_t = torch.as_tensor(rows, dtype=torch.long)
+    size = features.batch_size or batch_size
+    chunks = [rows_t[first : first + size] for first in range(0, len(rows_t), size)]
     with _head_compute(cfg.head_threads, device):
-        for first in range(0, len(rows_t), batch_size):
-            logits = probe(features.tokens[rows_t[first : first + batch_size]].to(device, torch.float32), token_types)
-            for name, value in logits.items():
-                out.setdefault(name, []).append(scores_from_logits(value.float(), cfg.loss).cpu())
-    return {name: torch.cat(values) for name, values in out.items()}
+        for tokens in features.batches(chunks):
+            batch = tokens.to(device, torch.float32)
+            for probe, scores in zip(probes, out):
+                for name, value in probe(batch, token_types).items():
+                    scores.setdefault(name, []).append(scores_from_logits(value.float(), cfg.loss).cpu())
+    return [{name: torch.cat(values) for name, values in scores.items()} for scores in out]
 
 
 def average_views(scores: Mapping[str, Tensor], labels: Mapping[str, Tensor], sample_ids: np.ndarray) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
@@ -999,20 +1082,22 @@ def average_views(scores: Mapping[str, Tensor], labels: Mapping[str, Tensor], sa
 
 
 def evaluate_heads(
-    probe: nn.Module,
+    probes: Sequence[nn.Module],
     features: Features,
     rows: np.ndarray,
     labels: Mapping[str, Tensor],
     sample_ids: np.ndarray,
     cfg: ProbeConfig,
     class_names: Mapping[str, Any] | None = None,
-) -> dict:
-    """`classification_metrics` of the probe on the items `rows` (views of a sample averaged)."""
+) -> list[dict]:
+    """`classification_metrics` of each probe on the items `rows` (views of a sample averaged)."""
     rows_t = torch.as_tensor(rows, dtype=torch.long)
-    scores = predict_scores(probe, features, rows, cfg)
-    row_labels = {name: value[rows_t] for name, value in labels.items() if name.removesuffix(UNSEEN) in scores}
-    scores, row_labels = average_views(scores, row_labels, sample_ids[rows])
-    return classification_metrics(scores, row_labels, class_names=class_names)
+    results = []
+    for scores in predict_scores(probes, features, rows, cfg):
+        row_labels = {name: value[rows_t] for name, value in labels.items() if name.removesuffix(UNSEEN) in scores}
+        averaged, row_labels = average_views(scores, row_labels, sample_ids[rows])
+        results.append(classification_metrics(averaged, row_labels, class_names=class_names))
+    return results
 
 
 def prior_baseline(train_labels: Mapping[str, Tensor], val_labels: Mapping[str, Tensor], outputs: Mapping[str, int], sample_ids: np.ndarray, class_names=None) -> dict:
@@ -1078,8 +1163,8 @@ def run_protocol(
     grid_rows = []
     for name, search in searches.items():
         train_eval = sources[name][0].evaluation()
-        for setting, probe, diverged in zip(settings, search.probes, search.diverged):
-            metrics = evaluate_heads(probe, train_eval, holdout, fit_labels, train.sample_ids, cfg)
+        held_out = evaluate_heads(search.probes, train_eval, holdout, fit_labels, train.sample_ids, cfg)
+        for setting, metrics, diverged in zip(settings, held_out, search.diverged):
             key = [-1.0, -1.0, -1.0] if diverged else list(_selection_key(metrics, list(fit_outputs)))
             grid_rows.append({"encoder": name, "head": setting.name, "kind": setting.kind, "lr": setting.lr,
                               "weight_decay": setting.weight_decay, "diverged": diverged, "selection_key": key,
@@ -1102,7 +1187,10 @@ def run_protocol(
     timing["later_epoch_s"] = float(np.mean(search.epoch_s[1:])) if len(search.epoch_s) > 1 else None
     timing["epoch_s"] = search.epoch_s
     timing["heads_trained_at_once"] = len(settings)
-    if timing["later_epoch_s"]:
+    if timing["later_epoch_s"] and train_source.streaming:
+        _log(f"epoch 1: {timing['first_epoch_s']:.1f} s, later epochs {timing['later_epoch_s']:.1f} s each: every epoch "
+             "encodes its clips (--feature-store stream)")
+    elif timing["later_epoch_s"]:
         timing["first_over_later"] = timing["first_epoch_s"] / max(timing["later_epoch_s"], 1e-9)
         _log(
             f"epoch 1: {timing['first_epoch_s']:.1f} s (of which features {timing['first_epoch_features_s']:.1f} s, "
@@ -1126,17 +1214,14 @@ def run_protocol(
 
     eval_start = time.perf_counter()
     val_features = val_source.evaluation()
-    timing["val_features_s"] = val_source.extract_s
-    timing["val_features_from"] = val_source.source
     val_rows = np.arange(len(val))
     _, val_labels = val.label_space(all_rows)
     per_kind = {}
-    for (kind, setting), probe in zip(chosen.items(), final.probes):
-        per_kind[kind] = {
-            "lr": setting.lr,
-            "weight_decay": setting.weight_decay,
-            **evaluate_heads(probe, val_features, val_rows, val_labels, val.sample_ids, cfg, val.class_names),
-        }
+    evaluated = evaluate_heads(final.probes, val_features, val_rows, val_labels, val.sample_ids, cfg, val.class_names)
+    for (kind, setting), metrics in zip(chosen.items(), evaluated):
+        per_kind[kind] = {"lr": setting.lr, "weight_decay": setting.weight_decay, **metrics}
+    timing["val_features_s"] = val_source.extract_s  # (streamed: encoded during the evaluation above)
+    timing["val_features_from"] = val_source.source
     timing["evaluation_s"] = time.perf_counter() - eval_start
     baseline = prior_baseline(labels, val_labels, outputs, val.sample_ids)
     return {
@@ -1378,8 +1463,10 @@ def add_probe_arguments(parser: argparse.ArgumentParser) -> None:
                         "memory or disk (the encoder's output rounded; heads still train in float32)")
     g.add_argument("--feature-store", choices=FEATURE_STORES, default=d.feature_store,
                    help="where the frozen features live while the heads train: memory, disk (memory-mapped files "
-                        "in OUT, for features larger than memory) or auto (default: memory when they need at most "
-                        "half of the memory available); their size is checked before any encoding")
+                        "in OUT, for features larger than memory), stream (nowhere: every epoch encodes its clips "
+                        "again, as V-JEPA 2 does; for features larger than the disk) or auto (default: memory when "
+                        "they need at most half of the memory available, else disk, else stream); their size is "
+                        "checked before any encoding")
 
 
 def _data_description(args: argparse.Namespace) -> tuple[str, dict[str, str]]:
@@ -1522,6 +1609,9 @@ def _run_probe(args: argparse.Namespace) -> int:
     need, what = feature_bytes(cfg, grid, enc_cfg.embed_dim, horizon, len(train), len(val), len(model_keys), args.repeats)
     # --disk-cache writes every feature set once more, to OUT/feature_cache on the same disk
     store, where = plan_feature_store(cfg.feature_store, need, out_dir, what, disk_copies=2 if args.disk_cache else 1)
+    if store.kind == "stream" and args.disk_cache:
+        raise ValueError(f"--disk-cache keeps the features on disk, and they do not fit there ({where}): drop --disk-cache"
+                         if cfg.feature_store == "auto" else "--disk-cache keeps features; --feature-store stream keeps none")
     _log(where)
     cache = FeatureCache(out_dir / "feature_cache" if args.disk_cache else None)
     sources = {
@@ -1567,7 +1657,8 @@ def _run_probe(args: argparse.Namespace) -> int:
         "probe_heads": num_heads,
         "probe_depth": cfg.probe_depth,
         "encoder_blocks": cfg.encoder_blocks if cfg.encoder_blocks is not None else enc_cfg.depth,
-        "feature_store": {"kind": store.kind, "bytes_planned": need, "dtype": cfg.feature_dtype},
+        "feature_store": {"kind": store.kind, "bytes_planned": 0 if store.kind == "stream" else need,
+                          "dtype": cfg.feature_dtype},
         "forecast": {"horizon_tubelets": horizon, "tokens": cfg.forecast_tokens,
                      "anchor": None if anchor is None else {"file": cfg.forecast_anchor, "weights": anchor.weights,
                                                            "steps_past_fit": anchor.steps_past_fit(horizon)}}

@@ -366,15 +366,16 @@ def format_timestamp(seconds: float) -> str:
     return f"{hours:02d}:{minutes:02d}:{secs:02d}.{frac:02d}"
 
 
-def anticipation_baselines(plan: CorpusPlan) -> dict[str, float]:
+def anticipation_baselines(plan: CorpusPlan) -> dict[str, float | None]:
     """Validation action top-1 of two reference predictors built from the training actions.
 
     ``majority``: always the most frequent training action (verb + noun). ``oracle``: knows the recipe
-    and the step index and predicts the most frequent training action at that (recipe, step).
+    and the step index and predicts the most frequent training action at that (recipe, step). None when
+    a split has no action (a one-video corpus): corpus.json stays valid JSON (null, not NaN).
     """
     train, val = plan.actions("train"), plan.actions("val")
     if not train or not val:
-        return {"majority": float("nan"), "oracle": float("nan")}
+        return {"majority": None, "oracle": None}
     overall = Counter(a.key for _, a in train)
     majority = overall.most_common(1)[0][0]
     by_step: dict[tuple[int, int], Counter] = {}
@@ -512,7 +513,11 @@ def plan_corpus(
         raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
     rng = np.random.default_rng([seed, 0])
     kitchens = _make_kitchens(np.random.default_rng([seed, 3]))
-    recipe_of = np.resize(np.arange(len(RECIPES)), num_videos)
+    # every recipe num_videos // 8 times; the rest (num_videos % 8 videos) of recipes the seed picks (from
+    # its own stream, so corpora of whole multiples of 8, the default 72 included, are as they always were)
+    whole, rest = divmod(num_videos, len(RECIPES))
+    picked = np.random.default_rng([seed, 5]).permutation(len(RECIPES))[:rest]
+    recipe_of = np.concatenate([np.tile(np.arange(len(RECIPES)), whole), np.sort(picked)]).astype(np.int64)
     rng.shuffle(recipe_of)
     kitchen_of = rng.integers(len(kitchens), size=num_videos)
 
@@ -1311,7 +1316,7 @@ class CorpusSummary:
     num_verbs: int
     num_nouns: int
     num_actions: int  # distinct (verb, noun) pairs
-    baselines: dict[str, float] = field(default_factory=dict)
+    baselines: dict[str, float | None] = field(default_factory=dict)
     elapsed_s: float = 0.0
 
     def __str__(self) -> str:
@@ -1339,7 +1344,7 @@ def _write_csv(path: Path, header, rows) -> None:
         writer.writerows(rows)
 
 
-def _readme(plan: CorpusPlan, params: dict, baselines: dict[str, float]) -> str:
+def _readme(plan: CorpusPlan, params: dict, baselines: dict[str, float | None]) -> str:
     counts = plan.class_counts("train")
     lines = [
         "# Built-in procedural kitchen corpus",
@@ -1354,8 +1359,9 @@ def _readme(plan: CorpusPlan, params: dict, baselines: dict[str, float]) -> str:
         "`annotations/{verb,noun}_classes.csv`, `ground_truth.json`, `corpus.json`.",
         "",
         f"Split by video: {len(plan.split('train'))} train, {len(plan.split('val'))} val.",
-        f"Validation action top-1 of reference predictors (from the plan): most frequent training action "
-        f"{baselines['majority']:.1%}, recipe-and-step oracle {baselines['oracle']:.1%}.",
+        "Validation action top-1 of reference predictors (from the plan): most frequent training action "
+        + (f"{baselines['majority']:.1%}, recipe-and-step oracle {baselines['oracle']:.1%}."
+           if baselines["majority"] is not None else "none (a split has no action)."),
         "",
         "## Recipes (label in manifest.csv)",
         "",
@@ -1390,7 +1396,7 @@ def _write_metadata(root: Path, plan: CorpusPlan, params: dict, baselines: dict[
         (root / f"manifest_{split}.csv").write_text("".join(lines))
     info = {"version": CORPUS_VERSION, **params, "video_ids": [v.video_id for v in plan.videos],
             "baselines": baselines}  # fmt: skip
-    (root / "corpus.json").write_text(json.dumps(info, indent=1) + "\n")
+    (root / "corpus.json").write_text(json.dumps(info, indent=1, allow_nan=False) + "\n")
     # the manifest last: its presence (with every video it lists) marks a complete corpus
     (root / "manifest.csv").write_text("".join(f"videos/{v.video_id}.mp4,{v.recipe_id}\n" for v in plan.videos))
 
@@ -1449,11 +1455,7 @@ def generate_corpus(
     params = {"num_videos": int(num_videos), "seed": int(seed), "size": int(size), "fps": float(fps),
               "time_scale": float(time_scale), "val_fraction": float(val_fraction)}  # fmt: skip
     plan = plan_corpus(num_videos, seed, fps=fps, time_scale=time_scale, val_fraction=val_fraction)
-    if out_dir.exists() and any(out_dir.iterdir()) and not (out_dir / "corpus.json").exists():
-        raise FileExistsError(
-            f"{out_dir}: exists and holds files that are not a worldmodel corpus; choose another --out "
-            "folder or empty this one"
-        )
+    _refuse_foreign_files(out_dir)
     workers = min(2, os.cpu_count() or 1) if workers is None else max(1, int(workers))
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_dir.parent / f".{out_dir.name}.partial-{uuid.uuid4().hex[:8]}"
@@ -1499,12 +1501,55 @@ def generate_corpus(
     )  # fmt: skip
 
 
+# what a corpus folder holds: replacing it deletes these and nothing else
+_CORPUS_FILES = {"corpus.json", "README.md", "ground_truth.json", "manifest.csv", "manifest_train.csv", "manifest_val.csv"}
+_CORPUS_FOLDERS = {"annotations": {"train.csv", "val.csv", "verb_classes.csv", "noun_classes.csv"}, "videos": None}
+
+
+def _foreign_files(out_dir: Path) -> list[str]:
+    """What in `out_dir` a corpus does not write (videos/ may hold only .mp4 files), or a corpus.json that is
+    not one of ours (then every file counts): what regenerating the corpus there would delete besides it."""
+    if not out_dir.is_dir():
+        return []
+    entries = sorted(out_dir.iterdir())
+    try:
+        info = json.loads((out_dir / "corpus.json").read_text())
+        ours = isinstance(info, dict) and ("video_ids" in info or all(k in info for k in _PARAMS))
+    except (OSError, ValueError):
+        ours = False
+    if not ours:
+        return [e.name for e in entries]
+    foreign = []
+    for entry in entries:
+        if entry.name in _CORPUS_FILES and entry.is_file():
+            continue
+        if entry.name in _CORPUS_FOLDERS and entry.is_dir() and not entry.is_symlink():
+            allowed = _CORPUS_FOLDERS[entry.name]
+            foreign += [f"{entry.name}/{f.name}" for f in sorted(entry.iterdir())
+                        if not f.is_file() or (f.name not in allowed if allowed else f.suffix != ".mp4")]
+            continue
+        foreign.append(entry.name)
+    return foreign
+
+
+def _refuse_foreign_files(out_dir: Path) -> None:
+    foreign = _foreign_files(out_dir)
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+        raise FileExistsError(
+            f"{out_dir}: holds files that are not (or not only) a worldmodel corpus ({shown}), which writing a "
+            "corpus there would delete; choose another --out folder, or move them out"
+        )
+
+
 def _move_into_place(tmp: Path, out_dir: Path, replace: bool) -> None:
-    """Rename the finished temporary folder to `out_dir`, replacing an empty folder or an old corpus."""
+    """Rename the finished temporary folder to `out_dir`, replacing an empty folder or an old corpus (one
+    that holds nothing else: checked again here, as files may have appeared while it rendered)."""
     old = None
     if not replace and is_complete_corpus(out_dir):
         shutil.rmtree(tmp, ignore_errors=True)
         return
+    _refuse_foreign_files(out_dir)
     if out_dir.exists():
         if any(out_dir.iterdir()):
             old = out_dir.parent / f".{out_dir.name}.old-{uuid.uuid4().hex[:8]}"
