@@ -129,3 +129,49 @@ def test_a_sigterm_to_one_rank_stops_every_rank_at_a_batch_end(tmp_path, video_f
     assert 2 <= step < 500 and f"stopped by SIGTERM at step {step}; checkpoint: " in out
     resumed = run_pretrain(common + ["--trainer.max_steps", str(step + 1), "--resume", "auto"])
     assert f"finished at step {step + 1}" in resumed.stdout
+
+
+def test_unusable_videos_are_counted_over_every_rank(tmp_path, video_folder):
+    """Two processes (gloo) reading a manifest with broken files: each keeps its own list, the summary line
+    sums both, a resumed run restores each rank's own counts (no rows listed twice), and the stop threshold
+    applies to the summed counts, so both ranks stop at the same batch with one message, no traceback."""
+    import csv
+
+    from test_pretrain import SMALL, run_pretrain
+
+    videos = video_folder(n=4, num_frames=16, size=(40, 40))
+    for i in range(4):
+        (videos / f"broken{i}.mp4").write_bytes(b"")
+    manifest = tmp_path / "manifest.csv"
+    manifest.write_text("".join(f"{videos / name}\n" for name in
+                                [f"v{i:03d}.mp4" for i in range(4)] + [f"broken{i}.mp4" for i in range(4)]))
+    run_dir = tmp_path / "run"
+    common = SMALL + ["--data.train_manifests", str(manifest), "--data.num_workers", "0", "--trainer.devices", "2",
+                      "--trainer.strategy", "ddp", "--run_dir", str(run_dir), "--model.total_steps", "500",
+                      "--data.max_failure_ratio", "0.9"]
+
+    def rows(name):
+        path = run_dir / name
+        if not path.exists():
+            return []
+        with open(path, newline="") as f:
+            return list(csv.DictReader(f))
+
+    first = run_pretrain(common + ["--trainer.max_steps", "3"])
+    listed = len(rows("data_errors.csv")) + len(rows("data_errors.rank1.csv"))
+    assert listed > 0 and f"data: {listed} unusable file(s) skipped" in first.stdout + first.stderr
+    assert "summed over 2 processes" in first.stdout + first.stderr
+    resumed = run_pretrain(common + ["--trainer.max_steps", "6", "--resume", "auto"])
+    state = safe_torch_load(run_dir / "checkpoints" / "last.ckpt")["callbacks"]["DataErrorCallback"]
+    assert [r["csv_rank"] for r in state["ranks"]] == [0, 1]
+    for rank, name in ((0, "data_errors.csv"), (1, "data_errors.rank1.csv")):
+        counted = sum(state["ranks"][rank]["counts"].values())
+        assert len(rows(name)) == counted == state["ranks"][rank]["csv_rows"], (rank, len(rows(name)), counted)
+    total = sum(sum(r["counts"].values()) for r in state["ranks"])
+    assert f"data: {total} unusable file(s) skipped" in resumed.stdout + resumed.stderr
+
+    # past the threshold (summed over both ranks): both stop at the same batch, one message, no traceback
+    strict = run_pretrain([*common[:-2], "--data.max_failure_ratio", "0.05", "--run_dir", str(tmp_path / "strict"),
+                           "--trainer.max_steps", "60"], check=False)
+    assert strict.returncode != 0 and "Traceback" not in strict.stderr, strict.stderr[-3000:]
+    assert strict.stderr.count("too many unusable videos") == 1 and "(all processes)" in strict.stderr

@@ -40,7 +40,7 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException, SI
 
 from worldmodel.checkpoints import AtomicCheckpointIO, CheckpointError, LastCheckpoint, optimizer_stepped
 from worldmodel.data.datamodule import DataErrorCallback, VideoDataModule
-from worldmodel.data.datasets import DataConfigError, DataFailureError
+from worldmodel.data.datasets import DataConfigError, DataFailureError, SampleFailureError
 from worldmodel.data.loader import DataProgressCallback
 from worldmodel.pretrain import ConfigError, JEPAPretrainer, NonFiniteLossError
 
@@ -389,7 +389,10 @@ def run_pretrain_cli(argv: list[str]) -> PretrainCLI:
     try:
         cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=ckpt)
     except DataFailureError as err:  # too many unusable videos: the message lists them, a traceback adds nothing
-        raise SystemExit(f"worldmodel pretrain: stopped: {err}") from None
+        # the threshold stops every rank at the same batch: rank 0 says why, for all of them; a sample that
+        # found no usable video stops the rank it was drawn on, which says so itself
+        said = cli.trainer.is_global_zero or isinstance(err, SampleFailureError)
+        raise SystemExit(f"worldmodel pretrain: stopped: {err}" if said else 1) from None
     except NonFiniteLossError as err:
         where = (f"Checkpoint: {final}" if final.exists() else
                  f"No checkpoint was written before it (the first is due at step {cli.config['checkpoint_every']}).")

@@ -208,6 +208,11 @@ class DataErrorCallback(Callback):
     else the trainer's log_dir or default_root_dir) and ``data/skipped`` (files skipped so far by this
     process) is logged. The summary line is printed at epoch end (when something was skipped) and at
     the end of fit. ``max_failure_ratio`` defaults to the datamodule's ``max_failure_ratio`` (or 0.1).
+
+    With several processes each keeps its own list (``data_errors.csv`` for rank 0,
+    ``data_errors.rankN.csv``), the stop threshold applies to the counts summed over all of them (so
+    every rank stops at the same batch, with one message), the summary line sums them too, and
+    checkpoints keep every rank's counts, each restored to its own rank.
     """
 
     def __init__(
@@ -221,6 +226,7 @@ class DataErrorCallback(Callback):
         self.min_samples = min_samples
         self.tracker: DataErrorTracker | None = None
         self._pending_state: dict | None = None
+        self._trainer = None
 
     def setup(self, trainer, pl_module, stage: str) -> None:
         if stage != "fit" or self.tracker is not None:
@@ -230,8 +236,10 @@ class DataErrorCallback(Callback):
             ratio = getattr(trainer.datamodule, "max_failure_ratio", 0.1) if trainer.datamodule else 0.1
         out_dir = self.out_dir or trainer.log_dir or trainer.default_root_dir
         self.tracker = DataErrorTracker(out_dir, ratio, self.min_samples, rank=trainer.global_rank)
+        self._trainer = trainer
         if self._pending_state is not None:
-            self.tracker.load_state_dict(self._pending_state)
+            pending = dict(self._pending_state)
+            self.tracker.load_state_dict(self._own(pending, pending.pop("ranks", None), self.tracker.rank))
             self._pending_state = None
 
     def on_train_start(self, trainer, pl_module) -> None:
@@ -245,20 +253,45 @@ class DataErrorCallback(Callback):
         num_ok = int(batch["video"].shape[0])
         flags, paths = batch.get("padded"), batch.get("path")
         padded = [p for p, short in zip(paths, flags.tolist()) if short] if flags is not None and paths else []
+        several = trainer.world_size > 1
         try:
-            self.tracker.update(errors, num_ok, padded)
+            self.tracker.update(errors, num_ok, padded, check=not several)
+            if several:  # the same decision on every rank, from the summed counts (one small all-reduce)
+                local = torch.tensor([self.tracker.num_failures, self.tracker.num_failures + self.tracker.num_ok],
+                                     dtype=torch.float64, device=pl_module.device)
+                failures, attempts = (int(v) for v in trainer.strategy.reduce(local, reduce_op="sum").tolist())
+                self.tracker.check(totals=(failures, attempts))
         finally:
             pl_module.log(
                 "data/skipped", float(self.tracker.num_failures), on_step=True, on_epoch=False, batch_size=num_ok
             )
 
+    def _gathered(self, trainer, state: dict) -> list[dict]:
+        """Every rank's `state` (a collective: every rank calls it at the same point)."""
+        if trainer.world_size <= 1 or not torch.distributed.is_available() or not torch.distributed.is_initialized():
+            return [state]
+        states: list[Any] = [None] * trainer.world_size
+        torch.distributed.all_gather_object(states, state)
+        return states
+
+    def _summary(self, trainer) -> tuple[str, bool]:
+        """(the summary line over every rank, whether anything was skipped or padded)."""
+        states = self._gathered(trainer, self.tracker.state_dict())
+        total = DataErrorTracker.merged(states, self.tracker)
+        line = total.summary()
+        if len(states) > 1 and total.num_failures:
+            line += f" (summed over {len(states)} processes; rank N > 0 lists its own in data_errors.rankN.csv)"
+        return line, bool(total.num_failures or total.num_padded)
+
     def on_train_epoch_end(self, trainer, pl_module) -> None:
-        if self.tracker is not None and (self.tracker.num_failures or self.tracker.num_padded):
-            rank_zero_info(self.tracker.summary())
+        if self.tracker is not None:
+            line, anything = self._summary(trainer)
+            if anything:
+                rank_zero_info(line)
 
     def on_fit_end(self, trainer, pl_module) -> None:
         if self.tracker is not None:
-            rank_zero_info(self.tracker.summary())
+            rank_zero_info(self._summary(trainer)[0])
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
         # a sample for which no video could be found stopped the run from inside the dataset: its failed
@@ -267,10 +300,25 @@ class DataErrorCallback(Callback):
             self.tracker.record(exception.errors)
 
     def state_dict(self) -> dict[str, Any]:
-        return self.tracker.state_dict() if self.tracker is not None else {}
+        if self.tracker is None:
+            return {}
+        state = self.tracker.state_dict()
+        trainer = self._trainer
+        if trainer is not None and trainer.world_size > 1:  # saving is collective: every rank is here
+            return {**state, "ranks": self._gathered(trainer, state)}  # rank 0's at the top (older readers)
+        return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        state = dict(state_dict)
+        ranks = state.pop("ranks", None)
         if self.tracker is not None:
-            self.tracker.load_state_dict(state_dict)
+            self.tracker.load_state_dict(self._own(state, ranks, self.tracker.rank))
         else:
             self._pending_state = dict(state_dict)
+
+    @staticmethod
+    def _own(state: dict, ranks: list | None, rank: int) -> dict:
+        """This rank's counts from a checkpoint: its own entry when the checkpoint kept every rank's."""
+        if ranks and 0 <= rank < len(ranks) and ranks[rank] is not None:
+            return dict(ranks[rank])
+        return state

@@ -265,8 +265,10 @@ class DataErrorTracker:
         attempts = self.num_failures + self.num_ok
         return self.num_failures / attempts if attempts else 0.0
 
-    def update(self, errors: Sequence[Sequence[str]], num_ok: int, padded: Sequence[str] = ()) -> None:
-        """padded: the paths of this batch's clips that repeat their video's last frame (too short)."""
+    def update(self, errors: Sequence[Sequence[str]], num_ok: int, padded: Sequence[str] = (), check: bool = True) -> None:
+        """padded: the paths of this batch's clips that repeat their video's last frame (too short).
+        check: apply the stop threshold to this tracker's own counts (off when several processes decide on
+        their summed counts, `check(totals=...)`)."""
         errors = [(str(p), str(r), str(d)) for p, r, d in errors]
         self.num_ok += int(num_ok)
         self.num_padded += len(padded)
@@ -274,7 +276,8 @@ class DataErrorTracker:
             if len(self.padded_examples) < self.MAX_EXAMPLES and str(path) not in self.padded_examples:
                 self.padded_examples.append(str(path))
         self.record(errors)
-        self.check()
+        if check:
+            self.check()
 
     def record(self, errors: Sequence[Sequence[str]]) -> None:
         """Count and list `errors` (``(path, reason, detail)``) without the threshold check: the failed
@@ -350,21 +353,43 @@ class DataErrorTracker:
             )
         return line
 
-    def check(self) -> None:
-        attempts = self.num_failures + self.num_ok
-        if attempts < self.min_samples or self.failure_ratio <= self.max_failure_ratio:
+    def check(self, totals: tuple[int, int] | None = None) -> None:
+        """DataFailureError past the threshold. totals: (failures, attempts) summed over every process of a
+        multi-process run, which then all decide alike (this tracker's examples and reasons are its own)."""
+        failures, attempts = totals if totals is not None else (self.num_failures, self.num_failures + self.num_ok)
+        if attempts < self.min_samples or failures / max(attempts, 1) <= self.max_failure_ratio:
             return
         examples = "\n".join(f"  {p}: {r}: {d}" for p, r, d in self.examples)
         where = f"All of them are listed in {self.csv_path}.\n" if self.csv_path is not None else ""
+        if totals is not None:
+            where = (f"This process's are listed in {self.csv_path} (each process writes its own list, "
+                     "data_errors.csv for rank 0, data_errors.rankN.csv for the others).\n") if self.csv_path else ""
         raise DataFailureError(
-            f"too many unusable videos: {self.num_failures} of {attempts} attempts failed "
-            f"({100 * self.failure_ratio:.1f}%), above max_failure_ratio={self.max_failure_ratio:g} "
-            f"({100 * self.max_failure_ratio:.1f}%).\n"
-            f"By reason: {self._counts_text()}.\n"
+            f"too many unusable videos: {failures} of {attempts} attempts failed "
+            f"({100 * failures / max(attempts, 1):.1f}%), above max_failure_ratio={self.max_failure_ratio:g} "
+            f"({100 * self.max_failure_ratio:.1f}%)" + (" (all processes)" if totals is not None else "") + ".\n"
+            f"By reason{' (this process)' if totals is not None else ''}: {self._counts_text()}.\n"
             f"Examples:\n{examples}\n{where}"
             "Find the bad files with `worldmodel data check MANIFEST`, then fix or remove them from the "
             "manifest (or raise data.max_failure_ratio if some bad files are expected)."
         )
+
+    @classmethod
+    def merged(cls, states: Sequence[dict], template: "DataErrorTracker") -> "DataErrorTracker":
+        """One tracker holding the summed counts of several processes' `state_dict`s (for the summary line of
+        a multi-process run); its CSV path is the template's (rank 0's)."""
+        total = cls(template.out_dir, template.max_failure_ratio, template.min_samples, rank=template.rank)
+        for state in states:
+            total.counts.update({str(k): int(v) for k, v in state.get("counts", {}).items()})
+            total.num_ok += int(state.get("num_ok", 0))
+            total.num_padded += int(state.get("num_padded", 0))
+            for error in state.get("examples", []):
+                if len(total.examples) < cls.MAX_EXAMPLES and error[0] not in {e[0] for e in total.examples}:
+                    total.examples.append(tuple(error))
+            for path in state.get("padded_examples", []):
+                if len(total.padded_examples) < cls.MAX_EXAMPLES and path not in total.padded_examples:
+                    total.padded_examples.append(str(path))
+        return total
 
     def state_dict(self) -> dict:
         return {"counts": dict(self.counts), "num_ok": self.num_ok, "examples": [list(e) for e in self.examples],
