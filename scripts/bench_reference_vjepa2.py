@@ -60,7 +60,7 @@ import torch
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from bench_train import add_step_arguments, emit, step_result, time_steps  # noqa: E402  (same measurements)
+from bench_train import add_step_arguments, check_step_arguments, emit, step_result, time_steps  # noqa: E402  (same measurements)
 
 # V-JEPA 2's pretraining mask configs (configs/train/*/pretrain-256px-16f.yaml)
 VJEPA2_MASKS = [
@@ -81,7 +81,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="run bench_train.py (ours) and this benchmark alternately ROUNDS times each, in fresh "
         "processes, and print one JSON summary with the ratio ours / reference",
     )
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    check_step_arguments(p, args)
+    if args.compare < 0:
+        p.error(f"--compare must be >= 0 rounds, got {args.compare}")
+    src = Path(args.vjepa2_src)
+    if not (src / "src").is_dir() or not (src / "app").is_dir():  # found now, not after our own benchmark ran
+        p.error(f"--vjepa2-src {src}: not a checkout of facebookresearch/vjepa2 (no src/ and app/ folders in it)")
+    return args
 
 
 # --------------------------------------------------------------------------------------------------
@@ -282,7 +289,7 @@ def common_flags(args: argparse.Namespace) -> list[str]:
         flags.append("--activation-checkpointing")
     if args.threads:
         flags += ["--threads", str(args.threads)]
-    return flags
+    return flags + ["--flop-steps", str(args.flop_steps)]
 
 
 def run_one(command: list[str], out: Path) -> dict:

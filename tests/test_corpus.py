@@ -414,8 +414,10 @@ def test_cli_reports_bad_options_and_outputs_without_a_traceback(tmp_path, capsy
     (tmp_path / "mine" / "thesis.tex").write_text("precious")
     for argv, message in [
         (["--size", "33"], "size must be an even number"),
-        (["--videos", "0"], "num_videos must be >= 1"),
-        (["--fps", "0"], "fps must be a positive number"),
+        (["--videos", "0"], "num_videos must be in 1..100000, got 0"),
+        (["--videos", "1000000000"], "num_videos must be in 1..100000"),  # was a bare MemoryError
+        (["--fps", "0"], "fps must be a number of frames per second in [1, 120]"),
+        (["--fps", "0.01"], "fps must be a number of frames per second in [1, 120]"),  # 40-minute videos of 24 frames
     ]:
         assert main(["corpus", "--out", str(tmp_path / "new"), *argv]) == 2
         assert message in capsys.readouterr().err

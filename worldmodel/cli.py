@@ -75,6 +75,12 @@ def _corpus(args: argparse.Namespace) -> int:
     if os.path.exists(args.out) and not os.path.isdir(args.out):
         print(f"error: --out {args.out} is a file; give a folder (new, or a corpus written before)", file=sys.stderr)
         return 2
+    from worldmodel.cliutil import output_problem
+
+    problem = output_problem(args.out, "dir")
+    if problem:  # found now, not after the videos are rendered
+        print(f"error: --out: {problem}", file=sys.stderr)
+        return 2
     try:
         summary = generate_corpus(
             args.out, num_videos=args.videos, seed=args.seed, size=args.size, fps=args.fps, workers=args.workers

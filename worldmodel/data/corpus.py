@@ -89,6 +89,8 @@ DEFAULT_VIDEOS = 72  # 9 per recipe: ~650 training actions, ~220 validation acti
 DEFAULT_SIZE = 128
 DEFAULT_FPS = 12.0
 DEFAULT_VAL_FRACTION = 0.25
+MAX_VIDEOS = 100_000  # about 25 GB and a few days of rendering on 2 cores: beyond, a typo more likely than a wish
+MIN_FPS, MAX_FPS = 1.0, 120.0  # below 1 fps the actions (1.5-4 s) would be a frame or two long
 WORLD = 128.0  # scenes are laid out in a 128 x 128 design space, scaled to the frame size
 
 # ------------------------------------------------------------------------------------- vocabulary
@@ -503,10 +505,10 @@ def plan_corpus(
     ``val_fraction > 0`` and there are 2 videos or more; none from a single video), taken round-robin
     over the recipes. ``time_scale`` stretches every duration (2.0: twice as long videos, slower actions).
     """
-    if num_videos < 1:
-        raise ValueError(f"num_videos must be >= 1, got {num_videos}")
-    if not (fps > 0 and math.isfinite(fps)):
-        raise ValueError(f"fps must be a positive number, got {fps}")
+    if not 1 <= num_videos <= MAX_VIDEOS:
+        raise ValueError(f"num_videos must be in 1..{MAX_VIDEOS}, got {num_videos}")
+    if not (MIN_FPS <= fps <= MAX_FPS and math.isfinite(fps)):
+        raise ValueError(f"fps must be a number of frames per second in [{MIN_FPS:g}, {MAX_FPS:g}], got {fps}")
     if not time_scale > 0:
         raise ValueError(f"time_scale must be > 0, got {time_scale}")
     if not 0.0 <= val_fraction < 1.0:
