@@ -46,7 +46,12 @@ fi
 if [ "$installed" = none ]; then
   if [ "$want" = cuda ]; then
     echo "[install] installing torch==$TORCH_VERSION (CUDA build)"
-    $PIP install -q "torch==$TORCH_VERSION"
+    # from the package index only: a local +cpu wheel (PIP_FIND_LINKS) would sort above the CUDA one
+    PIP_FIND_LINKS= $PIP install -q "torch==$TORCH_VERSION"
+    if [ "$("$VENV/bin/python" -c "import torch; print(bool(torch.version.cuda))")" != True ]; then
+      echo "[install] error: the torch installed is not a CUDA build; install one by hand (https://pytorch.org)" >&2
+      exit 1
+    fi
   else
     local_wheel=""
     for d in ${PIP_FIND_LINKS:-}; do

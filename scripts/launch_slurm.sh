@@ -17,14 +17,19 @@
 set -euo pipefail
 NODES=${SLURM_JOB_NUM_NODES:-1}
 GPUS=${SLURM_NTASKS_PER_NODE:-8}
-# the repository's environment (scripts/install.sh) when there is one, so the job does not depend on
-# what was activated at submission; PY=/path/to/python overrides it
-cd "${SLURM_SUBMIT_DIR:-.}"
+# the repository's environment (scripts/install.sh, in the job's working folder: where it was submitted,
+# or #SBATCH --chdir) when there is one, so the job does not depend on what was activated at submission;
+# PY=/path/to/python overrides it
 if [ -z "${PY:-}" ]; then
   if [ -x .venv/bin/python ]; then PY=.venv/bin/python; else PY=python; fi
 fi
-# --resume auto: a requeued job continues from run_dir/checkpoints/last.ckpt, mid-epoch and exactly; it
-# comes before "$@", so that a --resume given there wins (the last value counts).
+# --resume auto: a requeued job continues from run_dir/checkpoints/last.ckpt, mid-epoch and exactly. It comes
+# after "$@" (a --config there, such as a run's own logs/config.yaml with its "resume: null", must not turn
+# it off), unless "$@" names a --resume itself: that one counts (and a requeued job continues its own run).
+RESUME=(--resume auto)
+for arg in "$@"; do
+  case "$arg" in --resume | --resume=*) RESUME=() ;; esac
+done
 # The layout after "$@" (with its --config): options after a --config override it, and these must match srun's.
-srun "$PY" -m worldmodel.cli pretrain --resume auto "$@" \
+srun "$PY" -m worldmodel.cli pretrain "$@" ${RESUME[@]+"${RESUME[@]}"} \
   --trainer.num_nodes "$NODES" --trainer.devices "$GPUS"

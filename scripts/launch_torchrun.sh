@@ -2,7 +2,7 @@
 # Multi-GPU / multi-node pretraining with torchrun (no SLURM needed). Lightning reads the torchrun
 # environment (RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT) itself. --resume auto: running
 # the same command again (or a torchrun restart) continues the run in --run_dir, exactly; a --resume in
-# the arguments takes precedence.
+# the arguments replaces it.
 #
 # One node, 8 GPUs:
 #   NPROC=8 bash scripts/launch_torchrun.sh --config vit_large_ddp --data.train_manifests my_videos.csv
@@ -26,6 +26,12 @@ if [ "$NNODES" = 1 ] && [ -z "${MASTER_ADDR_GIVEN:-}" ]; then
 else
   RENDEZVOUS=(--nnodes "$NNODES" --node_rank "$NODE_RANK" --master_addr "$MASTER_ADDR" --master_port "$MASTER_PORT")
 fi
+# --resume auto after "$@" (a --config there, such as a run's own logs/config.yaml with "resume: null", must
+# not turn it off), unless "$@" names a --resume itself
+RESUME=(--resume auto)
+for arg in "$@"; do
+  case "$arg" in --resume | --resume=*) RESUME=() ;; esac
+done
 exec "$PY" -m torch.distributed.run --nproc_per_node "$NPROC" "${RENDEZVOUS[@]}" \
-  -m worldmodel.cli pretrain --resume auto "$@" \
+  -m worldmodel.cli pretrain "$@" ${RESUME[@]+"${RESUME[@]}"} \
   --trainer.devices "$NPROC" --trainer.num_nodes "$NNODES"  # after "$@": a --config there must not reset them

@@ -638,3 +638,18 @@ def test_anticipation_missing_videos_are_an_error(epic, tmp_path):
     )
     with pytest.raises(FileNotFoundError, match=r"2 referenced video\(s\) not found.*P02_07, lonely"):
         AnticipationDataset(str(csv_path), str(epic["videos_dir"]), epic["vocabulary"])
+
+
+def test_a_rank_takes_its_own_counts_from_a_checkpoint_and_no_one_elses():
+    """Checkpoints keep every rank's data-error counts; a rank the checkpoint has no entry for (written
+    before that, or by fewer processes) starts from nothing: taking rank 0's would count them twice."""
+    from worldmodel.data.datamodule import DataErrorCallback
+
+    rank0 = {"counts": {"empty": 3}, "num_ok": 10, "csv_rows": 3, "csv_rank": 0}
+    rank1 = {"counts": {"corrupt": 1}, "num_ok": 9, "csv_rows": 1, "csv_rank": 1}
+    assert DataErrorCallback._own(rank0, [rank0, rank1], 1) == rank1
+    assert DataErrorCallback._own(rank0, [rank0, rank1], 0) == rank0
+    assert DataErrorCallback._own(rank0, [rank0, rank1], 3) == {}  # resumed on more processes
+    assert DataErrorCallback._own(rank0, None, 0) == rank0 and DataErrorCallback._own(rank0, None, 1) == {}  # older
+    merged = DataErrorTracker.merged([rank0, rank1], DataErrorTracker(None))
+    assert merged.num_failures == 4 and merged.num_ok == 19 and dict(merged.counts) == {"empty": 3, "corrupt": 1}

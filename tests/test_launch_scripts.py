@@ -39,12 +39,15 @@ def test_a_users_resume_wins_over_the_scripts_resume_auto(tmp_path):
     env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "SLURM_SUBMIT_DIR": str(tmp_path / "submit"),
            "SLURM_JOB_NUM_NODES": "2", "SLURM_NTASKS_PER_NODE": "4"}
     user = ["--config", "vit_large_ddp", "--resume", "/other/run/last.ckpt"]
-    # srun gets the submit folder's environment python, then the command; the user's --resume comes last
-    argv = _run("launch_slurm.sh", user, env, tmp_path)
-    assert argv[0] == ".venv/bin/python" and argv[1:5] == ["-m", "worldmodel.cli", "pretrain", "--resume"]
-    resumes = [argv[i + 1] for i, a in enumerate(argv) if a == "--resume"]
-    assert resumes == ["auto", "/other/run/last.ckpt"]  # the last value counts: the user's
+    # srun gets the job folder's environment python, then the command; the user's --resume is the only one
+    argv = _run("launch_slurm.sh", user, env, tmp_path / "submit")
+    assert argv[0] == ".venv/bin/python" and argv[1:4] == ["-m", "worldmodel.cli", "pretrain"]
+    assert [argv[i + 1] for i, a in enumerate(argv) if a == "--resume"] == ["/other/run/last.ckpt"]
     assert argv[-4:] == ["--trainer.num_nodes", "2", "--trainer.devices", "4"]
+    # without one, --resume auto comes after the user's arguments: a config there (a run's own config.yaml
+    # holds "resume: null") cannot turn it off
+    argv = _run("launch_slurm.sh", ["--config", "runs/x/logs/config.yaml"], env, tmp_path / "submit")
+    assert argv[argv.index("runs/x/logs/config.yaml") + 1 :][:2] == ["--resume", "auto"]
 
     # torchrun through the environment's python (no torchrun on PATH needed), same order
     env = {k: v for k, v in os.environ.items() if k not in ("MASTER_ADDR", "MASTER_PORT")}
@@ -52,9 +55,10 @@ def test_a_users_resume_wins_over_the_scripts_resume_auto(tmp_path):
     argv = _run("launch_torchrun.sh", user, env, tmp_path)
     assert argv[:2] == ["-m", "torch.distributed.run"]
     assert "--standalone" in argv and "--master_port" not in argv  # one node: a free port, no clash on 29500
-    resumes = [argv[i + 1] for i, a in enumerate(argv) if a == "--resume"]
-    assert resumes == ["auto", "/other/run/last.ckpt"]
+    assert [argv[i + 1] for i, a in enumerate(argv) if a == "--resume"] == ["/other/run/last.ckpt"]
     assert argv[-4:] == ["--trainer.devices", "2", "--trainer.num_nodes", "1"]
+    argv = _run("launch_torchrun.sh", ["--config", "c.yaml"], env, tmp_path)
+    assert argv[argv.index("c.yaml") + 1 :][:2] == ["--resume", "auto"]
     # several nodes meet at the address given
     argv = _run("launch_torchrun.sh", user, {**env, "NNODES": "2", "NODE_RANK": "1", "MASTER_ADDR": "10.0.0.1"}, tmp_path)
     assert "--standalone" not in argv and argv[argv.index("--master_addr") + 1] == "10.0.0.1"

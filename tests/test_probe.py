@@ -273,7 +273,8 @@ def test_feature_cache_returns_exactly_the_uncached_features(tmp_path, corpus, t
     streamed = FeatureSource(train, model, FeatureCache(), key, cfg, horizon, store=FeatureStore(stream=True))
     features = streamed.epoch(0, np.arange(len(train)))
     assert features.tokens is None and torch.equal(features.token_types, uncached.token_types)
-    chunks = [torch.tensor([5, 0, 3]), torch.tensor([len(train) - 1]), torch.tensor([2, 2])]
+    chunks = [torch.tensor([5, 0, 3]), torch.tensor([len(train) - 1]), torch.tensor([2, 2]),
+              torch.arange(min(len(train), 19))]  # more than --extract-batch-size (8): encoded 8 at a time
     for chunk, tokens in zip(chunks, features.batches(chunks), strict=True):
         torch.testing.assert_close(tokens, uncached.tokens[chunk], rtol=1e-5, atol=1e-5)
     assert streamed.extract_s > 0

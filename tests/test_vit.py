@@ -108,6 +108,16 @@ def test_an_index_outside_the_clip_raises_instead_of_reading_past_it():
         model(video, token_idx=torch.tensor([[0, num_tokens], [1, 2]]))
 
 
+def test_one_index_row_picks_the_same_tokens_of_every_clip():
+    model = tiny()
+    video = torch.randn(2, 3, 4, 16, 32)
+    keep = torch.tensor([[0, 3, 5]])
+    with torch.no_grad():
+        shared = model(video, token_idx=keep)
+        each = model(video, token_idx=keep.expand(2, -1))
+    assert shared.shape == (2, 3, model.cfg.embed_dim) and torch.equal(shared, each)
+
+
 def test_channels_last_clips_are_refused_with_what_to_do():
     model = tiny()
     with pytest.raises(ValueError, match=r"expected 3 channels in dim 1 .*rearrange"):

@@ -170,8 +170,8 @@ def plan_feature_store(
     disk_copies: int = 1,
 ) -> tuple[FeatureStore, str]:
     """Choose where features of `need_bytes` live (see the module docstring); returns the store and a
-    one-line description for the log. Raises ValueError, before any encoding, when the chosen place (or,
-    for auto, both places) cannot hold them. `what` says what the bytes are (clips x tokens x width);
+    one-line description for the log. Raises ValueError, before any encoding, when the place chosen with
+    memory / disk cannot hold them; auto then streams (a store that keeps nothing). `what` says what the bytes are (clips x tokens x width);
     `available` / `free_disk` override the measured memory and disk (-1: measure; None: unknown).
     disk_copies: how many times the features are written to that disk besides the store (2 with the
     probe's --disk-cache): counted against the free disk when the store is there."""

@@ -107,10 +107,11 @@ class StopOnSignal(Callback):
     a resumed run continues exactly; `worldmodel pretrain` then requeues a SLURM job (`requeue_job`).
     The handler is installed for fit only, from the main thread, and the previous one restored after.
 
-    It is the only handler of its signal while training: Lightning installs its own SIGTERM handler when
-    fit starts, which runs a collective (a broadcast) inside the signal handler, on the rank that got the
-    signal; a SIGTERM reaching some ranks only, or the whole process group, deadlocked a multi-process
-    run for good. Here the handler only sets a flag, and the ranks agree at the next batch end.
+    From the start of training on it is the only handler of its signal: Lightning installs its own SIGTERM
+    handler when fit starts, which runs a collective (a broadcast) inside the signal handler, on the rank
+    that got the signal; a SIGTERM reaching some ranks only, or the whole process group, deadlocked a
+    multi-process run for good. Here the handler only sets a flag, and the ranks agree at the next batch
+    end. (Between Lightning's setup and the first batch, Lightning's handler is still in place.)
     """
 
     def __init__(self, signum: int = signal.SIGUSR1) -> None:
@@ -178,9 +179,10 @@ class PretrainCLI(LightningCLI):
         (ViT-g takes half a minute and 8 GB to build, only for the trainer to refuse the accelerator)."""
         import torch
 
-        accelerator = self.config.get("trainer", {}).get("accelerator")
-        if str(accelerator).lower() in ("gpu", "cuda") and not torch.cuda.is_available():
-            raise ValueError(f"trainer.accelerator={accelerator}, but torch finds no usable GPU (CUDA) here")
+        accelerator = str(self.config.get("trainer", {}).get("accelerator")).lower()
+        mps = accelerator == "gpu" and torch.backends.mps.is_available()  # Lightning's "gpu" on Apple silicon
+        if accelerator in ("gpu", "cuda") and not torch.cuda.is_available() and not mps:
+            raise ValueError(f"trainer.accelerator={accelerator}, but torch finds no usable GPU (CUDA or MPS) here")
 
     def instantiate_trainer(self, **kwargs: Any):
         config = self.config_init
@@ -305,10 +307,10 @@ def _first_process() -> bool:
 
 
 def _lock_run_dir(run_dir: Path) -> None:
-    """One run at a time in a run folder: the first process holds an exclusive lock on `run_dir/.lock` while
-    it runs. A second start in the same folder (the same command run twice, a relaunch while an orphaned
-    worker still trains) wrote the same last.ckpt and metrics.csv rows twice; it now stops at once. Where
-    the file system cannot lock (some network file systems), nothing is checked."""
+    """One run at a time in a run folder: the job's first process holds an exclusive lock on `run_dir/.lock`
+    while it runs. A second start in the same folder (the same command run twice, a relaunch while the
+    first job's rank 0 still trains) wrote the same last.ckpt and metrics.csv rows twice; it now stops at
+    once. Where the file system cannot lock (some network file systems), nothing is checked."""
     import fcntl
 
     if not _first_process():
@@ -334,6 +336,12 @@ def _lock_run_dir(run_dir: Path) -> None:
     handle.write(f"{os.getpid()} on {socket.gethostname()}\n")
     handle.flush()
     _RUN_LOCKS.append(handle)
+
+
+def _unlock_run_dirs() -> None:
+    """Let go of this process's run-folder locks (the run is over; a process that dies lets go by itself)."""
+    while _RUN_LOCKS:
+        _RUN_LOCKS.pop().close()
 
 
 def _resume_over_a_run(ckpt: str | None, final: Path) -> str | None:
@@ -385,6 +393,13 @@ def run_pretrain_cli(argv: list[str]) -> PretrainCLI:
     ckpt = resolve_resume(cli.config["resume"], cli.config["run_dir"])
     ckpt = _resume_over_a_run(ckpt, final)
     _lock_run_dir(run_dir)
+    try:
+        return _fit(cli, ckpt, final)
+    finally:
+        _unlock_run_dirs()
+
+
+def _fit(cli: PretrainCLI, ckpt: str | None, final: Path) -> PretrainCLI:
     snapshot = next((c for c in cli.trainer.callbacks if isinstance(c, LogsSnapshot)), None)
     try:
         cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=ckpt)
@@ -396,7 +411,8 @@ def run_pretrain_cli(argv: list[str]) -> PretrainCLI:
     except NonFiniteLossError as err:
         where = (f"Checkpoint: {final}" if final.exists() else
                  f"No checkpoint was written before it (the first is due at step {cli.config['checkpoint_every']}).")
-        raise SystemExit(f"worldmodel pretrain: stopped: {err} {where}" if cli.trainer.is_global_zero else 1) from None
+        # every rank that saw it says so: a loss can turn non-finite on one rank only (its own batch)
+        raise SystemExit(f"worldmodel pretrain: stopped: {err} {where}") from None
     except SIGTERMException:  # (a SIGTERM Lightning saw before StopOnSignal took over: setting up)
         _stopped_by_sigterm(cli, final)
     except SETUP_ERRORS as err:
@@ -405,9 +421,13 @@ def run_pretrain_cli(argv: list[str]) -> PretrainCLI:
         if cli.trainer.is_global_zero:  # the run folder as it was: its config.yaml keeps the run's settings
             snapshot.restore()
         raise SystemExit(f"worldmodel pretrain: error: {err}{_gpu_hint(err)}") from None
-    if any(isinstance(c, StopOnSignal) and c.signum == signal.SIGTERM and c.received for c in cli.trainer.callbacks):
+    signals = {c.signum for c in cli.trainer.callbacks if isinstance(c, StopOnSignal) and c.received}
+    max_steps = cli.trainer.max_steps
+    finished = max_steps is not None and 0 < max_steps <= cli.trainer.global_step
+    # a SLURM stop (SIGUSR1) requeues the job, whatever came after it; a SIGTERM after the last step is no stop
+    if signal.SIGTERM in signals and not finished and not signals - {signal.SIGTERM}:
         _stopped_by_sigterm(cli, final)
-    stopped = any(isinstance(c, StopOnSignal) and c.received for c in cli.trainer.callbacks)
+    stopped = bool(signals - {signal.SIGTERM})
     timer = next((c for c in cli.trainer.callbacks if isinstance(c, Timer)), None)
     remaining = timer.time_remaining("train") if timer is not None else None
     if cli.trainer.is_global_zero:

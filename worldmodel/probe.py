@@ -196,7 +196,7 @@ class ProbeConfig:
     num_workers: int = 1
     device: str = "cpu"
     head_threads: int | None = 1  # CPU threads while training heads (None: leave as is)
-    feature_store: str = "auto"  # where frozen features live: "memory", "disk" (memory-mapped) or "auto"
+    feature_store: str = "auto"  # where frozen features live: "memory", "disk" (memory-mapped), "stream" (nowhere) or "auto"
     feature_dtype: str = "float32"  # how they are kept: "float32", or "bfloat16" / "float16" (half the bytes)
 
     def __post_init__(self) -> None:
@@ -666,8 +666,17 @@ class StreamedFeatures(Features):
         return self.source.cfg.extract_batch_size
 
     def batches(self, chunks: Sequence[Tensor]) -> Iterator[Tensor]:
-        keys = [[int(i) if self.epoch is None else (self.epoch, int(i)) for i in chunk] for chunk in chunks]
-        yield from self.source.encode_chunks(self.dataset, keys)
+        # the encoder takes --extract-batch-size clips at a time, whatever the size of the chunks asked for
+        size = max(1, self.source.cfg.extract_batch_size)
+        pieces, counts = [], []
+        for chunk in chunks:
+            keys = [int(i) if self.epoch is None else (self.epoch, int(i)) for i in chunk]
+            parts = [keys[first : first + size] for first in range(0, len(keys), size)]
+            pieces += parts
+            counts.append(len(parts))
+        encoded = self.source.encode_chunks(self.dataset, pieces)
+        for count in counts:
+            yield torch.cat([next(encoded) for _ in range(count)])
 
 
 def clip_batches(
@@ -1047,10 +1056,14 @@ def train_heads(
 
 @torch.no_grad()
 def predict_scores(
-    probes: Sequence[nn.Module], features: Features, rows: np.ndarray, cfg: ProbeConfig, batch_size: int = 256
-) -> list[dict[str, Tensor]]:
+    probes: Sequence[nn.Module] | nn.Module, features: Features, rows: np.ndarray, cfg: ProbeConfig,
+    batch_size: int = 256,
+) -> list[dict[str, Tensor]] | dict[str, Tensor]:
     """Class probabilities {name: (len(rows), C)} of each probe on the items `rows`, in one pass over their
-    features (streamed features are encoded once for all the probes, `cfg.extract_batch_size` at a time)."""
+    features (streamed features are encoded once for all the probes, `cfg.extract_batch_size` at a time).
+    Given one probe (not a list), its dict alone."""
+    if isinstance(probes, nn.Module):
+        return predict_scores([probes], features, rows, cfg, batch_size)[0]
     device = torch.device(cfg.device)
     token_types = features.token_types.to(device)
     out: list[dict[str, list[Tensor]]] = [{} for _ in probes]
@@ -1082,15 +1095,18 @@ def average_views(scores: Mapping[str, Tensor], labels: Mapping[str, Tensor], sa
 
 
 def evaluate_heads(
-    probes: Sequence[nn.Module],
+    probes: Sequence[nn.Module] | nn.Module,
     features: Features,
     rows: np.ndarray,
     labels: Mapping[str, Tensor],
     sample_ids: np.ndarray,
     cfg: ProbeConfig,
     class_names: Mapping[str, Any] | None = None,
-) -> list[dict]:
-    """`classification_metrics` of each probe on the items `rows` (views of a sample averaged)."""
+) -> list[dict] | dict:
+    """`classification_metrics` of each probe on the items `rows` (views of a sample averaged); given one
+    probe (not a list), its metrics alone."""
+    if isinstance(probes, nn.Module):
+        return evaluate_heads([probes], features, rows, labels, sample_ids, cfg, class_names)[0]
     rows_t = torch.as_tensor(rows, dtype=torch.long)
     results = []
     for scores in predict_scores(probes, features, rows, cfg):

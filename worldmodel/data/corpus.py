@@ -1446,8 +1446,8 @@ def generate_corpus(
     """Render the built-in corpus into `out_dir` (see the module docstring and data/README.md).
 
     Everything is written into a temporary sibling folder that is renamed to `out_dir` once complete.
-    An existing `out_dir` is replaced only if it is empty or holds a corpus (a corpus.json); any other
-    existing folder is refused; with ``replace=False`` a complete corpus found there when this one is
+    An existing `out_dir` is replaced only if it is empty or holds a corpus and nothing else (the files a
+    corpus writes; checked again just before the replace); any other existing folder is refused; with ``replace=False`` a complete corpus found there when this one is
     done is kept and this one discarded (concurrent `ensure_corpus` calls). `workers` rendering
     processes (default: min(2, CPU count)); `log` gets one line per finished video.
     """

@@ -22,7 +22,9 @@ import torch
 from lightning.pytorch import Callback, LightningDataModule
 from lightning.pytorch.utilities import rank_zero_info
 
-from worldmodel.data.datasets import ClipDataset, DataErrorTracker, EpochSampler, SampleFailureError, collate_samples
+from worldmodel.data.datasets import (
+    ClipDataset, DataErrorTracker, DataFailureError, EpochSampler, SampleFailureError, collate_samples,
+)  # fmt: skip
 from worldmodel.data.loader import ResumableDataLoader
 from worldmodel.data.transforms import RandomResizedCropVideo
 from worldmodel.data.video import ClipSampler
@@ -260,7 +262,12 @@ class DataErrorCallback(Callback):
                 local = torch.tensor([self.tracker.num_failures, self.tracker.num_failures + self.tracker.num_ok],
                                      dtype=torch.float64, device=pl_module.device)
                 failures, attempts = (int(v) for v in trainer.strategy.reduce(local, reduce_op="sum").tolist())
-                self.tracker.check(totals=(failures, attempts))
+                try:
+                    self.tracker.check(totals=(failures, attempts))
+                except DataFailureError:  # every rank is here (same totals): say it with every rank's reasons
+                    merged = DataErrorTracker.merged(self._gathered(trainer, self.tracker.state_dict()), self.tracker)
+                    merged.check(totals=(failures, attempts))
+                    raise
         finally:
             pl_module.log(
                 "data/skipped", float(self.tracker.num_failures), on_step=True, on_epoch=False, batch_size=num_ok
@@ -318,7 +325,9 @@ class DataErrorCallback(Callback):
 
     @staticmethod
     def _own(state: dict, ranks: list | None, rank: int) -> dict:
-        """This rank's counts from a checkpoint: its own entry when the checkpoint kept every rank's."""
+        """This rank's counts from a checkpoint: its own entry when the checkpoint kept every rank's; rank 0's
+        (the top level) for rank 0; nothing for another rank the checkpoint has no entry for (one written
+        before every rank's counts were kept, or by fewer processes): taking rank 0's would count them twice."""
         if ranks and 0 <= rank < len(ranks) and ranks[rank] is not None:
             return dict(ranks[rank])
-        return state
+        return state if rank == 0 else {}

@@ -355,20 +355,21 @@ class DataErrorTracker:
 
     def check(self, totals: tuple[int, int] | None = None) -> None:
         """DataFailureError past the threshold. totals: (failures, attempts) summed over every process of a
-        multi-process run, which then all decide alike (this tracker's examples and reasons are its own)."""
+        multi-process run, which then all decide alike (the reasons and examples are this tracker's: a
+        `merged` one's are every process's)."""
         failures, attempts = totals if totals is not None else (self.num_failures, self.num_failures + self.num_ok)
         if attempts < self.min_samples or failures / max(attempts, 1) <= self.max_failure_ratio:
             return
         examples = "\n".join(f"  {p}: {r}: {d}" for p, r, d in self.examples)
         where = f"All of them are listed in {self.csv_path}.\n" if self.csv_path is not None else ""
         if totals is not None:
-            where = (f"This process's are listed in {self.csv_path} (each process writes its own list, "
-                     "data_errors.csv for rank 0, data_errors.rankN.csv for the others).\n") if self.csv_path else ""
+            where = (f"Each process lists its own: {self.csv_path.name} for rank 0, data_errors.rankN.csv for rank N, "
+                     f"in {self.csv_path.parent}.\n") if self.csv_path else ""
         raise DataFailureError(
             f"too many unusable videos: {failures} of {attempts} attempts failed "
             f"({100 * failures / max(attempts, 1):.1f}%), above max_failure_ratio={self.max_failure_ratio:g} "
             f"({100 * self.max_failure_ratio:.1f}%)" + (" (all processes)" if totals is not None else "") + ".\n"
-            f"By reason{' (this process)' if totals is not None else ''}: {self._counts_text()}.\n"
+            f"By reason: {self._counts_text()}.\n"
             f"Examples:\n{examples}\n{where}"
             "Find the bad files with `worldmodel data check MANIFEST`, then fix or remove them from the "
             "manifest (or raise data.max_failure_ratio if some bad files are expected)."

@@ -24,10 +24,13 @@ from worldmodel.models.rope import RotaryTable, rotate
 
 
 def take_tokens(tokens: Tensor, idx: Tensor) -> Tensor:
-    """Tokens by index per sample: tokens (B, N, D), idx (B, K) int64 -> (B, K, D).
+    """Tokens by index per sample: tokens (B, N, D), idx (B, K) int64 -> (B, K, D); idx (1, K) picks the
+    same tokens of every sample.
 
     An index outside [0, N) raises, on the CPU too (`torch.take_along_dim` with a broadcast index reads
     past the tensor there without a word)."""
+    if idx.shape[0] == 1 and tokens.shape[0] != 1:
+        idx = idx.expand(tokens.shape[0], -1)
     return torch.gather(tokens, 1, idx.unsqueeze(-1).expand(-1, -1, tokens.shape[-1]))
 
 INIT_STD = 0.02
