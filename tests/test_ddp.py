@@ -175,3 +175,17 @@ def test_unusable_videos_are_counted_over_every_rank(tmp_path, video_folder):
                            "--trainer.max_steps", "60"], check=False)
     assert strict.returncode != 0 and "Traceback" not in strict.stderr, strict.stderr[-3000:]
     assert strict.stderr.count("too many unusable videos") == 1 and "(all processes)" in strict.stderr
+
+
+def test_processes_that_would_start_from_different_steps_stop_with_the_reason(tmp_path, video_folder):
+    """Two nodes whose run folders are not shared: only rank 0 finds last.ckpt and resumes, the other starts
+    over. Both stop before the first batch, saying why, instead of training apart."""
+    script = Path(__file__).parent / "scripts" / "ddp_unshared.py"
+    manifest = video_folder(n=2, num_frames=16, size=(40, 40)) / "manifest.csv"
+    for mode, status in (("first", 0), ("mismatch", 3)):
+        proc = subprocess.run([sys.executable, str(script), str(manifest), str(tmp_path), mode],
+                              capture_output=True, text=True, timeout=300)
+        assert proc.returncode == status, proc.stderr[-3000:]
+    for rank in (0, 1):
+        said = (tmp_path / f"refused_rank{rank}.txt").read_text()
+        assert "start from different steps ([0, 2])" in said and "storage that every node shares" in said
