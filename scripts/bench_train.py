@@ -26,13 +26,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 import resource
 import statistics
 import sys
 import time
-from pathlib import Path
 
 import torch
 
@@ -120,11 +118,9 @@ def emit(result: dict, out: str | None) -> None:
     text = json.dumps(result, indent=2)
     print(text)
     if out:
-        path = Path(out)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(text + "\n")
-        os.replace(tmp, path)
+        from worldmodel.checkpoints import atomic_write_bytes  # (creates the folder)
+
+        atomic_write_bytes((text + "\n").encode(), out)
 
 
 def check_step_arguments(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:

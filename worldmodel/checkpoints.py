@@ -238,6 +238,11 @@ def optimizer_stepped(trainer) -> bool:
     return not should_accumulate() if callable(should_accumulate) else True
 
 
+def reached_max_steps(trainer) -> bool:
+    """Whether the run has reached `trainer.max_steps` (False for runs bounded otherwise)."""
+    return trainer.max_steps is not None and 0 < trainer.max_steps <= trainer.global_step
+
+
 class LastCheckpoint(Callback):
     """Keeps `dirpath/last.ckpt` current: every `every_n_steps` optimiser steps and at the last step.
 
@@ -290,14 +295,14 @@ class LastCheckpoint(Callback):
         if not optimizer_stepped(trainer):
             return  # mid-way through gradient accumulation: a checkpoint would count batches whose gradients it lacks
         step = trainer.global_step
-        last = trainer.max_steps is not None and 0 < trainer.max_steps <= step
-        if step > 0 and step % self.every_n_steps == 0 or last or trainer.should_stop:
+        if step > 0 and step % self.every_n_steps == 0 or reached_max_steps(trainer) or trainer.should_stop:
             self._save(trainer)
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
-        # Lightning ends a run that got SIGTERM at a batch's end (after this callback's batch-end save, when
-        # `StopOnSignal` asked for one) or at an epoch's end, where nothing has saved: save there too, when it
-        # is a whole optimiser step (every rank gets the exception at the same point)
+        # Lightning's own SIGTERM handling (a Trainer without `StopOnSignal`, or a signal before the first
+        # batch, when its handler is still in place) ends the run at a batch's or an epoch's end, where
+        # nothing may have saved: save there too, when it is a whole optimiser step (every rank gets the
+        # exception at the same point)
         if isinstance(exception, SIGTERMException) and optimizer_stepped(trainer) and trainer.global_step > 0:
             self._save(trainer)
 

@@ -13,7 +13,8 @@ encoder has filled it. So the size is worked out before any encoding (`plan_feat
   process ends, killed or not (nothing to clean up). Refused up front when the disk is too small;
 - `stream`: nothing is stored; every training epoch (and every evaluation) encodes its clips again,
   as V-JEPA 2's probe does: no memory or disk for features, at the price of encoding the training
-  clips once per epoch (20 epochs: about 20 times the work of one pass, more with `--encoder auto`);
+  clips once per epoch, for the hyper-parameter search and again for the final heads (with 20
+  epochs about 40 times the work of one pass; twice that with `--encoder auto`);
 - `auto` (the default): memory when the features need at most half of the memory available now,
   else disk, else (neither can hold them) stream.
 
@@ -171,8 +172,9 @@ def plan_feature_store(
 ) -> tuple[FeatureStore, str]:
     """Choose where features of `need_bytes` live (see the module docstring); returns the store and a
     one-line description for the log. Raises ValueError, before any encoding, when the place chosen with
-    memory / disk cannot hold them; auto then streams (a store that keeps nothing). `what` says what the bytes are (clips x tokens x width);
-    `available` / `free_disk` override the measured memory and disk (-1: measure; None: unknown).
+    memory / disk cannot hold them; auto then streams (a store that keeps nothing). `what` says what the
+    bytes are (clips x tokens x width); `available` / `free_disk` override the measured memory and disk
+    (-1: measure; None: unknown).
     disk_copies: how many times the features are written to that disk besides the store (2 with the
     probe's --disk-cache): counted against the free disk when the store is there."""
     if mode not in FEATURE_STORES:
@@ -210,8 +212,8 @@ def plan_feature_store(
         else:
             return FeatureStore(stream=True), (
                 f"{sizes}: more than half of the {memory_text} of memory available, and more than the {disk_text} "
-                f"free on the disk of {folder}, so {streaming}; slower by about the number of epochs (or make room: "
-                "--feature-dtype bfloat16, --encoder target, a larger disk for --out)"
+                f"free on the disk of {folder}, so {streaming}; slower by about twice the number of epochs "
+                "(or make room: --feature-dtype bfloat16, --encoder target, a larger disk for --out)"
             )
     if mode == "memory":
         return FeatureStore(None), f"{sizes}: kept in memory ({memory_text} available)"

@@ -28,7 +28,7 @@ import subprocess
 import threading
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from lightning.fabric.plugins.environments import ClusterEnvironment, SLURMEnvironment
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint, Timer
@@ -38,7 +38,9 @@ from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.loggers.logger import rank_zero_experiment
 from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
 
-from worldmodel.checkpoints import AtomicCheckpointIO, CheckpointError, LastCheckpoint, optimizer_stepped
+from worldmodel.checkpoints import (
+    AtomicCheckpointIO, CheckpointError, LastCheckpoint, optimizer_stepped, reached_max_steps,
+)  # fmt: skip
 from worldmodel.data.datamodule import DataErrorCallback, VideoDataModule
 from worldmodel.data.datasets import DataConfigError, DataFailureError, SampleFailureError
 from worldmodel.data.loader import DataProgressCallback
@@ -215,7 +217,7 @@ class PretrainCLI(LightningCLI):
                 callbacks.append(StopOnSignal())
         if not any(isinstance(c, StopOnSignal) and c.signum == signal.SIGTERM for c in callbacks):
             # kill, docker stop, a scheduler's preemption: stop at the batch's end with last.ckpt written there
-            # (Lightning then ends the run with SIGTERMException, reported with status 143)
+            # (the command then exits with status 143, `_stopped_by_sigterm`)
             callbacks.append(StopOnSignal(signal.SIGTERM))
         # last: callbacks run in list order at the end of a batch, so the checkpoint holds that batch's
         # data-error counts too
@@ -297,29 +299,27 @@ def resolve_resume(resume: str | None, run_dir: str) -> str | None:
     return resume
 
 
-_RUN_LOCKS: list[Any] = []  # open lock files, held until the process ends
-
-
 def _first_process() -> bool:
     """Whether this is the job's first process (global rank 0), from the launchers' environment variables
     (torchrun, SLURM, Lightning's own launcher), before the trainer has set up its process group."""
     return all(int(os.environ.get(name, "0") or 0) == 0 for name in ("RANK", "LOCAL_RANK", "NODE_RANK", "GROUP_RANK", "SLURM_PROCID"))
 
 
-def _lock_run_dir(run_dir: Path) -> None:
+def _lock_run_dir(run_dir: Path) -> IO[str] | None:
     """One run at a time in a run folder: the job's first process holds an exclusive lock on `run_dir/.lock`
     while it runs. A second start in the same folder (the same command run twice, a relaunch while the
     first job's rank 0 still trains) wrote the same last.ckpt and metrics.csv rows twice; it now stops at
-    once. Where the file system cannot lock (some network file systems), nothing is checked."""
+    once. Returns the open lock file (closing it lets go; so does the process's end), None where nothing is
+    locked: another rank, or a file system that cannot lock (some network file systems)."""
     import fcntl
 
     if not _first_process():
-        return
+        return None
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         handle = open(run_dir / ".lock", "a+")
     except OSError:
-        return  # the run's own writes will say what is wrong with the folder
+        return None  # the run's own writes will say what is wrong with the folder
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -330,18 +330,12 @@ def _lock_run_dir(run_dir: Path) -> None:
                          "to end (or stop it), or use another --run_dir") from None
     except OSError:
         handle.close()
-        return  # no locks on this file system
+        return None  # no locks on this file system
     handle.seek(0)
     handle.truncate()
     handle.write(f"{os.getpid()} on {socket.gethostname()}\n")
     handle.flush()
-    _RUN_LOCKS.append(handle)
-
-
-def _unlock_run_dirs() -> None:
-    """Let go of this process's run-folder locks (the run is over; a process that dies lets go by itself)."""
-    while _RUN_LOCKS:
-        _RUN_LOCKS.pop().close()
+    return handle
 
 
 def _resume_over_a_run(ckpt: str | None, final: Path) -> str | None:
@@ -392,11 +386,12 @@ def run_pretrain_cli(argv: list[str]) -> PretrainCLI:
         )
     ckpt = resolve_resume(cli.config["resume"], cli.config["run_dir"])
     ckpt = _resume_over_a_run(ckpt, final)
-    _lock_run_dir(run_dir)
+    lock = _lock_run_dir(run_dir)
     try:
         return _fit(cli, ckpt, final)
     finally:
-        _unlock_run_dirs()
+        if lock is not None:
+            lock.close()
 
 
 def _fit(cli: PretrainCLI, ckpt: str | None, final: Path) -> PretrainCLI:
@@ -422,10 +417,8 @@ def _fit(cli: PretrainCLI, ckpt: str | None, final: Path) -> PretrainCLI:
             snapshot.restore()
         raise SystemExit(f"worldmodel pretrain: error: {err}{_gpu_hint(err)}") from None
     signals = {c.signum for c in cli.trainer.callbacks if isinstance(c, StopOnSignal) and c.received}
-    max_steps = cli.trainer.max_steps
-    finished = max_steps is not None and 0 < max_steps <= cli.trainer.global_step
     # a SLURM stop (SIGUSR1) requeues the job, whatever came after it; a SIGTERM after the last step is no stop
-    if signal.SIGTERM in signals and not finished and not signals - {signal.SIGTERM}:
+    if signal.SIGTERM in signals and not reached_max_steps(cli.trainer) and not signals - {signal.SIGTERM}:
         _stopped_by_sigterm(cli, final)
     stopped = bool(signals - {signal.SIGTERM})
     timer = next((c for c in cli.trainer.callbacks if isinstance(c, Timer)), None)

@@ -37,8 +37,9 @@ What a run does (`worldmodel probe`, or `run_probe(args)`):
    training clips get a random resized crop per epoch and are re-encoded every epoch (not cached).
    `--feature-store stream` (and `auto`, when neither memory nor the disk of OUT can hold them) keeps
    no features at all: every training epoch and every evaluation encodes its clips again, batch by
-   batch while the heads train (V-JEPA 2's way: no memory or disk for features, about `epochs` times
-   the encoding work). `--feature-dtype bfloat16` halves the stored size instead.
+   batch while the heads train (V-JEPA 2's way: no memory or disk for features, about 2 x `epochs`
+   times the encoding work per encoder, search and final heads). `--feature-dtype bfloat16` halves the
+   stored size instead.
 4. **Hyper-parameters on training data only.** A grid of learning rate x weight decay heads, of each
    probe kind (attentive, linear), is trained at once on the shared features of 80% of the TRAINING
    videos (split by video) and scored on the held-out 20%; validation data is never used to choose.

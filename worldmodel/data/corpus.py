@@ -1447,8 +1447,9 @@ def generate_corpus(
 
     Everything is written into a temporary sibling folder that is renamed to `out_dir` once complete.
     An existing `out_dir` is replaced only if it is empty or holds a corpus and nothing else (the files a
-    corpus writes; checked again just before the replace); any other existing folder is refused; with ``replace=False`` a complete corpus found there when this one is
-    done is kept and this one discarded (concurrent `ensure_corpus` calls). `workers` rendering
+    corpus writes; checked again just before the replace); any other existing folder is refused; with
+    ``replace=False`` a complete corpus found there when this one is done is kept and this one
+    discarded (concurrent `ensure_corpus` calls). `workers` rendering
     processes (default: min(2, CPU count)); `log` gets one line per finished video.
     """
     _check_size(size)

@@ -22,9 +22,7 @@ import torch
 from lightning.pytorch import Callback, LightningDataModule
 from lightning.pytorch.utilities import rank_zero_info
 
-from worldmodel.data.datasets import (
-    ClipDataset, DataErrorTracker, DataFailureError, EpochSampler, SampleFailureError, collate_samples,
-)  # fmt: skip
+from worldmodel.data.datasets import ClipDataset, DataErrorTracker, EpochSampler, SampleFailureError, collate_samples
 from worldmodel.data.loader import ResumableDataLoader
 from worldmodel.data.transforms import RandomResizedCropVideo
 from worldmodel.data.video import ClipSampler
@@ -262,12 +260,9 @@ class DataErrorCallback(Callback):
                 local = torch.tensor([self.tracker.num_failures, self.tracker.num_failures + self.tracker.num_ok],
                                      dtype=torch.float64, device=pl_module.device)
                 failures, attempts = (int(v) for v in trainer.strategy.reduce(local, reduce_op="sum").tolist())
-                try:
-                    self.tracker.check(totals=(failures, attempts))
-                except DataFailureError:  # every rank is here (same totals): say it with every rank's reasons
-                    merged = DataErrorTracker.merged(self._gathered(trainer, self.tracker.state_dict()), self.tracker)
-                    merged.check(totals=(failures, attempts))
-                    raise
+                if self.tracker.over_threshold(failures, attempts):  # every rank is here (same totals): stop,
+                    states = self._gathered(trainer, self.tracker.state_dict())  # with every rank's reasons
+                    DataErrorTracker.merged(states, self.tracker).check(totals=(failures, attempts))
         finally:
             pl_module.log(
                 "data/skipped", float(self.tracker.num_failures), on_step=True, on_epoch=False, batch_size=num_ok

@@ -273,8 +273,7 @@ class DataErrorTracker:
         self.num_ok += int(num_ok)
         self.num_padded += len(padded)
         for path in padded:
-            if len(self.padded_examples) < self.MAX_EXAMPLES and str(path) not in self.padded_examples:
-                self.padded_examples.append(str(path))
+            self._add_padded_example(str(path))
         self.record(errors)
         if check:
             self.check()
@@ -285,10 +284,18 @@ class DataErrorTracker:
         errors = [(str(p), str(r), str(d)) for p, r, d in errors]
         for error in errors:
             self.counts[error[1]] += 1
-            if len(self.examples) < self.MAX_EXAMPLES and error[0] not in {e[0] for e in self.examples}:
-                self.examples.append(error)
+            self._add_example(error)
         if errors:
             self._append_csv(errors)
+
+    def _add_example(self, error: DataError) -> None:
+        """Keep `error` among the examples: up to MAX_EXAMPLES, one per file."""
+        if len(self.examples) < self.MAX_EXAMPLES and error[0] not in {e[0] for e in self.examples}:
+            self.examples.append(error)
+
+    def _add_padded_example(self, path: str) -> None:
+        if len(self.padded_examples) < self.MAX_EXAMPLES and path not in self.padded_examples:
+            self.padded_examples.append(path)
 
     def start(self) -> None:
         """At the start of training (after a checkpoint's state was loaded): a fresh run moves a CSV left by an
@@ -353,12 +360,16 @@ class DataErrorTracker:
             )
         return line
 
+    def over_threshold(self, failures: int, attempts: int) -> bool:
+        """Whether `failures` of `attempts` stop the run (once there are at least min_samples attempts)."""
+        return attempts >= self.min_samples and failures / max(attempts, 1) > self.max_failure_ratio
+
     def check(self, totals: tuple[int, int] | None = None) -> None:
         """DataFailureError past the threshold. totals: (failures, attempts) summed over every process of a
         multi-process run, which then all decide alike (the reasons and examples are this tracker's: a
         `merged` one's are every process's)."""
         failures, attempts = totals if totals is not None else (self.num_failures, self.num_failures + self.num_ok)
-        if attempts < self.min_samples or failures / max(attempts, 1) <= self.max_failure_ratio:
+        if not self.over_threshold(failures, attempts):
             return
         examples = "\n".join(f"  {p}: {r}: {d}" for p, r, d in self.examples)
         where = f"All of them are listed in {self.csv_path}.\n" if self.csv_path is not None else ""
@@ -385,11 +396,9 @@ class DataErrorTracker:
             total.num_ok += int(state.get("num_ok", 0))
             total.num_padded += int(state.get("num_padded", 0))
             for error in state.get("examples", []):
-                if len(total.examples) < cls.MAX_EXAMPLES and error[0] not in {e[0] for e in total.examples}:
-                    total.examples.append(tuple(error))
+                total._add_example(tuple(error))
             for path in state.get("padded_examples", []):
-                if len(total.padded_examples) < cls.MAX_EXAMPLES and path not in total.padded_examples:
-                    total.padded_examples.append(str(path))
+                total._add_padded_example(str(path))
         return total
 
     def state_dict(self) -> dict:

@@ -22,17 +22,6 @@ from torch.utils.checkpoint import checkpoint
 
 from worldmodel.models.rope import RotaryTable, rotate
 
-
-def take_tokens(tokens: Tensor, idx: Tensor) -> Tensor:
-    """Tokens by index per sample: tokens (B, N, D), idx (B, K) int64 -> (B, K, D); idx (1, K) picks the
-    same tokens of every sample.
-
-    An index outside [0, N) raises, on the CPU too (`torch.take_along_dim` with a broadcast index reads
-    past the tensor there without a word)."""
-    if idx.shape[0] == 1 and tokens.shape[0] != 1:
-        idx = idx.expand(tokens.shape[0], -1)
-    return torch.gather(tokens, 1, idx.unsqueeze(-1).expand(-1, -1, tokens.shape[-1]))
-
 INIT_STD = 0.02
 
 
@@ -46,6 +35,17 @@ def init_linear_or_conv(module: nn.Module, std: float = INIT_STD) -> None:
 def init_layer_norm(module: nn.LayerNorm) -> None:
     nn.init.ones_(module.weight)
     nn.init.zeros_(module.bias)
+
+
+def take_tokens(tokens: Tensor, idx: Tensor) -> Tensor:
+    """Tokens by index per sample: tokens (B, N, D), idx (B, K) int64 -> (B, K, D); idx (1, K) picks the
+    same tokens of every sample.
+
+    An index outside [0, N) raises, on the CPU too (`torch.take_along_dim` with a broadcast index reads
+    past the tensor there without a word)."""
+    if idx.shape[0] == 1 and tokens.shape[0] != 1:
+        idx = idx.expand(tokens.shape[0], -1)
+    return torch.gather(tokens, 1, idx.unsqueeze(-1).expand(-1, -1, tokens.shape[-1]))
 
 
 def key_padding_mask(valid: Tensor | None) -> Tensor | None:

@@ -47,8 +47,6 @@ def grid_positions(grid: tuple[int, int, int], device: torch.device | str | None
     return token_positions(torch.arange(grid_t * grid_h * grid_w, device=device), grid)
 
 
-
-
 @dataclass
 class VideoViTConfig:
     img_size: int | tuple[int, int] = 224  # nominal (H, W); any multiple of patch_size runs
