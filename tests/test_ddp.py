@@ -189,3 +189,17 @@ def test_processes_that_would_start_from_different_steps_stop_with_the_reason(tm
     for rank in (0, 1):
         said = (tmp_path / f"refused_rank{rank}.txt").read_text()
         assert "start from different steps ([0, 2])" in said and "storage that every node shares" in said
+
+
+def test_a_nan_on_one_rank_stops_every_rank_at_that_step(tmp_path, video_folder):
+    """The loss turns NaN on rank 1 only (its own batch): both ranks stop before that update, naming the
+    rank. Before, rank 1 stopped alone and rank 0 failed in the next collective with a gloo traceback (with
+    NCCL it would have waited there until the launcher's timeout)."""
+    script = Path(__file__).parent / "scripts" / "ddp_nan.py"
+    manifest = video_folder(n=2, num_frames=16, size=(40, 40)) / "manifest.csv"
+    proc = subprocess.run([sys.executable, str(script), str(manifest), str(tmp_path)],
+                          capture_output=True, text=True, timeout=300)  # a hang fails here
+    assert proc.returncode == 3, proc.stderr[-3000:]
+    for rank in (0, 1):
+        step, said = (tmp_path / f"stopped_rank{rank}.txt").read_text().split("\n", 1)
+        assert step == "2" and "on rank(s) 1 of 2 at step 2" in said, said

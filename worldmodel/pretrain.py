@@ -415,21 +415,36 @@ class JEPAPretrainer(L.LightningModule):
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         out = self.compute_loss(batch)
         total = out.total
-        if not torch.isfinite(total):
+        loss, bad_ranks = self._loss_over_ranks(out.loss.detach(), total.detach())
+        if bad_ranks:
+            where = "" if self.trainer.world_size == 1 else f" on rank(s) {', '.join(map(str, bad_ranks))} of {self.trainer.world_size}"
             raise NonFiniteLossError(
-                f"loss became {total.item()} at step {self.global_step} (epoch {self.current_epoch}); stopped before "
-                "applying the update. The last good checkpoint is kept. Try a lower model.lr, fp32 "
-                "(trainer.precision=32), or gradient clipping (trainer.gradient_clip_val)."
+                f"loss became {total.item() if not torch.isfinite(total) else 'non-finite'}{where} at step "
+                f"{self.global_step} (epoch {self.current_epoch}); stopped before applying the update. The last "
+                "good checkpoint is kept. Try a lower model.lr, fp32 (trainer.precision=32), or gradient clipping "
+                "(trainer.gradient_clip_val)."
             )
         self._clips_since_update += int(batch["video"].shape[0])
-        # the mean over processes (one small all-reduce a step); the other train/* metrics are this rank's
-        self.log("train/loss", out.loss, on_step=True, prog_bar=True, sync_dist=True)
+        # the mean over processes; the other train/* metrics are this rank's
+        self.log("train/loss", loss, on_step=True, prog_bar=True)
         for name, value in out.metrics.items():
             self.log(f"train/{name}", value, on_step=True)
         every = self.hparams.collapse_every
         if every and self.global_step % every == 0:
             self._log_collapse(batch, out.full, out.targets, out.masks[0])
         return total
+
+    def _loss_over_ranks(self, loss: torch.Tensor, total: torch.Tensor) -> tuple[torch.Tensor, list[int]]:
+        """(the loss averaged over processes, the ranks whose total loss is not finite), from one all-gather
+        a step (the collective the logged mean needs anyway). Every rank learns of a NaN on any rank, so all
+        of them stop at the same step. A rank that stopped alone left the others in the next collective:
+        waiting there until the launcher's timeout (NCCL), or failing with "connection closed by peer" (gloo)."""
+        flags = torch.stack([loss.float(), (~torch.isfinite(total)).float()])  # (2,)
+        if self.trainer.world_size == 1:
+            return loss, [0] if flags[1] else []
+        gathered = self.all_gather(flags)  # (world, 2)
+        bad = torch.nonzero(gathered[:, 1]).flatten().tolist()
+        return gathered[:, 0].mean().to(loss.dtype), bad
 
     @torch.no_grad()
     def _log_collapse(self, batch, full, targets, mask) -> None:

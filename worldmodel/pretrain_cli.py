@@ -361,6 +361,10 @@ def run_pretrain_cli(argv: list[str]) -> PretrainCLI:
     # `worldmodel pretrain ARGS` hands ARGS (with the config resolved) to LightningCLI; sys.argv keeps
     # the whole command so Lightning's DDP launcher can start the other ranks with it.
     warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended to run from within Python")
+    # deprecations inside Lightning's own calls into torch (its all_gather and pytree helpers): nothing a
+    # user can act on, printed by every process of a multi-process run
+    warnings.filterwarnings("ignore", message=r"torch\.distributed\.nn\.functional\.all_gather is deprecated")
+    warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
     try:
         cli = PretrainCLI(
             JEPAPretrainer,
@@ -406,8 +410,8 @@ def _fit(cli: PretrainCLI, ckpt: str | None, final: Path) -> PretrainCLI:
     except NonFiniteLossError as err:
         where = (f"Checkpoint: {final}" if final.exists() else
                  f"No checkpoint was written before it (the first is due at step {cli.config['checkpoint_every']}).")
-        # every rank that saw it says so: a loss can turn non-finite on one rank only (its own batch)
-        raise SystemExit(f"worldmodel pretrain: stopped: {err} {where}") from None
+        # every rank stops at the same step (JEPAPretrainer._loss_over_ranks); rank 0 says why, naming the ranks
+        raise SystemExit(f"worldmodel pretrain: stopped: {err} {where}" if cli.trainer.is_global_zero else 1) from None
     except SIGTERMException:  # (a SIGTERM Lightning saw before StopOnSignal took over: setting up)
         _stopped_by_sigterm(cli, final)
     except SETUP_ERRORS as err:
