@@ -563,3 +563,35 @@ def test_with_gradient_accumulation_stops_and_checkpoints_wait_for_an_optimiser_
     with pytest.raises(Crash):
         fit("crashed", extra=[Kick(0, crash=True)])  # killed after the first batch, before any optimiser step
     assert not (tmp_path / "crashed" / "last.ckpt").exists()
+
+
+def test_stop_on_signal_holds_sigterm_before_the_first_batch(tmp_path, video_folder):
+    """Lightning installs its SIGTERM handler (a collective inside a signal handler, which deadlocked
+    multi-process runs) after the setup hooks; StopOnSignal takes the signal back at once, so its handler is
+    the one in place while the data loaders are built, not only from the first batch on."""
+    import signal
+
+    import lightning as L
+
+    from worldmodel.data.datamodule import VideoDataModule
+    from worldmodel.pretrain import JEPAPretrainer
+    from worldmodel.pretrain_cli import StopOnSignal
+
+    seen = []
+
+    class Recording(VideoDataModule):
+        def train_dataloader(self):
+            seen.append(signal.getsignal(signal.SIGTERM))
+            return super().train_dataloader()
+
+    videos = video_folder(n=2, num_frames=16, size=(40, 40))
+    before = signal.getsignal(signal.SIGTERM)
+    stop = StopOnSignal(signal.SIGTERM)
+    trainer = L.Trainer(accelerator="cpu", max_steps=1, logger=False, enable_progress_bar=False,
+                        enable_model_summary=False, enable_checkpointing=False, callbacks=[stop])
+    model = JEPAPretrainer(img_size=32, num_frames=4, encoder_kwargs={"depth": 1, "embed_dim": 48, "num_heads": 3},
+                           pred_depth=1, pred_dim=32, pred_heads=2, collapse_every=0)
+    trainer.fit(model, datamodule=Recording(train_manifests=str(videos / "manifest.csv"), num_frames=4, frame_step=2,
+                                            crop_size=32, batch_size=2, num_workers=0))
+    assert seen == [stop._on_signal]
+    assert signal.getsignal(signal.SIGTERM) == before

@@ -109,11 +109,13 @@ class StopOnSignal(Callback):
     a resumed run continues exactly; `worldmodel pretrain` then requeues a SLURM job (`requeue_job`).
     The handler is installed for fit only, from the main thread, and the previous one restored after.
 
-    From the start of training on it is the only handler of its signal: Lightning installs its own SIGTERM
-    handler when fit starts, which runs a collective (a broadcast) inside the signal handler, on the rank
-    that got the signal; a SIGTERM reaching some ranks only, or the whole process group, deadlocked a
-    multi-process run for good. Here the handler only sets a flag, and the ranks agree at the next batch
-    end. (Between Lightning's setup and the first batch, Lightning's handler is still in place.)
+    It is the only handler of its signal during fit: Lightning installs its own SIGTERM handler after the
+    setup hooks, just before building the data loaders, and that handler runs a collective (a broadcast)
+    inside the signal handler, on the rank that got the signal; a SIGTERM reaching some ranks only, or
+    the whole process group, deadlocked a multi-process run for good. So the callback takes the signal
+    back as soon as Lightning has installed its handlers (and again when training starts, in case a
+    Lightning version installs them elsewhere). Here the handler only sets a flag, and the ranks agree at
+    the next batch end.
     """
 
     def __init__(self, signum: int = signal.SIGUSR1) -> None:
@@ -133,6 +135,26 @@ class StopOnSignal(Callback):
     def setup(self, trainer, pl_module, stage: str) -> None:
         if stage == "fit":
             self._install()
+            self._take_over_after_lightning(trainer)
+
+    @staticmethod
+    def _take_over_after_lightning(trainer) -> None:
+        """Make the trainer's signal registration (Lightning's `_SignalConnector.register_signal_handlers`,
+        called once per fit after `setup`) re-install every StopOnSignal handler right after it. Without
+        that method (another Lightning version) nothing changes: `on_train_start` still takes over."""
+        connector = getattr(trainer, "_signal_connector", None)
+        register = getattr(connector, "register_signal_handlers", None)
+        if register is None or getattr(register, "_stop_on_signal", False):
+            return
+
+        def register_then_take_over() -> None:
+            register()
+            for callback in trainer.callbacks:
+                if isinstance(callback, StopOnSignal):
+                    callback._install()
+
+        register_then_take_over._stop_on_signal = True
+        connector.register_signal_handlers = register_then_take_over
 
     def on_train_start(self, trainer, pl_module) -> None:
         self._install()  # again: over the handler Lightning installed when fit started
