@@ -463,3 +463,29 @@ def test_which_recipes_a_small_corpus_holds_depends_on_its_seed():
     assert len(picks) > 1 and all(len(p) == 4 for p in picks)
     counts = Counter(v.recipe_id for v in plan_corpus(24, 3).videos)
     assert sorted(counts) == list(range(8)) and set(counts.values()) == {3}
+
+
+def test_a_sigterm_while_rendering_removes_the_temporary_folder(tmp_path):
+    """`worldmodel corpus` stopped by SIGTERM (a scheduler, `timeout`, `kill`) exits 143 and leaves no
+    half-written `.partial` folder behind, with two rendering processes (the default)."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "c"
+    proc = subprocess.Popen([sys.executable, "-m", "worldmodel.cli", "corpus", "--out", str(out), "--videos", "16",
+                             "--size", "64", "--workers", "2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while proc.poll() is None and time.monotonic() < deadline and not list(tmp_path.glob(".c.partial-*/videos/*.mp4")):
+            time.sleep(0.05)
+        assert proc.poll() is None, "finished before it could be stopped"
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 143, err[-2000:]
+    assert "Traceback" not in err and "stopped by SIGTERM; nothing was written to" in err, err[-2000:]
+    assert list(tmp_path.iterdir()) == []

@@ -70,7 +70,7 @@ def resolve_config_args(argv: list[str]) -> list[str]:
 
 # ---------------------------------------------------------------------------------------------- corpus
 def _corpus(args: argparse.Namespace) -> int:
-    from worldmodel.data.corpus import generate_corpus
+    from worldmodel.data.corpus import CorpusInterrupted, generate_corpus
 
     if os.path.exists(args.out) and not os.path.isdir(args.out):
         print(f"error: --out {args.out} is a file; give a folder (new, or a corpus written before)", file=sys.stderr)
@@ -88,6 +88,9 @@ def _corpus(args: argparse.Namespace) -> int:
     except (ValueError, FileExistsError, NotADirectoryError) as err:  # the user's options or --out
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except CorpusInterrupted:
+        print(f"worldmodel corpus: stopped by SIGTERM; nothing was written to {args.out}", file=sys.stderr)
+        return 143
     print(summary)
     return 0
 
@@ -138,12 +141,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
+    from worldmodel.data.corpus import DEFAULT_VIDEOS
+
     p = sub.add_parser("corpus", help="write the built-in procedural kitchen corpus")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--videos", type=int, default=None, help="number of videos (default: the built-in size)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--size", type=int, default=128, help="frame height and width in pixels")
-    p.add_argument("--fps", type=float, default=12.0)
+    p.add_argument("--videos", type=int, default=None,
+                   help=f"number of videos (default: {DEFAULT_VIDEOS}, the built-in size)")
+    p.add_argument("--seed", type=int, default=0, help="the corpus drawn: the same seed writes the same files (default: 0)")
+    p.add_argument("--size", type=int, default=128, help="frame height and width in pixels (default: 128)")
+    p.add_argument("--fps", type=float, default=12.0, help="frame rate of the videos (default: 12)")
     p.add_argument("--workers", type=int, default=None, help="rendering processes (default: up to 2)")
     p.set_defaults(func=_corpus)
 

@@ -1463,6 +1463,7 @@ def generate_corpus(
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_dir.parent / f".{out_dir.name}.partial-{uuid.uuid4().hex[:8]}"
     (tmp / "videos").mkdir(parents=True)
+    restore = _sigterm_raises()
     try:
         jobs = sorted(plan.videos, key=lambda v: -v.num_frames)  # longest first: balanced workers
         paths = [str(tmp / "videos" / f"{v.video_id}.mp4") for v in jobs]
@@ -1471,12 +1472,18 @@ def generate_corpus(
             context = multiprocessing.get_context("spawn")  # safe whatever threads the caller runs
             try:
                 with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-                    futures = [pool.submit(_render_one, v, size, p) for v, p in zip(jobs, paths)]
-                    for i, fut in enumerate(futures):
-                        fut.result()
-                        done.add(i)
-                        if log:
-                            log(f"[{i + 1}/{len(jobs)}] {jobs[i].video_id}")
+                    try:
+                        futures = [pool.submit(_render_one, v, size, p) for v, p in zip(jobs, paths)]
+                        for i, fut in enumerate(futures):
+                            fut.result()
+                            done.add(i)
+                            if log:
+                                log(f"[{i + 1}/{len(jobs)}] {jobs[i].video_id}")
+                    except BaseException:
+                        # stopped (a failure, Ctrl-C, SIGTERM): the videos being rendered finish, the queued
+                        # ones never start, so nothing writes into the folder after it is removed
+                        pool.shutdown(wait=True, cancel_futures=True)
+                        raise
             except BrokenProcessPool:
                 # spawned workers re-import the caller's script: one without `if __name__ == "__main__":`
                 # that builds the corpus on import kills them. Render the rest here instead (slower).
@@ -1493,6 +1500,8 @@ def generate_corpus(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    finally:
+        restore()
     counts = plan.class_counts()
     return CorpusSummary(
         out_dir=out_dir, manifest=out_dir / "manifest.csv", num_videos=len(plan.videos),
@@ -1502,6 +1511,32 @@ def generate_corpus(
         num_verbs=len(counts["verb"]), num_nouns=len(counts["noun"]), num_actions=len(counts["action"]),
         baselines=baselines, elapsed_s=time.perf_counter() - started,
     )  # fmt: skip
+
+
+class CorpusInterrupted(SystemExit):
+    """A SIGTERM arrived while the corpus was being written (exit status 143, as the signal's own)."""
+
+
+def _sigterm_raises() -> Callable[[], None]:
+    """Until the returned function is called, a SIGTERM raises `CorpusInterrupted` in the main thread (so the
+    half-written temporary folder is removed, as after Ctrl-C) instead of ending the process on the spot.
+    Only where SIGTERM has its default action and this is the main thread; otherwise nothing changes."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) != signal.SIG_DFL:
+        return lambda: None
+
+    def _raise(signum, frame) -> None:
+        raise CorpusInterrupted(143)
+
+    signal.signal(signal.SIGTERM, _raise)
+
+    def restore() -> None:
+        if signal.getsignal(signal.SIGTERM) == _raise:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+    return restore
 
 
 # what a corpus folder holds: replacing it deletes these and nothing else
