@@ -120,6 +120,18 @@ def format_check_table(rows: list[dict]) -> str:
     return "\n".join(out)
 
 
+def repeated_videos(paths: list[str]) -> dict[str, int]:
+    """Videos a manifest lists more than once (the same file by its real path, symbolic links and relative
+    spellings resolved): {first spelling: number of entries}."""
+    counts: Counter = Counter()
+    first: dict[str, str] = {}
+    for path in paths:
+        real = os.path.realpath(path)
+        counts[real] += 1
+        first.setdefault(real, path)
+    return {first[real]: n for real, n in counts.items() if n > 1}
+
+
 def write_check_csv(rows: list[dict], out_csv: str | os.PathLike) -> None:
     Path(out_csv).parent.mkdir(parents=True, exist_ok=True)
     with open(out_csv, "w", newline="") as f:
@@ -143,8 +155,18 @@ def run_check(manifest_path: str, out_csv: str | None = None, workers: int = 0, 
     except (OSError, ValueError) as err:  # no such manifest, an empty folder, a malformed line
         print(f"error: {err}" + (f"\n{left_out()}" if others else ""), file=sys.stderr)
         return 1
-    rows = check_videos(paths, workers=workers, sampler=sampler)
+    real = [os.path.realpath(p) for p in paths]
+    distinct = dict(zip(reversed(real), reversed(paths)))  # real path -> its first spelling
+    checked = dict(zip(distinct, check_videos(list(distinct.values()), workers=workers, sampler=sampler)))
+    rows = [{**checked[r], "path": p} for r, p in zip(real, paths)]  # each file decoded once
     print(format_check_table(rows))
+    repeated = repeated_videos(paths)
+    if repeated:
+        extra = sum(n - 1 for n in repeated.values())
+        worst = max(repeated, key=repeated.get)
+        print(f"listed more than once: {len(repeated)} video(s), {extra} extra entr{'y' if extra == 1 else 'ies'} "
+              f"(e.g. {worst} x{repeated[worst]}); pretraining samples every entry, so these videos are drawn "
+              "more often (give manifests weights instead, to mix sources)")  # fmt: skip
     if others:
         print(left_out())
     if out_csv:
