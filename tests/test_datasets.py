@@ -190,7 +190,13 @@ def test_bad_files_are_skipped_counted_and_logged(tmp_path, make_video):
     assert Counter(r[1] for r in rows[1:]) == tracker.counts
     assert all(detail for _, _, detail in rows[1:])
     summary = tracker.summary()
-    assert f"{tracker.num_failures} unusable" in summary and "truncated" in summary and "data_errors.csv" in summary
+    assert f"data: {len(bad)} unusable video(s) skipped: {tracker.num_failures} failed read(s)" in summary
+    assert "truncated" in summary and "data_errors.csv" in summary
+    # the same file drawn again is one more failed read, not one more unusable video; kept across a resume
+    again = DataErrorTracker(None)
+    again.load_state_dict(tracker.state_dict())
+    again.update([(str(bad["truncated"]), "truncated", "again")], num_ok=0)
+    assert f"data: {len(bad)} unusable video(s) skipped: {tracker.num_failures + 1} failed read(s)" in again.summary()
     assert DataErrorTracker(str(tmp_path), rank=3).csv_path == tmp_path / "data_errors.rank3.csv"
     # a short run above the limit (too few attempts to stop it) says so in its summary
     short = DataErrorTracker(None, max_failure_ratio=0.1, min_samples=50)

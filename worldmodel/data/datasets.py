@@ -225,6 +225,7 @@ class DataErrorTracker:
 
     CSV_COLUMNS = ("path", "reason", "detail")
     MAX_EXAMPLES = 5
+    MAX_BAD_FILES = 10000  # distinct unusable files remembered for the summary (and checkpoints)
 
     def __init__(
         self,
@@ -245,6 +246,7 @@ class DataErrorTracker:
         self.num_padded = 0  # clips of videos shorter than a clip (last frame repeated): usable, but said
         self.padded_examples: list[str] = []
         self.csv_rows = 0  # rows this run has written to the CSV (kept in checkpoints)
+        self.bad_files: set[str] = set()  # the distinct unusable files (up to MAX_BAD_FILES)
         self._resumed = False
         self._resume_rows: int | None = None  # the rows of this rank's CSV the checkpoint counted (None: unknown)
         self._started = False
@@ -285,6 +287,7 @@ class DataErrorTracker:
         for error in errors:
             self.counts[error[1]] += 1
             self._add_example(error)
+            self._add_bad_file(error[0])
         if errors:
             self._append_csv(errors)
 
@@ -292,6 +295,15 @@ class DataErrorTracker:
         """Keep `error` among the examples: up to MAX_EXAMPLES, one per file."""
         if len(self.examples) < self.MAX_EXAMPLES and error[0] not in {e[0] for e in self.examples}:
             self.examples.append(error)
+
+    def _add_bad_file(self, path: str) -> None:
+        if len(self.bad_files) < self.MAX_BAD_FILES:
+            self.bad_files.add(path)
+
+    def _bad_files_text(self) -> str:
+        """'N unusable video(s)' (distinct files; 'at least N' past MAX_BAD_FILES)."""
+        n = len(self.bad_files)
+        return f"{'at least ' if n >= self.MAX_BAD_FILES else ''}{n} unusable video(s)"
 
     def _add_padded_example(self, path: str) -> None:
         if len(self.padded_examples) < self.MAX_EXAMPLES and path not in self.padded_examples:
@@ -343,7 +355,7 @@ class DataErrorTracker:
         """One line for the log: skipped files by reason, share of attempts, where the list is."""
         attempts = self.num_failures + self.num_ok
         line = (
-            f"data: {self.num_failures} unusable file(s) skipped in {attempts} attempts "
+            f"data: {self._bad_files_text()} skipped: {self.num_failures} failed read(s) in {attempts} attempts "
             f"({100 * self.failure_ratio:.1f}%); by reason: {self._counts_text()}"
         )
         if self.num_failures and self.csv_path is not None:
@@ -397,6 +409,8 @@ class DataErrorTracker:
             total.num_padded += int(state.get("num_padded", 0))
             for error in state.get("examples", []):
                 total._add_example(tuple(error))
+            for path in state.get("bad_files", []):
+                total._add_bad_file(str(path))
             for path in state.get("padded_examples", []):
                 total._add_padded_example(str(path))
         return total
@@ -404,12 +418,14 @@ class DataErrorTracker:
     def state_dict(self) -> dict:
         return {"counts": dict(self.counts), "num_ok": self.num_ok, "examples": [list(e) for e in self.examples],
                 "num_padded": self.num_padded, "padded_examples": list(self.padded_examples),
-                "csv_rows": self.csv_rows, "csv_rank": self.rank}  # fmt: skip
+                "csv_rows": self.csv_rows, "csv_rank": self.rank, "bad_files": sorted(self.bad_files)}  # fmt: skip
 
     def load_state_dict(self, state: dict) -> None:
         self.counts = Counter({str(k): int(v) for k, v in state.get("counts", {}).items()})
         self.num_ok = int(state.get("num_ok", 0))
         self.examples = [tuple(e) for e in state.get("examples", [])][: self.MAX_EXAMPLES]
+        # (checkpoints from before the distinct count: the files named in the examples, at least)
+        self.bad_files = {str(p) for p in state.get("bad_files", [e[0] for e in self.examples])}
         self.num_padded = int(state.get("num_padded", 0))
         self.padded_examples = [str(p) for p in state.get("padded_examples", [])][: self.MAX_EXAMPLES]
         # only rank 0 writes checkpoints: its row count says nothing about another rank's CSV
