@@ -46,6 +46,14 @@ def test_ddp_two_ranks_match_single_process(tmp_path, video_folder):
         capture_output=True, text=True, timeout=120,
     )
     assert fresh.returncode == 0, fresh.stderr
+    # the collapse monitors see both ranks' clips: the same values as one process on the whole batch
+    import json
+
+    for step, single_row in json.loads((tmp_path / "devices1_collapse.json").read_text()).items():
+        ddp_row = json.loads((tmp_path / "devices2_collapse.json").read_text())[step]
+        for name in ("collapse/feature_std", "collapse/effective_rank"):
+            assert ddp_row[name] == pytest.approx(single_row[name], rel=1e-3, abs=1e-4), (step, name, ddp_row, single_row)
+    assert single_row["collapse/effective_rank"] > 2.0  # 4 clips: more than one process's 2 could show
     init = safe_torch_load(tmp_path / "init.pt")
     for name, value in init.items():
         if name.startswith("encoder.") and value.is_floating_point() and not torch.equal(value, rank0[name]):

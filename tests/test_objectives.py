@@ -179,6 +179,33 @@ def test_effective_rank_of_a_constant_matrix_is_one():
     assert torch.isfinite(stats["feature_std"]) and stats["feature_std"].item() == pytest.approx(0.0, abs=1e-6)
 
 
+def test_collapse_stats_over_processes_equal_those_of_the_whole_batch():
+    """With `gather` (two processes simulated: each half of the batch on one), the token std and the pooled
+    rank are those of the whole batch; the token rank is the mean of the halves' own."""
+    torch.manual_seed(0)
+    features = torch.randn(6, 10, 16) @ torch.randn(16, 16)  # anisotropic, so the std is not trivially 1
+    halves = features.chunk(2)
+    shared: list = []
+
+    def run(rank: int) -> dict:
+        # each call of `gather` collects the same call's tensors from both "processes"
+        calls = iter(shared)
+        return collapse_stats(halves[rank], gather=lambda t: next(calls))
+
+    # record what each half sends, in call order, then answer every call with both halves' tensors stacked
+    sent = [[], []]
+    for rank in (0, 1):
+        collapse_stats(halves[rank], gather=lambda t, r=rank: sent[r].append(t) or torch.stack([t, t]))
+    shared[:] = [torch.stack([a, b]) for a, b in zip(*sent)]
+    whole = collapse_stats(features)
+    for rank in (0, 1):
+        split = run(rank)
+        torch.testing.assert_close(split["feature_std"], whole["feature_std"], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(split["effective_rank"], whole["effective_rank"], rtol=1e-5, atol=1e-6)
+        own = [collapse_stats(h)["token_effective_rank"] for h in halves]
+        torch.testing.assert_close(split["token_effective_rank"], torch.stack(own).mean())
+
+
 def _as_batch(splits):
     from worldmodel.masks import MaskBatch
 

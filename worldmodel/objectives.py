@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -233,26 +234,44 @@ def _effective_rank(rows: Tensor) -> Tensor:
 
 
 @torch.no_grad()
-def collapse_stats(features: Tensor) -> dict[str, Tensor]:
+def collapse_stats(features: Tensor, gather: Callable[[Tensor], Tensor] | None = None) -> dict[str, Tensor]:
     """Health statistics of target features (B, N, D) (pass `target_features(...)` of the full clip).
 
     - "feature_std": per-dimension std over all B*N tokens, averaged over D, of the tokens scaled to
       norm sqrt(D) (L2-normalised times sqrt(D)). About 1 for isotropic features, 0 at collapse,
       whatever D or the feature scale; for layer-normed features it equals the raw per-dim std.
     - "effective_rank": effective rank of the centred (B, D) matrix of mean-pooled clip features
-      (at most B - 1: small with a small per-device batch, compare runs at the same batch size).
+      (at most B - 1: small with a small batch, compare runs at the same batch size).
     - "token_effective_rank": the same over the (B*N, D) token matrix.
     All values are 0-dim float32 tensors on the features' device.
+
+    gather: in a multi-process run, a function that collects a tensor from every process, stacked
+    (W, ...) (a LightningModule's `all_gather`): then "feature_std" and "effective_rank" are those of
+    every process's clips together (the pooled features, (W*B, D), are gathered; the token moments are
+    summed), and "token_effective_rank" is the mean of the processes' own values (the token matrices
+    stay where they are). Every process must call it, and gets the same values.
     """
     if features.dim() != 3:
         raise ValueError(f"objectives.py: collapse_stats expects features (B, N, D), got shape {tuple(features.shape)}")
     x = features.float()
     tokens = rearrange(x, "b n d -> (b n) d")  # (B*N, D)
     scaled = F.normalize(tokens, dim=-1) * math.sqrt(tokens.shape[-1])
+    pooled = x.mean(dim=1)  # (B, D)
+    if gather is None:
+        return {
+            "feature_std": scaled.std(dim=0, correction=0).mean(),
+            "effective_rank": _effective_rank(pooled),
+            "token_effective_rank": _effective_rank(tokens),
+        }
+    count = torch.tensor([float(scaled.shape[0])], device=scaled.device)
+    moments = torch.cat([scaled.sum(dim=0), scaled.square().sum(dim=0), count])  # (2D + 1,)
+    moments = gather(moments).sum(dim=0)
+    dim = scaled.shape[1]
+    mean, mean_square = moments[:dim] / moments[-1], moments[dim : 2 * dim] / moments[-1]
     return {
-        "feature_std": scaled.std(dim=0, correction=0).mean(),
-        "effective_rank": _effective_rank(x.mean(dim=1)),  # pooled (B, D)
-        "token_effective_rank": _effective_rank(tokens),
+        "feature_std": (mean_square - mean.square()).clamp(min=0).sqrt().mean(),
+        "effective_rank": _effective_rank(gather(pooled).flatten(0, 1)),  # (W*B, D)
+        "token_effective_rank": gather(_effective_rank(tokens).reshape(1)).mean(),
     }
 
 

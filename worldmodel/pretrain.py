@@ -448,11 +448,18 @@ class JEPAPretrainer(L.LightningModule):
 
     @torch.no_grad()
     def _log_collapse(self, batch, full, targets, mask) -> None:
-        stats = collapse_stats(full)
+        """The collapse monitors, over every process's clips in a multi-process run (`collapse_stats` with
+        `gather`; the copy-context baseline is the mean of the processes' values): with a small batch per
+        process, the effective rank of rank 0's clips alone is capped by that batch and its check was off."""
+        world = self.trainer.world_size
+        gather = self.all_gather if world > 1 else None
+        stats = collapse_stats(full, gather=gather)
         baseline = copy_context_loss(
             targets, mask.context_idx, mask.context_valid, mask.target_idx, mask.target_valid,
             kind=self.hparams.loss, grid=self.encoder.grid(batch["video"].shape),
         )
+        if gather is not None:
+            baseline = gather(baseline.reshape(1)).mean()
         # straight to the loggers, at this step only: through self.log, Lightning would repeat these
         # values at every later logging step until the next measurement
         row = {f"collapse/{name}": float(value) for name, value in stats.items()}
@@ -460,7 +467,7 @@ class JEPAPretrainer(L.LightningModule):
         if self.trainer.is_global_zero:
             for logger in self.loggers:
                 logger.log_metrics(row, step=self.global_step)
-        for warning in self.collapse_monitor.check(stats, batch_size=full.shape[0]):
+        for warning in self.collapse_monitor.check(stats, batch_size=full.shape[0] * world):
             self.print(f"[worldmodel] collapse warning at step {self.global_step}: {warning}")
 
     # ------------------------------------------------------------------ optimisation
