@@ -489,3 +489,24 @@ def test_a_sigterm_while_rendering_removes_the_temporary_folder(tmp_path):
     assert proc.returncode == 143, err[-2000:]
     assert "Traceback" not in err and "stopped by SIGTERM; nothing was written to" in err, err[-2000:]
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_finished_corpus_is_moved_into_place_with_sigterm_back_to_default(tmp_path, monkeypatch):
+    """SIGTERM raises only while rendering: an exception in the middle of the final move (rename the old
+    corpus aside, the new one in) could lose the finished corpus, so by then the signal ends the process
+    as it always did."""
+    import signal
+
+    from worldmodel.data import corpus
+
+    seen = []
+    move = corpus._move_into_place
+
+    def spy(*args, **kwargs):
+        seen.append(signal.getsignal(signal.SIGTERM))
+        return move(*args, **kwargs)
+
+    monkeypatch.setattr(corpus, "_move_into_place", spy)
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+    generate_corpus(tmp_path / "c", num_videos=1, size=32, fps=6.0, time_scale=0.3, workers=1)
+    assert seen == [signal.SIG_DFL] and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL

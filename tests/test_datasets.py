@@ -197,6 +197,12 @@ def test_bad_files_are_skipped_counted_and_logged(tmp_path, make_video):
     again.load_state_dict(tracker.state_dict())
     again.update([(str(bad["truncated"]), "truncated", "again")], num_ok=0)
     assert f"data: {len(bad)} unusable video(s) skipped: {tracker.num_failures + 1} failed read(s)" in again.summary()
+    # a checkpoint from before the distinct files were kept: the files its examples name, "at least"
+    old = {k: v for k, v in tracker.state_dict().items() if k != "bad_files"}
+    older = DataErrorTracker(None)
+    older.load_state_dict(old)
+    assert f"data: at least {len(tracker.examples)} unusable video(s) skipped" in older.summary()
+    assert "at least" in DataErrorTracker.merged([old, tracker.state_dict()], older).summary()
     assert DataErrorTracker(str(tmp_path), rank=3).csv_path == tmp_path / "data_errors.rank3.csv"
     # a short run above the limit (too few attempts to stop it) says so in its summary
     short = DataErrorTracker(None, max_failure_ratio=0.1, min_samples=50)

@@ -198,6 +198,9 @@ def test_collapse_stats_over_processes_equal_those_of_the_whole_batch():
         collapse_stats(halves[rank], gather=lambda t, r=rank: sent[r].append(t) or torch.stack([t, t]))
     shared[:] = [torch.stack([a, b]) for a, b in zip(*sent)]
     whole = collapse_stats(features)
+    # collapsed features: 0, as one process computes it (float32 moments left about 1e-4)
+    point = torch.ones(2, 10, 16) * 3.0 + torch.arange(16.0)
+    assert collapse_stats(point, gather=lambda t: torch.stack([t, t]))["feature_std"].item() == pytest.approx(0.0, abs=1e-6)
     for rank in (0, 1):
         split = run(rank)
         torch.testing.assert_close(split["feature_std"], whole["feature_std"], rtol=1e-5, atol=1e-6)

@@ -595,3 +595,13 @@ def test_stop_on_signal_holds_sigterm_before_the_first_batch(tmp_path, video_fol
                                             crop_size=32, batch_size=2, num_workers=0))
     assert seen == [stop._on_signal]
     assert signal.getsignal(signal.SIGTERM) == before
+    # only for fit: a later predict of the same trainer keeps Lightning's own handling of the signal
+    during = []
+
+    class Predicting(JEPAPretrainer):
+        def predict_step(self, batch, batch_idx):
+            during.append(signal.getsignal(signal.SIGTERM))
+
+    model.__class__ = Predicting
+    trainer.predict(model, dataloaders=torch.utils.data.DataLoader([0, 1], batch_size=1))
+    assert during and during[0] != stop._on_signal

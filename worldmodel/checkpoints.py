@@ -299,8 +299,8 @@ class LastCheckpoint(Callback):
             self._save(trainer)
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
-        # Lightning's own SIGTERM handling (a Trainer without `StopOnSignal`, or a signal before the first
-        # batch, when its handler is still in place) ends the run at a batch's or an epoch's end, where
+        # Lightning's own SIGTERM handling (a Trainer without `StopOnSignal`, or another Lightning version
+        # whose handler StopOnSignal does not replace at once) ends the run at a batch's or an epoch's end, where
         # nothing may have saved: save there too, when it is a whole optimiser step (every rank gets the
         # exception at the same point)
         if isinstance(exception, SIGTERMException) and optimizer_stepped(trainer) and trainer.global_step > 0:

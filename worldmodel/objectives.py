@@ -263,13 +263,15 @@ def collapse_stats(features: Tensor, gather: Callable[[Tensor], Tensor] | None =
             "effective_rank": _effective_rank(pooled),
             "token_effective_rank": _effective_rank(tokens),
         }
-    count = torch.tensor([float(scaled.shape[0])], device=scaled.device)
-    moments = torch.cat([scaled.sum(dim=0), scaled.square().sum(dim=0), count])  # (2D + 1,)
-    moments = gather(moments).sum(dim=0)
-    dim = scaled.shape[1]
+    # float64 moments (multi-process runs are on CUDA or CPU, which have it): E[x^2] - E[x]^2 in float32
+    # left a std of ~1e-4 for collapsed features, where one process computes 0
+    wide = scaled.double()
+    count = torch.tensor([float(wide.shape[0])], dtype=torch.float64, device=wide.device)
+    moments = gather(torch.cat([wide.sum(dim=0), wide.square().sum(dim=0), count])).sum(dim=0)  # (2D + 1,)
+    dim = wide.shape[1]
     mean, mean_square = moments[:dim] / moments[-1], moments[dim : 2 * dim] / moments[-1]
     return {
-        "feature_std": (mean_square - mean.square()).clamp(min=0).sqrt().mean(),
+        "feature_std": (mean_square - mean.square()).clamp(min=0).sqrt().mean().float(),
         "effective_rank": _effective_rank(gather(pooled).flatten(0, 1)),  # (W*B, D)
         "token_effective_rank": gather(_effective_rank(tokens).reshape(1)).mean(),
     }

@@ -36,6 +36,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.loggers.logger import rank_zero_experiment
+from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
 
 from worldmodel.checkpoints import (
@@ -107,7 +108,8 @@ class StopOnSignal(Callback):
     With gradient accumulation it stops at the end of the first batch that completes an optimiser step.
     `LastCheckpoint` writes last.ckpt whenever the trainer stops, so the checkpoint holds that batch and
     a resumed run continues exactly; `worldmodel pretrain` then requeues a SLURM job (`requeue_job`).
-    The handler is installed for fit only, from the main thread, and the previous one restored after.
+    The handler is installed for fit only (not for a later validate / test / predict of the same trainer),
+    from the main thread, and the previous one restored after.
 
     It is the only handler of its signal during fit: Lightning installs its own SIGTERM handler after the
     setup hooks, just before building the data loaders, and that handler runs a collective (a broadcast)
@@ -140,8 +142,9 @@ class StopOnSignal(Callback):
     @staticmethod
     def _take_over_after_lightning(trainer) -> None:
         """Make the trainer's signal registration (Lightning's `_SignalConnector.register_signal_handlers`,
-        called once per fit after `setup`) re-install every StopOnSignal handler right after it. Without
-        that method (another Lightning version) nothing changes: `on_train_start` still takes over."""
+        called once per trainer call after `setup`) re-install every StopOnSignal handler right after it,
+        when that call is a fit. Without that method (another Lightning version) nothing changes:
+        `on_train_start` still takes over."""
         connector = getattr(trainer, "_signal_connector", None)
         register = getattr(connector, "register_signal_handlers", None)
         if register is None or getattr(register, "_stop_on_signal", False):
@@ -149,6 +152,8 @@ class StopOnSignal(Callback):
 
         def register_then_take_over() -> None:
             register()
+            if trainer.state.fn != TrainerFn.FITTING:
+                return  # validate / test / predict: Lightning's handling, as without this callback
             for callback in trainer.callbacks:
                 if isinstance(callback, StopOnSignal):
                     callback._install()
@@ -434,7 +439,7 @@ def _fit(cli: PretrainCLI, ckpt: str | None, final: Path) -> PretrainCLI:
                  f"No checkpoint was written before it (the first is due at step {cli.config['checkpoint_every']}).")
         # every rank stops at the same step (JEPAPretrainer._loss_over_ranks); rank 0 says why, naming the ranks
         raise SystemExit(f"worldmodel pretrain: stopped: {err} {where}" if cli.trainer.is_global_zero else 1) from None
-    except SIGTERMException:  # (a SIGTERM Lightning saw before StopOnSignal took over: setting up)
+    except SIGTERMException:  # (Lightning's own handler: only where StopOnSignal could not replace it at once)
         _stopped_by_sigterm(cli, final)
     except SETUP_ERRORS as err:
         if snapshot is None or snapshot.started:

@@ -1496,6 +1496,7 @@ def generate_corpus(
                     log(f"[{i + 1}/{len(jobs)}] {v.video_id}")
         baselines = anticipation_baselines(plan)
         _write_metadata(tmp, plan, params, baselines)
+        restore()  # the corpus is complete: a SIGTERM from here on ends the process, as it did before
         _move_into_place(tmp, out_dir, replace)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -1519,8 +1520,10 @@ class CorpusInterrupted(SystemExit):
 
 def _sigterm_raises() -> Callable[[], None]:
     """Until the returned function is called, a SIGTERM raises `CorpusInterrupted` in the main thread (so the
-    half-written temporary folder is removed, as after Ctrl-C) instead of ending the process on the spot.
-    Only where SIGTERM has its default action and this is the main thread; otherwise nothing changes."""
+    half-written temporary folder is removed, as after Ctrl-C) instead of ending the process on the spot;
+    further SIGTERMs are then ignored, so that they cannot cut the removal short. Only where SIGTERM has
+    its default action and this is the main thread; otherwise nothing changes. Call the returned function
+    before moving the finished corpus into place: a move cut short by an exception could lose it."""
     import signal
     import threading
 
@@ -1528,12 +1531,13 @@ def _sigterm_raises() -> Callable[[], None]:
         return lambda: None
 
     def _raise(signum, frame) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # until restore(), after the cleanup
         raise CorpusInterrupted(143)
 
     signal.signal(signal.SIGTERM, _raise)
 
     def restore() -> None:
-        if signal.getsignal(signal.SIGTERM) == _raise:
+        if signal.getsignal(signal.SIGTERM) in (_raise, signal.SIG_IGN):
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
     return restore

@@ -225,7 +225,7 @@ class DataErrorTracker:
 
     CSV_COLUMNS = ("path", "reason", "detail")
     MAX_EXAMPLES = 5
-    MAX_BAD_FILES = 10000  # distinct unusable files remembered for the summary (and checkpoints)
+    MAX_BAD_FILES = 1000  # distinct unusable files remembered for the summary (and checkpoints)
 
     def __init__(
         self,
@@ -247,6 +247,7 @@ class DataErrorTracker:
         self.padded_examples: list[str] = []
         self.csv_rows = 0  # rows this run has written to the CSV (kept in checkpoints)
         self.bad_files: set[str] = set()  # the distinct unusable files (up to MAX_BAD_FILES)
+        self.bad_files_complete = True  # False: a lower bound (a checkpoint from before they were kept)
         self._resumed = False
         self._resume_rows: int | None = None  # the rows of this rank's CSV the checkpoint counted (None: unknown)
         self._started = False
@@ -303,7 +304,8 @@ class DataErrorTracker:
     def _bad_files_text(self) -> str:
         """'N unusable video(s)' (distinct files; 'at least N' past MAX_BAD_FILES)."""
         n = len(self.bad_files)
-        return f"{'at least ' if n >= self.MAX_BAD_FILES else ''}{n} unusable video(s)"
+        lower_bound = n >= self.MAX_BAD_FILES or not self.bad_files_complete
+        return f"{'at least ' if lower_bound else ''}{n} unusable video(s)"
 
     def _add_padded_example(self, path: str) -> None:
         if len(self.padded_examples) < self.MAX_EXAMPLES and path not in self.padded_examples:
@@ -411,6 +413,7 @@ class DataErrorTracker:
                 total._add_example(tuple(error))
             for path in state.get("bad_files", []):
                 total._add_bad_file(str(path))
+            total.bad_files_complete &= "bad_files" in state or not state.get("counts")
             for path in state.get("padded_examples", []):
                 total._add_padded_example(str(path))
         return total
@@ -426,6 +429,7 @@ class DataErrorTracker:
         self.examples = [tuple(e) for e in state.get("examples", [])][: self.MAX_EXAMPLES]
         # (checkpoints from before the distinct count: the files named in the examples, at least)
         self.bad_files = {str(p) for p in state.get("bad_files", [e[0] for e in self.examples])}
+        self.bad_files_complete = "bad_files" in state or not self.counts
         self.num_padded = int(state.get("num_padded", 0))
         self.padded_examples = [str(p) for p in state.get("padded_examples", [])][: self.MAX_EXAMPLES]
         # only rank 0 writes checkpoints: its row count says nothing about another rank's CSV
