@@ -107,6 +107,41 @@ def test_forward_kinds_matches_one_forward_per_kind(copy_context):
         torch.testing.assert_close(g, e, atol=1e-5, rtol=1e-4)
 
 
+def test_a_covered_grid_runs_the_predictors_attention_without_a_mask(monkeypatch):
+    """When every sample's context and targets cover the grid (every built-in mask kind), the predictor's
+    attention needs no key mask: the same outputs and gradients bit for bit on the CPU, without the mask's
+    cost. The training step knows it from the collator's counts, on the host; a kind that leaves tokens
+    out keeps the mask."""
+    torch.manual_seed(0)
+    grid = (4, 3, 3)
+    model = Predictor(64, pred_dim=48, depth=2, num_heads=3, num_mask_tokens=2, copy_context="blend").train()
+    kinds = [disjoint_split(36, [10, 4, 20], None), disjoint_split(36, [7, 12, 3], None)]
+    contexts = [torch.randn(3, k[0].shape[1], 64, requires_grad=True) for k in kinds]
+    args = (contexts, *[[k[i] for k in kinds] for i in range(4)], grid, [0, 1])
+    fast, masked = model.forward_kinds(*args, grid_covered=True), model.forward_kinds(*args)
+    assert all(torch.equal(a, b) for a, b in zip(fast, masked))
+    inputs = list(model.parameters()) + contexts
+    valid = [k[3] for k in kinds]
+    for a, b in zip(torch.autograd.grad(weighted_sum(fast, valid), inputs), torch.autograd.grad(weighted_sum(masked, valid), inputs)):
+        assert torch.equal(a, b)
+
+    seen = []
+    original = Predictor.forward_kinds
+    monkeypatch.setattr(Predictor, "forward_kinds", lambda self, *a, **k: seen.append(k.get("grid_covered")) or original(self, *a, **k))
+    module = JEPAPretrainer(encoder="vit_tiny", img_size=64, num_frames=8, encoder_kwargs={"depth": 1}, pred_depth=1,
+                            pred_dim=48, pred_heads=3, collapse_every=0).train()
+    clips = torch.randint(0, 256, (2, 3, 8, 64, 64), dtype=torch.uint8)
+    batch = module.mask_collator()([{"video": clips[i], "label": -1, "index": i, "epoch": 0, "errors": []} for i in range(2)])
+    module.compute_loss(batch)
+    # some tokens neither context nor target (a mask kind of one's own): the mask stays
+    import numpy as np
+
+    rows = [np.random.default_rng(i).permutation(64) for i in range(2)]
+    batch["masks"] = [MaskBatch.from_indices(0, (4, 4, 4), [r[:20] for r in rows], [r[20:50] for r in rows])]
+    module.compute_loss(batch)
+    assert seen == [True, False]
+
+
 def test_forward_kinds_rejects_unknown_kind():
     model = Predictor(64, pred_dim=48, depth=1, num_heads=3, num_mask_tokens=2)
     split = disjoint_split(36, [10], None)

@@ -379,9 +379,16 @@ class JEPAPretrainer(L.LightningModule):
             video, [m.context_idx for m in masks], [m.context_valid for m in masks],
             num_valid=[getattr(m, "context_count", None) for m in masks],
         )  # [(B, Nc_k, D)]
+        # every built-in kind splits each clip's grid into context and targets; the collator's counts say so
+        # on the host, without reading the masks back from the device
+        covered = all(
+            getattr(m, "context_count", None) is not None and getattr(m, "target_count", None) is not None
+            and m.context_count + m.target_count == m.batch_size * math.prod(grid) for m in masks
+        )
         return self.predictor.forward_kinds(
             contexts, [m.context_idx for m in masks], [m.context_valid for m in masks],
             [m.target_idx for m in masks], [m.target_valid for m in masks], grid, [m.kind for m in masks],
+            grid_covered=covered,
         )  # [(B, Nt_k, D)]
 
     def compute_loss(self, batch: dict[str, Any]) -> StepOutput:

@@ -176,6 +176,7 @@ class Predictor(nn.Module):
         target_valid: Sequence[Tensor | None],
         grid: tuple[int, int, int],
         mask_kinds: Sequence[int],
+        grid_covered: bool = False,
     ) -> list[Tensor]:
         """Several mask kinds of the same clips in one pass (the training step's call).
 
@@ -187,6 +188,12 @@ class Predictor(nn.Module):
         targets, and tokens that are neither (none for multi-block and future masks) masked out as keys.
         So padding costs nothing, every kind has the same length N and all kinds run as one batch
         (J * B, N, P) through the blocks, with one rotary table for the grid.
+
+        grid_covered: the caller knows (on the host: `MaskBatch` counts) that every sample's valid context
+        and target tokens together cover the whole grid in every kind, as multi-block and future masks
+        do. Then no key is masked and attention runs without a mask, with the same result (on the CPU bit
+        for bit; its flash kernel is a few per cent faster there without a mask), and on CUDA SDPA may
+        pick its FlashAttention kernel, which takes no mask (untested here: no GPU).
         """
         num_kinds = len(contexts)
         if not num_kinds or not all(
@@ -220,7 +227,8 @@ class Predictor(nn.Module):
         x = torch.cat(sequences) if num_kinds > 1 else sequences[0]  # (J * B, N, P)
         rope = self.rope.table(grid_positions(grid, device=device))  # (N, ...) shared by every sequence
         checkpointing = self.activation_checkpointing and self.training and torch.is_grad_enabled()
-        x = run_blocks(self.predictor_blocks, x, rope, key_padding_mask(torch.cat(keys)), checkpointing)
+        attn_mask = None if grid_covered else key_padding_mask(torch.cat(keys))
+        x = run_blocks(self.predictor_blocks, x, rope, attn_mask, checkpointing)
         x = x.chunk(num_kinds)  # J x (B, N, P)
         targets = torch.cat(
             [take_tokens(x[j], target_idx[j]) for j in range(num_kinds)], dim=1

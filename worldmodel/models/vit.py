@@ -225,7 +225,7 @@ class VideoViT(nn.Module):
             pad_rows.append(torch.zeros_like(slots).scatter(0, kept, packed))  # padding slots -> packed row 0
             shapes.append((groups, length))
             ropes.append(self.rope.table(token_positions(idx, grid)))  # (B, 1, K, ...) for the padded layout
-            masks.append(key_padding_mask(valid))
+            masks.append(None if count == groups * length else key_padding_mask(valid))  # no padding: no mask
             unpad_rows.append(kept + padded_offset)
             packed_offset += count
             padded_offset += groups * length
