@@ -605,3 +605,17 @@ def test_stop_on_signal_holds_sigterm_before_the_first_batch(tmp_path, video_fol
     model.__class__ = Predicting
     trainer.predict(model, dataloaders=torch.utils.data.DataLoader([0, 1], batch_size=1))
     assert during and during[0] != stop._on_signal
+
+
+def test_the_data_summary_is_said_once_when_the_run_ends_at_an_epochs_end(tmp_path, video_folder):
+    """An epoch's end prints the running data summary; a run that stops there printed the same line again
+    at the end of fit."""
+    videos = video_folder(n=3, num_frames=16, size=(40, 40))
+    (videos / "broken.mp4").write_bytes(b"")
+    manifest = tmp_path / "manifest.csv"
+    manifest.write_text("".join(f"{videos / name}\n" for name in ("v000.mp4", "v001.mp4", "v002.mp4", "broken.mp4")))
+    proc = run_pretrain(SMALL + ["--data.train_manifests", str(manifest), "--data.num_workers", "0",
+                                 "--data.samples_per_epoch", "4", "--data.max_failure_ratio", "1.0",
+                                 "--run_dir", str(tmp_path / "run"), "--trainer.max_steps", "2", "--model.total_steps", "500"])  # 1 epoch
+    said = proc.stdout + proc.stderr
+    assert said.count("unusable video(s) skipped") == 1, said[-3000:]

@@ -226,6 +226,7 @@ class DataErrorCallback(Callback):
         self.min_samples = min_samples
         self.tracker: DataErrorTracker | None = None
         self._pending_state: dict | None = None
+        self._said: str | None = None  # the summary line last printed at an epoch end
         self._trainer = None
 
     def setup(self, trainer, pl_module, stage: str) -> None:
@@ -290,10 +291,13 @@ class DataErrorCallback(Callback):
             line, anything = self._summary(trainer)
             if anything:
                 rank_zero_info(line)
+                self._said = line
 
     def on_fit_end(self, trainer, pl_module) -> None:
         if self.tracker is not None:
-            rank_zero_info(self._summary(trainer)[0])
+            line = self._summary(trainer)[0]
+            if line != self._said:  # (a run that ends at an epoch's end said it just now)
+                rank_zero_info(line)
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
         # a sample for which no video could be found stopped the run from inside the dataset: its failed
