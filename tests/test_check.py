@@ -172,13 +172,14 @@ def test_videos_shorter_than_the_runs_clip_are_marked(make_video, tmp_path, caps
 
 def test_videos_listed_more_than_once_are_reported(make_video, tmp_path, capsys):
     """The same file under two spellings (absolute, relative with ..) and a link to it count as one video
-    listed three times: said once, with the count; the file is decoded once, and the exit code stays 0."""
+    listed three times: said once, with the count; the file is checked and counted once (one row per
+    video), and the exit code stays 0."""
     manifest, paths = make_corpus(make_video, tmp_path)
     (tmp_path / "link.mp4").symlink_to(paths[0])
     listed = tmp_path / "twice.txt"
     listed.write_text(f"{paths[0]}\nvideos/../videos/a.mp4\nlink.mp4\n{paths[1]}\n")
     assert run_check(str(listed)) == 0
     printed = capsys.readouterr().out
-    assert "total 4 videos: ok 4" in printed
+    assert "total 2 videos: ok 2" in printed  # videos, not manifest lines
     assert f"listed more than once: 1 video(s), 2 extra entries (e.g. {paths[0]} x3)" in printed
     assert run_check(str(manifest)) == 1 and "listed more than once" not in capsys.readouterr().out

@@ -143,7 +143,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     from worldmodel.data.corpus import DEFAULT_VIDEOS
 
-    p = sub.add_parser("corpus", help="write the built-in procedural kitchen corpus")
+    from worldmodel.cliutil import DefaultsHelpFormatter
+
+    p = sub.add_parser("corpus", help="write the built-in procedural kitchen corpus",
+                       description="Write the built-in procedural kitchen corpus: H.264 videos, manifests, "
+                                   "EPIC-KITCHENS-100-style annotations and a description of the classes.",
+                       formatter_class=DefaultsHelpFormatter)
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--videos", type=int, default=None,
                    help=f"number of videos (default: {DEFAULT_VIDEOS}, the built-in size)")
@@ -153,9 +158,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=None, help="rendering processes (default: up to 2)")
     p.set_defaults(func=_corpus)
 
-    p = sub.add_parser("data", help="data tools")
+    p = sub.add_parser("data", help="data tools", formatter_class=DefaultsHelpFormatter)
     data_sub = p.add_subparsers(dest="data_command", required=True)
-    c = data_sub.add_parser("check", help="scan a manifest: decodable? frames, fps, size, duration")
+    c = data_sub.add_parser("check", help="scan a manifest: decodable? frames, fps, size, duration",
+                            formatter_class=DefaultsHelpFormatter)
     c.add_argument("manifest", help="manifest file or folder of videos")
     c.add_argument("--csv", "--out", dest="csv", default=None, help="also write the table to this CSV file")
     c.add_argument("--workers", type=int, default=0, help="decode-check in this many processes")
@@ -168,23 +174,27 @@ def build_parser() -> argparse.ArgumentParser:
 
     from worldmodel.forecast import add_forecast_arguments, run_forecast
 
-    p = sub.add_parser("forecast", help="predict future latents of videos; --eval measures forecast quality")
+    p = sub.add_parser("forecast", help="predict future latents of videos; --eval measures forecast quality",
+                       formatter_class=DefaultsHelpFormatter)
     add_forecast_arguments(p)
     p.set_defaults(func=run_forecast)
 
     from worldmodel.probe import add_probe_arguments, run_probe
 
-    p = sub.add_parser("probe", help="action-anticipation / classification probes on the frozen encoder")
+    p = sub.add_parser("probe", help="action-anticipation / classification probes on the frozen encoder",
+                       formatter_class=DefaultsHelpFormatter)
     add_probe_arguments(p)
     p.set_defaults(func=run_probe)
 
     from worldmodel.checkpoints import add_export_arguments, add_import_arguments, run_export, run_import
 
-    p = sub.add_parser("export", help="write model.safetensors + config.json from a checkpoint")
+    p = sub.add_parser("export", help="write model.safetensors + config.json from a checkpoint",
+                       formatter_class=DefaultsHelpFormatter)
     add_export_arguments(p)
     p.set_defaults(func=run_export)
 
-    p = sub.add_parser("import-vjepa2", help="convert a V-JEPA 2 checkpoint into a worldmodel export folder")
+    p = sub.add_parser("import-vjepa2", help="convert a V-JEPA 2 checkpoint into a worldmodel export folder",
+                       formatter_class=DefaultsHelpFormatter)
     add_import_arguments(p)
     p.set_defaults(func=run_import)
 

@@ -5,10 +5,12 @@
 - `resolve_device`: a --device value checked before any work is done, with a one-line `DeviceError`.
 - `output_problem`: why an --out path cannot be written (a file where a folder must be, a folder where
   a file must be, a file among its parents), found before any work rather than when the results are.
+- `DefaultsHelpFormatter`: --help that states every option's default.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import os
@@ -109,3 +111,23 @@ def output_problem(path: str | os.PathLike, kind: str) -> str | None:
     if not os.access(target, os.W_OK | os.X_OK):
         return f"{target} is not writable (permissions), so {path} cannot be written"
     return None
+
+
+class DefaultsHelpFormatter(argparse.HelpFormatter):
+    """argparse's help, with "(default: X)" after each option whose default is worth saying: not None, not
+    off (a store_true flag), and not already stated in its help text."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if (
+            not action.option_strings
+            or "default" in text.lower()
+            or default is None
+            or default is False
+            or (isinstance(default, str) and default == argparse.SUPPRESS)
+            or isinstance(action, (argparse._HelpAction, argparse._VersionAction))
+        ):
+            return text
+        shown = " ".join(map(str, default)) if isinstance(default, (list, tuple)) else str(default)
+        return f"{text} (default: {shown.replace('%', '%%')})"

@@ -1241,11 +1241,16 @@ def format_quality_table(report: dict[str, Any]) -> str:
     if paired:
         lines.append("model's L1 advantage, paired over the same clips (baseline - model, +- standard error over "
                      f"{paired.get('error_over', 'clips')}):")
+        units = "videos" if "videos" in paired.get("error_over", "") else "clips"
+        no_error_bar = False
         for baseline in ("copy_last", "context_mean"):
-            units = "videos" if "videos" in paired.get("error_over", "") else "clips"
-            cells = [f"{a:+.4f} +- {e:.4f}" if math.isfinite(e) else f"{a:+.4f} (no error bar: fewer than 2 {units})"
-                     for a, e in zip(paired[baseline]["l1"]["advantage"], paired[baseline]["l1"]["advantage_sem"])]
+            sems = paired[baseline]["l1"]["advantage_sem"]
+            no_error_bar |= not all(math.isfinite(e) for e in sems)
+            cells = [f"{a:+.4f} +- {e:.4f}" if math.isfinite(e) else f"{a:+.4f}"
+                     for a, e in zip(paired[baseline]["l1"]["advantage"], sems)]
             lines.append(f"  vs {baseline:<12s} " + "   ".join(cells))
+        if no_error_bar:
+            lines.append(f"  (no standard error where there are fewer than 2 {units})")
     if report.get("anchor"):
         weights = "   ".join(f"{step}: {w[0]:.2f}/{w[1]:.2f}/{w[2]:.2f}" for step, w in
                                zip(report["steps"], ForecastAnchor.step_rows(report["anchor"]["weights"], len(report["steps"]))))

@@ -384,6 +384,15 @@ def _resume_over_a_run(ckpt: str | None, final: Path) -> str | None:
     )
 
 
+PRETRAIN_HELP = (
+    "Pretrain a video JEPA with Lightning. Without --config the shipped `tiny` config runs (CPU, the "
+    "built-in corpus). The defaults listed below are the classes' own, NOT the config's: see what a run "
+    "will use with `worldmodel pretrain [--config NAME] --print_config`, and the shipped configs with "
+    "`worldmodel pretrain --list-configs`. Options override the config in dotted form, e.g. "
+    "--trainer.max_steps 800 --data.batch_size 16."
+)
+
+
 def run_pretrain_cli(argv: list[str]) -> PretrainCLI:
     # `worldmodel pretrain ARGS` hands ARGS (with the config resolved) to LightningCLI; sys.argv keeps
     # the whole command so Lightning's DDP launcher can start the other ranks with it.
@@ -404,7 +413,7 @@ def run_pretrain_cli(argv: list[str]) -> PretrainCLI:
             # the optimiser is the model's (AdamW, no decay on biases / norms / mask tokens, scheduled lr
             # and wd): no --optimizer / --lr_scheduler options that it would ignore
             auto_configure_optimizers=False,
-            parser_kwargs={"prog": "worldmodel pretrain"},
+            parser_kwargs={"prog": "worldmodel pretrain", "description": PRETRAIN_HELP},
         )
     except (ValueError, TypeError, OSError, MisconfigurationException) as err:  # a setting refused: say which
         raise SystemExit(f"worldmodel pretrain: error: {err}{_gpu_hint(err)}") from None

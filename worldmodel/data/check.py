@@ -155,10 +155,12 @@ def run_check(manifest_path: str, out_csv: str | None = None, workers: int = 0, 
     except (OSError, ValueError) as err:  # no such manifest, an empty folder, a malformed line
         print(f"error: {err}" + (f"\n{left_out()}" if others else ""), file=sys.stderr)
         return 1
-    real = [os.path.realpath(p) for p in paths]
-    distinct = dict(zip(reversed(real), reversed(paths)))  # real path -> its first spelling
-    checked = dict(zip(distinct, check_videos(list(distinct.values()), workers=workers, sampler=sampler)))
-    rows = [{**checked[r], "path": p} for r, p in zip(real, paths)]  # each file decoded once
+    # one row per video: a file the manifest lists more than once (by its real path) is checked once, under
+    # its first spelling, and counted once in the totals; the repeats are reported below the table
+    first = {}
+    for path in paths:
+        first.setdefault(os.path.realpath(path), path)
+    rows = check_videos(list(first.values()), workers=workers, sampler=sampler)
     print(format_check_table(rows))
     repeated = repeated_videos(paths)
     if repeated:
