@@ -750,7 +750,9 @@ def extract_features(
         done += len(out)
         now = time.perf_counter()
         if now - last_log > log_every_s:
-            _log(f"  encoded {done}/{len(keys)} clips ({done / (now - start):.1f} clips/s)")
+            which = encoder or getattr(world_model, "default_encoder", None)  # (auto encodes with both, in turn)
+            _log(f"  encoded {done}/{len(keys)} clips{f' with the {which} encoder' if which else ''} "
+                 f"({done / (now - start):.1f} clips/s)")
             last_log = now
     if tokens is None:
         raise ValueError("extract_features: no items to encode")
