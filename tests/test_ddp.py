@@ -213,3 +213,21 @@ def test_a_nan_on_one_rank_stops_every_rank_at_that_step(tmp_path, video_folder)
     for rank in (0, 1):
         step, said = (tmp_path / f"stopped_rank{rank}.txt").read_text().split("\n", 1)
         assert step == "2" and "on rank(s) 1 of 2 at step 2" in said, said
+
+
+def test_a_diverging_two_process_run_stops_with_one_message(tmp_path, video_folder):
+    """`worldmodel pretrain` on 2 processes whose loss turns inf / NaN: both stop at the same step, rank 0
+    says so once (naming the ranks), no traceback, and the last good checkpoint is kept."""
+    from test_pretrain import SMALL, run_pretrain
+
+    videos = video_folder(n=4, num_frames=16, size=(40, 40))
+    run_dir = tmp_path / "run"
+    proc = run_pretrain(SMALL + ["--data.train_manifests", str(videos / "manifest.csv"), "--data.num_workers", "0",
+                                 "--trainer.devices", "2", "--trainer.strategy", "ddp", "--run_dir", str(run_dir),
+                                 "--trainer.max_steps", "200", "--trainer.gradient_clip_val", "null",
+                                 "--checkpoint_every", "1", "--model.lr", "1e12"], check=False)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert proc.stderr.count("worldmodel pretrain: stopped: loss became") == 1, proc.stderr[-3000:]
+    assert "of 2 at step" in proc.stderr
+    ckpt = safe_torch_load(run_dir / "checkpoints" / "last.ckpt")
+    assert all(torch.isfinite(t).all() for t in ckpt["state_dict"].values() if t.is_floating_point())
