@@ -120,16 +120,16 @@ def format_check_table(rows: list[dict]) -> str:
     return "\n".join(out)
 
 
-def repeated_videos(paths: list[str]) -> dict[str, int]:
-    """Videos a manifest lists more than once (the same file by its real path, symbolic links and relative
-    spellings resolved): {first spelling: number of entries}."""
+def distinct_videos(paths: list[str]) -> dict[str, int]:
+    """The distinct files of a manifest (by real path: symbolic links and relative spellings resolved), in
+    manifest order: {first spelling: number of entries}."""
     counts: Counter = Counter()
     first: dict[str, str] = {}
     for path in paths:
         real = os.path.realpath(path)
         counts[real] += 1
         first.setdefault(real, path)
-    return {first[real]: n for real, n in counts.items() if n > 1}
+    return {first[real]: n for real, n in counts.items()}
 
 
 def write_check_csv(rows: list[dict], out_csv: str | os.PathLike) -> None:
@@ -157,12 +157,10 @@ def run_check(manifest_path: str, out_csv: str | None = None, workers: int = 0, 
         return 1
     # one row per video: a file the manifest lists more than once (by its real path) is checked once, under
     # its first spelling, and counted once in the totals; the repeats are reported below the table
-    first = {}
-    for path in paths:
-        first.setdefault(os.path.realpath(path), path)
-    rows = check_videos(list(first.values()), workers=workers, sampler=sampler)
+    entries = distinct_videos(paths)
+    rows = check_videos(list(entries), workers=workers, sampler=sampler)
     print(format_check_table(rows))
-    repeated = repeated_videos(paths)
+    repeated = {path: n for path, n in entries.items() if n > 1}
     if repeated:
         extra = sum(n - 1 for n in repeated.values())
         worst = max(repeated, key=repeated.get)
