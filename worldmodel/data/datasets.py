@@ -411,12 +411,21 @@ class DataErrorTracker:
             total.num_padded += int(state.get("num_padded", 0))
             for error in state.get("examples", []):
                 total._add_example(tuple(error))
-            for path in state.get("bad_files", []):
-                total._add_bad_file(str(path))
-            total.bad_files_complete &= "bad_files" in state or not state.get("counts")
+            files, complete = cls._bad_files_of(state)
+            for path in files:
+                total._add_bad_file(path)
+            total.bad_files_complete &= complete
             for path in state.get("padded_examples", []):
                 total._add_padded_example(str(path))
         return total
+
+    @staticmethod
+    def _bad_files_of(state: dict) -> tuple[list[str], bool]:
+        """A state's distinct unusable files and whether they are all of them: a checkpoint from before they
+        were kept gives the files its examples name, a lower bound (unless it counted no failure)."""
+        if "bad_files" in state:
+            return [str(p) for p in state["bad_files"]], True
+        return [str(e[0]) for e in state.get("examples", [])], not state.get("counts")
 
     def state_dict(self) -> dict:
         return {"counts": dict(self.counts), "num_ok": self.num_ok, "examples": [list(e) for e in self.examples],
@@ -427,9 +436,8 @@ class DataErrorTracker:
         self.counts = Counter({str(k): int(v) for k, v in state.get("counts", {}).items()})
         self.num_ok = int(state.get("num_ok", 0))
         self.examples = [tuple(e) for e in state.get("examples", [])][: self.MAX_EXAMPLES]
-        # (checkpoints from before the distinct count: the files named in the examples, at least)
-        self.bad_files = {str(p) for p in state.get("bad_files", [e[0] for e in self.examples])}
-        self.bad_files_complete = "bad_files" in state or not self.counts
+        files, self.bad_files_complete = self._bad_files_of(state)
+        self.bad_files = set(files)
         self.num_padded = int(state.get("num_padded", 0))
         self.padded_examples = [str(p) for p in state.get("padded_examples", [])][: self.MAX_EXAMPLES]
         # only rank 0 writes checkpoints: its row count says nothing about another rank's CSV
