@@ -321,6 +321,15 @@ class MaskBatch:
         return math.prod(self.grid)
 
     @property
+    def covers_grid(self) -> bool:
+        """Whether every sample's valid context and target tokens together are the whole grid, known on the
+        host from the counts (False when they are not known). Every built-in kind splits the grid so: its
+        context and targets are disjoint, so the counts summing to B * N means each sample covers it."""
+        if self.context_count is None or self.target_count is None or self.grid is None:
+            return False
+        return self.context_count + self.target_count == self.batch_size * self.num_tokens
+
+    @property
     def context_ratio(self) -> torch.Tensor:
         """Mean over samples of (valid context tokens / N); a 0-dim tensor on the batch's device."""
         return (self.context_valid.sum(dim=1, dtype=torch.float32) / self.num_tokens).mean()

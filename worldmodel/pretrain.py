@@ -379,12 +379,8 @@ class JEPAPretrainer(L.LightningModule):
             video, [m.context_idx for m in masks], [m.context_valid for m in masks],
             num_valid=[getattr(m, "context_count", None) for m in masks],
         )  # [(B, Nc_k, D)]
-        # every built-in kind splits each clip's grid into context and targets; the collator's counts say so
-        # on the host, without reading the masks back from the device
-        covered = all(
-            getattr(m, "context_count", None) is not None and getattr(m, "target_count", None) is not None
-            and m.context_count + m.target_count == m.batch_size * math.prod(grid) for m in masks
-        )
+        # every built-in kind splits each clip's grid into context and targets (known on the host, no sync)
+        covered = all(getattr(m, "covers_grid", False) and tuple(m.grid) == tuple(grid) for m in masks)
         return self.predictor.forward_kinds(
             contexts, [m.context_idx for m in masks], [m.context_valid for m in masks],
             [m.target_idx for m in masks], [m.target_valid for m in masks], grid, [m.kind for m in masks],
@@ -426,7 +422,7 @@ class JEPAPretrainer(L.LightningModule):
         if bad_ranks:
             where = "" if self.trainer.world_size == 1 else f" on rank(s) {', '.join(map(str, bad_ranks))} of {self.trainer.world_size}"
             raise NonFiniteLossError(
-                f"loss became {total.item() if not torch.isfinite(total) else 'non-finite'}{where} at step "
+                f"loss became {total.item() if self.global_rank in bad_ranks else 'non-finite'}{where} at step "
                 f"{self.global_step} (epoch {self.current_epoch}); stopped before applying the update. The last "
                 "good checkpoint is kept. Try a lower model.lr, fp32 (trainer.precision=32), or gradient clipping "
                 "(trainer.gradient_clip_val)."
