@@ -17,6 +17,7 @@ without a path: `--config tiny`, `--config vit_large_ddp`, ... (see `worldmodel 
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
 from importlib import resources
@@ -139,29 +140,28 @@ def build_parser() -> argparse.ArgumentParser:
         prog="worldmodel",
         description="Self-supervised video world models: pretrain a latent JEPA, forecast, probe.",
     )
-    sub = parser.add_subparsers(dest="command", required=True)
-
+    from worldmodel.cliutil import DefaultsHelpFormatter
     from worldmodel.data.corpus import DEFAULT_VIDEOS
 
-    from worldmodel.cliutil import DefaultsHelpFormatter
+    # every subcommand's --help states its defaults
+    with_defaults = functools.partial(argparse.ArgumentParser, formatter_class=DefaultsHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=with_defaults)
 
     p = sub.add_parser("corpus", help="write the built-in procedural kitchen corpus",
                        description="Write the built-in procedural kitchen corpus: H.264 videos, manifests, "
-                                   "EPIC-KITCHENS-100-style annotations and a description of the classes.",
-                       formatter_class=DefaultsHelpFormatter)
+                                   "EPIC-KITCHENS-100-style annotations and a description of the classes.")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--videos", type=int, default=None,
                    help=f"number of videos (default: {DEFAULT_VIDEOS}, the built-in size)")
-    p.add_argument("--seed", type=int, default=0, help="the corpus drawn: the same seed writes the same files (default: 0)")
-    p.add_argument("--size", type=int, default=128, help="frame height and width in pixels (default: 128)")
-    p.add_argument("--fps", type=float, default=12.0, help="frame rate of the videos (default: 12)")
+    p.add_argument("--seed", type=int, default=0, help="the corpus drawn: the same seed writes the same files")
+    p.add_argument("--size", type=int, default=128, help="frame height and width in pixels")
+    p.add_argument("--fps", type=float, default=12.0, help="frame rate of the videos")
     p.add_argument("--workers", type=int, default=None, help="rendering processes (default: up to 2)")
     p.set_defaults(func=_corpus)
 
-    p = sub.add_parser("data", help="data tools", formatter_class=DefaultsHelpFormatter)
-    data_sub = p.add_subparsers(dest="data_command", required=True)
-    c = data_sub.add_parser("check", help="scan a manifest: decodable? frames, fps, size, duration",
-                            formatter_class=DefaultsHelpFormatter)
+    p = sub.add_parser("data", help="data tools")
+    data_sub = p.add_subparsers(dest="data_command", required=True, parser_class=with_defaults)
+    c = data_sub.add_parser("check", help="scan a manifest: decodable? frames, fps, size, duration")
     c.add_argument("manifest", help="manifest file or folder of videos")
     c.add_argument("--csv", "--out", dest="csv", default=None, help="also write the table to this CSV file")
     c.add_argument("--workers", type=int, default=0, help="decode-check in this many processes")
@@ -174,27 +174,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     from worldmodel.forecast import add_forecast_arguments, run_forecast
 
-    p = sub.add_parser("forecast", help="predict future latents of videos; --eval measures forecast quality",
-                       formatter_class=DefaultsHelpFormatter)
+    p = sub.add_parser("forecast", help="predict future latents of videos; --eval measures forecast quality")
     add_forecast_arguments(p)
     p.set_defaults(func=run_forecast)
 
     from worldmodel.probe import add_probe_arguments, run_probe
 
-    p = sub.add_parser("probe", help="action-anticipation / classification probes on the frozen encoder",
-                       formatter_class=DefaultsHelpFormatter)
+    p = sub.add_parser("probe", help="action-anticipation / classification probes on the frozen encoder")
     add_probe_arguments(p)
     p.set_defaults(func=run_probe)
 
     from worldmodel.checkpoints import add_export_arguments, add_import_arguments, run_export, run_import
 
-    p = sub.add_parser("export", help="write model.safetensors + config.json from a checkpoint",
-                       formatter_class=DefaultsHelpFormatter)
+    p = sub.add_parser("export", help="write model.safetensors + config.json from a checkpoint")
     add_export_arguments(p)
     p.set_defaults(func=run_export)
 
-    p = sub.add_parser("import-vjepa2", help="convert a V-JEPA 2 checkpoint into a worldmodel export folder",
-                       formatter_class=DefaultsHelpFormatter)
+    p = sub.add_parser("import-vjepa2", help="convert a V-JEPA 2 checkpoint into a worldmodel export folder")
     add_import_arguments(p)
     p.set_defaults(func=run_import)
 
